@@ -1,0 +1,394 @@
+"""The ``autocompress`` command line: thin verbs over the study, workload and search-space modules."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from autocompress import __version__
+from autocompress.errors import AutocompressError
+from autocompress.search_space import load_search_space
+
+app = typer.Typer(
+    help="Find the best way to compress a PyTorch model for your hardware (an Optuna study).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+study_app = typer.Typer(help="Start, resume and inspect compression studies.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+DEFAULT_SPACE = Path("search_spaces") / "default.yaml"
+_REPO_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+StorageOpt = Annotated[
+    str,
+    typer.Option(
+        "--storage",
+        help="SQLAlchemy URL of the study database: a SQLite file (default, under studies/) "
+        "or postgresql://user@host/db for many workers on many machines.",
+    ),
+]
+
+
+def _default_storage() -> str:
+    from autocompress.study import DEFAULT_STORAGE
+
+    return DEFAULT_STORAGE
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn a user's mistake into one line on stderr and a non-zero exit (``--debug``: traceback)."""
+    try:
+        yield
+    except AutocompressError as e:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+def _resolve_space(path: Path | None) -> Path:
+    if path is None:
+        path = DEFAULT_SPACE
+    if not path.exists() and not path.is_absolute() and (_REPO_SPACES / path.name).exists():
+        return _REPO_SPACES / path.name
+    return path
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """autocompress: one joint, multi-objective search over pruning, quantization,
+    distillation and fine-tuning, with accuracy, latency and size measured on the target."""
+    _state["debug"] = debug
+    if version:
+        console.print(f"autocompress {__version__}")
+        raise typer.Exit()
+
+
+def _run_trials(
+    study_name: str,
+    storage: str,
+    *,
+    workload: str,
+    space: Path | None,
+    n_trials: int | None,
+    timeout: float | None,
+    sampler: str,
+    seed: int,
+    device: str,
+    threads: int,
+    batch_size: int,
+    max_accuracy_drop: float,
+    data_dir: Path | None,
+    until_total: bool = False,
+) -> None:
+    from autocompress.progress import RichReporter
+    from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
+
+    storage_obj = open_storage(storage)
+    space_text, space_source = "", str(space or DEFAULT_SPACE)
+    if space is not None or not _exists(study_name, storage_obj):
+        # Validated before any work; on resume without --space the stored space is used.
+        space_text = load_search_space(_resolve_space(space)).text
+    settings = StudySettings(
+        workload=workload,
+        space_text=space_text,
+        space_source=space_source,
+        target=Target(device=device, threads=threads, batch_size=batch_size),
+        max_accuracy_drop=max_accuracy_drop,
+        sampler=sampler,
+        seed=seed,
+        data_dir=str(data_dir) if data_dir else None,
+    )
+    err_console.print(f"study [bold]{study_name}[/] on {storage}")
+    study, settings, wl, baseline = create_or_resume(
+        study_name,
+        storage_obj,
+        settings,
+        on_baseline=lambda: err_console.print("measuring the baseline (once per study)..."),
+    )
+    err_console.print(
+        f"baseline: accuracy {baseline['accuracy']:.4f}, latency {baseline['latency_ms']:.3f} ms "
+        f"(batch {settings.target.batch_size}, {settings.target.threads} thread(s)), "
+        f"size {baseline['size_kb']:.1f} KB; budget: accuracy drop <= {settings.max_accuracy_drop}"
+    )
+    if until_total and n_trials is not None:
+        from optuna.trial import TrialState
+
+        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        n_trials = max(0, n_trials - done)
+        if n_trials == 0:
+            err_console.print(f"study {study_name!r} already has {done} completed trials")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with RichReporter(n_trials, err_console) as reporter:
+            run_study(
+                study,
+                settings,
+                wl,
+                baseline,
+                n_trials=n_trials,
+                timeout=timeout,
+                reporter=reporter,
+            )
+    except KeyboardInterrupt:
+        err_console.print(
+            f"\ninterrupted: the trial in flight is recorded as failed (interrupted); all others "
+            f"are kept. Resume with: autocompress study run --study {study_name} "
+            f"--storage {storage}"
+        )
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_front(study_name, storage)
+
+
+def _exists(name: str, storage: object) -> bool:
+    import optuna
+
+    return name in optuna.get_all_study_names(storage)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@study_app.command("run")
+def study_run(
+    study: Annotated[str, typer.Option("--study", help="Study name; an existing one is resumed.")],
+    workload: Annotated[
+        str,
+        typer.Option(help="Built-in digits, mnist-mlp, mnist-lenet5, or package.module:function."),
+    ] = "digits",
+    space: Annotated[
+        Path | None,
+        typer.Option(
+            help="Search-space YAML (default search_spaces/default.yaml; on resume, the stored one)."
+        ),
+    ] = None,
+    storage: StorageOpt = "",
+    n_trials: Annotated[int | None, typer.Option(help="Trials to run in this process.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after S seconds.")
+    ] = None,
+    sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe, nsga2, random or gp.")] = "tpe",
+    seed: Annotated[
+        int, typer.Option(help="Seed of the sampler, the baseline and fine-tuning.")
+    ] = 0,
+    device: Annotated[str, typer.Option(help="Target device: cpu or cuda.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="Threads the model runs with on the target.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Batch size latency is measured at.")] = 32,
+    max_accuracy_drop: Annotated[
+        float,
+        typer.Option(
+            help="Accuracy budget: largest allowed drop vs the baseline (0.01 = 1 point)."
+        ),
+    ] = 0.01,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory with MNIST IDX files (or AUTOCOMPRESS_MNIST_DIR)."),
+    ] = None,
+) -> None:
+    """Create a study, or resume it, and run compression trials.
+
+    Example: autocompress study run --study digits-1 --workload digits --n-trials 20
+    """
+    with _user_errors():
+        if n_trials is None and timeout is None:
+            raise AutocompressError("give --n-trials N or --timeout S (or both)")
+        _run_trials(
+            study,
+            storage or _default_storage(),
+            workload=workload,
+            space=space,
+            n_trials=n_trials,
+            timeout=timeout,
+            sampler=sampler,
+            seed=seed,
+            device=device,
+            threads=threads,
+            batch_size=batch_size,
+            max_accuracy_drop=max_accuracy_drop,
+            data_dir=data_dir,
+        )
+
+
+@study_app.command("list")
+def study_list(storage: StorageOpt = "") -> None:
+    """List the studies in a storage with their trial counts.
+
+    Example: autocompress study list --storage sqlite:///studies/autocompress.db
+    """
+    import optuna
+
+    from autocompress.study import open_storage
+
+    with _user_errors():
+        storage_obj = open_storage(storage or _default_storage())
+        table = Table("study", "trials", "complete", "workload", "created")
+        for name in optuna.get_all_study_names(storage_obj):
+            s = optuna.load_study(study_name=name, storage=storage_obj)
+            trials = s.get_trials(deepcopy=False)
+            info = s.user_attrs.get("autocompress", {})
+            table.add_row(
+                name,
+                str(len(trials)),
+                str(sum(t.state.name == "COMPLETE" for t in trials)),
+                info.get("settings", {}).get("workload", "?"),
+                info.get("created", "?"),
+            )
+        console.print(table)
+
+
+@study_app.command("status")
+def study_status(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+) -> None:
+    """Trials by state, best feasible values and time spent.
+
+    Example: autocompress study status demo
+    """
+    from autocompress.study import load_study, study_info, summarize
+
+    with _user_errors():
+        study = load_study(name, storage or _default_storage())
+        s = summarize(study)
+        info = study_info(study)
+        console.print(
+            f"study [bold]{name}[/]: workload {info['settings']['workload']}, "
+            f"{s['n_trials']} trials, {s['seconds']:.0f} s of trial time"
+        )
+        console.print("by state: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
+        console.print(
+            f"feasible (within the accuracy budget): {s['n_feasible']}, "
+            f"Pareto front: {s['front_size']}"
+        )
+        if s["best"]:
+            b = s["best"]
+            console.print(
+                f"best feasible: accuracy {b['accuracy']:.4f}, latency "
+                f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB"
+            )
+        for number, reason in s["failed"]:
+            console.print(f"trial {number} failed: {reason}")
+
+
+def _print_front(name: str, storage: str) -> None:
+    from autocompress.study import feasible_front, load_study, study_info
+
+    study = load_study(name, storage)
+    info = study_info(study)
+    base = info["baseline"]
+    drop = info["settings"]["max_accuracy_drop"]
+    table = Table(
+        "trial",
+        "accuracy",
+        "test acc",
+        "latency ms",
+        "speed-up",
+        "size KB",
+        "smaller",
+        "config",
+        title=f"{name}: feasible Pareto front (accuracy drop <= {drop})",
+    )
+    table.add_row(
+        "baseline",
+        f"{base['accuracy']:.4f}",
+        f"{base['test_accuracy']:.4f}",
+        f"{base['latency_ms']:.3f}",
+        "1.00x",
+        f"{base['size_kb']:.1f}",
+        "1.0x",
+        "uncompressed fp32",
+        style="dim",
+    )
+    front = feasible_front(study)
+    for t in front:
+        acc, lat, size = t.values
+        table.add_row(
+            str(t.number),
+            f"{acc:.4f}",
+            f"{t.user_attrs.get('test_accuracy', float('nan')):.4f}",
+            f"{lat:.3f}",
+            f"{base['latency_ms'] / lat:.2f}x",
+            f"{size:.1f}",
+            f"{base['size_kb'] / size:.1f}x",
+            t.user_attrs.get("summary", ""),
+        )
+    console.print(table)
+    if not front:
+        console.print("no trial within the accuracy budget yet")
+
+
+@app.command()
+def pareto(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+) -> None:
+    """Print the feasible Pareto front (accuracy, latency, size) with the baseline for reference.
+
+    Example: autocompress pareto demo
+    """
+    with _user_errors():
+        _print_front(name, storage or _default_storage())
+
+
+@app.command()
+def demo(
+    n_trials: Annotated[
+        int, typer.Option(help="Completed trials the demo study should have.")
+    ] = 20,
+    study: Annotated[str, typer.Option("--study", help="Study name.")] = "demo",
+    storage: StorageOpt = "",
+    threads: Annotated[int, typer.Option(help="Threads the model runs with.")] = 1,
+) -> None:
+    """Run the default study: the digits CNN, the default space, ~20 trials, then its front.
+
+    Example: autocompress demo
+    """
+    with _user_errors():
+        _run_trials(
+            study,
+            storage or _default_storage(),
+            workload="digits",
+            space=None,
+            n_trials=n_trials,
+            timeout=None,
+            sampler="tpe",
+            seed=0,
+            device="cpu",
+            threads=threads,
+            batch_size=32,
+            max_accuracy_drop=0.01,
+            data_dir=None,
+            until_total=True,
+        )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

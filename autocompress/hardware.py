@@ -1,0 +1,40 @@
+"""The hardware and software a latency was measured on, so studies never mix them silently."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_fingerprint(device: str = "cpu", threads: int = 1) -> dict[str, str | int]:
+    """CPU model, logical cores, threads used, GPU name and library versions."""
+    info: dict[str, str | int] = {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count() or 0,
+        "threads": threads,
+        "device": device,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return info
+
+
+def same_hardware(a: dict, b: dict) -> bool:
+    """Whether two fingerprints describe the same measuring conditions."""
+    keys = ("cpu", "logical_cores", "threads", "device", "gpu", "machine")
+    return all(a.get(k) == b.get(k) for k in keys)

@@ -1,0 +1,66 @@
+"""Progress bars for a running study: one for the study, one for the trial in flight."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+_STAGES = ("prune", "finetune", "quantize", "measure")
+
+
+class RichReporter:
+    """Receives the objective's events and drives two rich progress bars."""
+
+    def __init__(self, n_trials: int | None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.study_task = self.progress.add_task("study", total=n_trials)
+        self.trial_task = self.progress.add_task("trial", total=len(_STAGES), visible=False)
+        self._epochs = 0
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.stop()
+
+    def trial_started(self, number: int, config: Any) -> None:
+        self._epochs = config.finetune.epochs
+        self.progress.reset(
+            self.trial_task,
+            total=len(_STAGES) - 1 + self._epochs,
+            description=f"trial {number}: {config.describe()}",
+            visible=True,
+        )
+
+    def stage(self, name: str) -> None:
+        if name != "finetune":
+            self.progress.advance(self.trial_task)
+
+    def epoch(self, epoch: int, total: int, loss: float) -> None:
+        self.progress.advance(self.trial_task)
+
+    def trial_finished(self, trial: Any) -> None:
+        self.progress.update(self.trial_task, visible=False)
+        self.progress.advance(self.study_task)
+        if trial.state.name == "COMPLETE":
+            acc, lat, size = trial.values
+            feasible = all(v <= 0 for v in trial.constraints.values())
+            mark = "" if feasible else "  [yellow](over the accuracy budget)[/]"
+            self.console.print(
+                f"trial {trial.number}: accuracy {acc:.4f}  latency {lat:.3f} ms  "
+                f"size {size:.1f} KB{mark}"
+            )
+        else:
+            reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
+            self.console.print(f"trial {trial.number}: [red]failed[/] ({reason})")

@@ -1,0 +1,1 @@
+"""Compression steps: each a frozen config dataclass plus one function that applies it."""

@@ -1,4 +1,4 @@
-"""The ``autocompress`` command line: thin verbs over the study, workload and search-space modules."""
+"""The ``autocompress`` command line: thin verbs over the study, workload and space modules."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ app = typer.Typer(
 study_app = typer.Typer(help="Start, resume and inspect compression studies.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
-console = Console()
-err_console = Console(stderr=True)
+# Tables stay readable when the output is a file or a pipe, not a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state = {"debug": False}
 
 DEFAULT_SPACE = Path("search_spaces") / "default.yaml"
@@ -51,7 +52,7 @@ def _default_storage() -> str:
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Turn a user's mistake into one line on stderr and a non-zero exit (``--debug``: traceback)."""
+    """Turn a user's mistake into one line on stderr and exit code 2 (``--debug``: traceback)."""
     try:
         yield
     except AutocompressError as e:
@@ -69,6 +70,17 @@ def _resolve_space(path: Path | None) -> Path:
     return path
 
 
+def _quiet_libraries() -> None:
+    """Our progress bars and tables replace Optuna's per-trial log lines and API notices."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
+
+
 @app.callback()
 def _main(
     debug: Annotated[
@@ -79,6 +91,7 @@ def _main(
     """autocompress: one joint, multi-objective search over pruning, quantization,
     distillation and fine-tuning, with accuracy, latency and size measured on the target."""
     _state["debug"] = debug
+    _quiet_libraries()
     if version:
         console.print(f"autocompress {__version__}")
         raise typer.Exit()
@@ -182,7 +195,7 @@ def study_run(
     space: Annotated[
         Path | None,
         typer.Option(
-            help="Search-space YAML (default search_spaces/default.yaml; on resume, the stored one)."
+            help="Search-space YAML (default search_spaces/default.yaml; resume: the stored one)",
         ),
     ] = None,
     storage: StorageOpt = "",

@@ -20,4 +20,4 @@ class StorageError(AutocompressError):
 
 
 class TrialFailure(Exception):
-    """A trial could not be completed; the reason is recorded with the trial and the study goes on."""
+    """A trial could not be completed: its reason is recorded with it and the study goes on."""

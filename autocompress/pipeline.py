@@ -224,7 +224,7 @@ def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
                 module.normalized_shape = tuple(weight.shape)
             else:
                 module.num_features = weight.shape[0]
-        for key, value in module.named_parameters(recurse=False):
+        for key, _ in module.named_parameters(recurse=False):
             if prefix + key in state:
                 setattr(module, key, nn.Parameter(torch.empty_like(state[prefix + key])))
         for key, value in module.named_buffers(recurse=False):

@@ -67,7 +67,7 @@ _TOP_LEVEL = {"format_version", "description", *_SCHEMA}
 
 @dataclass(frozen=True)
 class Dimension:
-    """One parameter: fixed (``value``), categorical (``choices``) or a range (``low``..``high``)."""
+    """One parameter: fixed (``value``), a categorical ``choices`` or a ``low``/``high`` range."""
 
     name: str
     value: Any = None

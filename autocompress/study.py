@@ -123,7 +123,9 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
             engine_kwargs=engine_kwargs,
             heartbeat_interval=30,
             grace_period=90,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
         )
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
         raise StorageError(
@@ -134,8 +136,9 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
         reason = str(getattr(e, "orig", e) or e).strip().splitlines()[0]
         raise StorageError(f"cannot reach storage {url!r}: {reason}") from None
     except ImportError as e:
+        driver = getattr(e.__cause__, "name", None) or e.name
         raise StorageError(
-            f"storage {url!r} needs a database driver that is not installed ({e.name}); "
+            f"storage {url!r} needs a database driver that is not installed ({driver}); "
             "pip install 'autocompress[postgres]' or 'autocompress[mysql]'"
         ) from None
 
@@ -333,8 +336,11 @@ def create_or_resume(
     *,
     studies_dir: Path = STUDIES_DIR,
     on_baseline: Callable[[], None] | None = None,
+    workload: Workload | None = None,
 ) -> tuple[optuna.Study, StudySettings, Workload, dict[str, Any]]:
     """Create the study (measuring the baseline once), or resume it with its stored settings.
+
+    ``workload`` may be passed already loaded (it must be the one ``settings.workload`` names).
 
     Returns:
         The study, the settings in force (the stored ones on resume), the loaded workload and
@@ -358,20 +364,22 @@ def create_or_resume(
                 f"study {name!r} was created with another search space ({stored.space_source}); "
                 "resume without --space or use another --study name"
             )
-        workload = load_workload(
-            stored.workload,
-            data_dir=settings.data_dir or stored.data_dir,
-            seed=stored.seed,
-            cache_dir=studies_dir / "baselines",
-        )
+        if workload is None:
+            workload = load_workload(
+                stored.workload,
+                data_dir=settings.data_dir or stored.data_dir,
+                seed=stored.seed,
+                cache_dir=studies_dir / "baselines",
+            )
         return study, stored, workload, info["baseline"]
     settings.space()  # validate before any work
-    workload = load_workload(
-        settings.workload,
-        data_dir=settings.data_dir,
-        seed=settings.seed,
-        cache_dir=studies_dir / "baselines",
-    )
+    if workload is None:
+        workload = load_workload(
+            settings.workload,
+            data_dir=settings.data_dir,
+            seed=settings.seed,
+            cache_dir=studies_dir / "baselines",
+        )
     if on_baseline is not None:
         on_baseline()
     torch.set_num_threads(settings.target.threads)

@@ -66,7 +66,7 @@ class Workload:
                 setattr(self, split, TensorData(*value))
             elif not isinstance(value, TensorData):
                 raise WorkloadError(
-                    f"workload {self.name!r}: {split} must be TensorData or an (x, y) pair of tensors"
+                    f"workload {self.name!r}: {split} must be TensorData or an (x, y) tensor pair"
                 )
         if self.model is None and (self.model_factory is None or self.baseline_training is None):
             raise WorkloadError(

@@ -1,0 +1,21 @@
+# Two entry points: `make demo` (the default study) and `make test` (the test suite).
+# Both create .venv and install what they need; constraints.txt pins the tested torch (CPU).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/autocompress demo
+
+test: $(VENV)/.installed
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check autocompress tests benchmarks
+	$(VENV)/bin/ruff format --check autocompress tests benchmarks

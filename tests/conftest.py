@@ -1,0 +1,68 @@
+"""Shared tiny models, data and workloads for the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.data import TensorData
+from autocompress.workload import Workload, load_workload
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_SPACE = REPO / "search_spaces" / "tiny.yaml"
+DEFAULT_SPACE = REPO / "search_spaces" / "default.yaml"
+
+
+def tiny_cnn() -> nn.Module:
+    """A very small CNN on 1x8x8 inputs, 4 classes."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 32),
+        nn.ReLU(),
+        nn.Linear(32, 4),
+    )
+
+
+def _blobs(n: int, seed: int) -> TensorData:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 0.3
+    # each class lights up one quadrant: learnable in a few epochs
+    for c in range(4):
+        r, col = divmod(c, 2)
+        x[y == c, :, r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] += 1.0
+    return TensorData(x, y)
+
+
+def tiny_workload() -> Workload:
+    """A user-style workload (``tests.conftest:tiny_workload``): tiny CNN, synthetic data."""
+    from autocompress.steps.finetune import FinetuneConfig
+
+    return Workload(
+        train=_blobs(256, 0),
+        val=_blobs(128, 1),
+        test=_blobs(128, 2),
+        model_factory=tiny_cnn,
+        baseline_training=FinetuneConfig(epochs=3, batch_size=32, lr=3e-3),
+    )
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The built-in digits workload; its baseline trains once and is cached under studies/."""
+    torch.set_num_threads(1)
+    return load_workload("digits", cache_dir=REPO / "studies" / "baselines")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    return load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path_factory.mktemp("c"))

@@ -113,6 +113,7 @@ def _run_trials(
     max_accuracy_drop: float,
     data_dir: Path | None,
     until_total: bool = False,
+    target: str | None = None,
 ) -> None:
     from autocompress.progress import RichReporter
     from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
@@ -126,7 +127,9 @@ def _run_trials(
         workload=workload,
         space_text=space_text,
         space_source=space_source,
-        target=Target(device=device, threads=threads, batch_size=batch_size),
+        target=Target.parse(target, threads, batch_size)
+        if target
+        else Target(device=device, threads=threads, batch_size=batch_size),
         max_accuracy_drop=max_accuracy_drop,
         sampler=sampler,
         seed=seed,
@@ -141,7 +144,8 @@ def _run_trials(
     )
     err_console.print(
         f"baseline: accuracy {baseline['accuracy']:.4f}, latency {baseline['latency_ms']:.3f} ms "
-        f"(batch {settings.target.batch_size}, {settings.target.threads} thread(s)), "
+        f"({settings.target.name}, batch {settings.target.batch_size}, "
+        f"{settings.target.threads} thread(s)), "
         f"size {baseline['size_kb']:.1f} KB; budget: accuracy drop <= {settings.max_accuracy_drop}"
     )
     if until_total and n_trials is not None:
@@ -208,6 +212,13 @@ def study_run(
         int, typer.Option(help="Seed of the sampler, the baseline and fine-tuning.")
     ] = 0,
     device: Annotated[str, typer.Option(help="Target device: cpu or cuda.")] = "cpu",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Target runtime: cpu-torch (default), cpu-onnxruntime, cuda-torch, "
+            "cuda-onnxruntime; overrides --device."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="Threads the model runs with on the target.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Batch size latency is measured at.")] = 32,
     max_accuracy_drop: Annotated[
@@ -242,6 +253,7 @@ def study_run(
             batch_size=batch_size,
             max_accuracy_drop=max_accuracy_drop,
             data_dir=data_dir,
+            target=target,
         )
 
 

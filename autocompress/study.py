@@ -28,9 +28,11 @@ from optuna.trial import TrialState
 
 from autocompress import __version__
 from autocompress.data import predict_logits
+from autocompress.deploy import RUNTIMES, Deployed, onnxruntime_available
 from autocompress.errors import AutocompressError, StorageError, TrialFailure
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import LatencySettings, measure_latency
+from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate, measure_trial
 from autocompress.pipeline import CompressionConfig, compress, save_baseline_artifact
 from autocompress.search_space import SearchSpace, parse_search_space_text
 from autocompress.steps.quantize import int8_supported
@@ -45,15 +47,45 @@ ATTR = "autocompress"  # the study user attribute holding settings, baseline and
 TRIAL_LATENCY = LatencySettings(min_block_seconds=0.025, min_blocks=5, max_blocks=30, max_cv=0.1)
 
 
+TARGETS = ("cpu-torch", "cpu-onnxruntime", "cuda-torch", "cuda-onnxruntime")
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where and how the compressed model will run."""
+    """Where and how the compressed model will run.
+
+    Attributes:
+        device: ``cpu`` or ``cuda``.
+        threads: Intra-op threads the model runs with.
+        batch_size: The batch latency is measured at.
+        runtime: ``torch`` (TorchScript / FX int8) or ``onnxruntime``.
+    """
 
     device: str = "cpu"
     threads: int = 1
     batch_size: int = 32
+    runtime: str = "torch"
+
+    @classmethod
+    def parse(cls, name: str, threads: int = 1, batch_size: int = 32) -> Target:
+        """``cpu-torch``, ``cpu-onnxruntime``, ``cuda-torch`` or ``cuda-onnxruntime``."""
+        if name not in TARGETS:
+            raise AutocompressError(f"--target {name!r}: use one of {', '.join(TARGETS)}")
+        device, runtime = name.split("-", 1)
+        return cls(device=device, threads=threads, batch_size=batch_size, runtime=runtime)
+
+    @property
+    def name(self) -> str:
+        """The target's short name, e.g. ``cpu-onnxruntime``."""
+        return f"{self.device}-{self.runtime}"
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise AutocompressError(f"runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        if self.runtime == "onnxruntime" and not onnxruntime_available():
+            raise AutocompressError(
+                "--target *-onnxruntime needs onnxruntime: pip install onnxruntime"
+            )
         if self.device not in ("cpu", "cuda"):
             raise AutocompressError(f"--device {self.device!r}: use cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -185,28 +217,33 @@ def load_study(name: str, storage: optuna.storages.BaseStorage | str) -> optuna.
     return study
 
 
-def _deploy_call(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    return lambda: model(x)
-
-
 def measure_baseline(workload: Workload, target: Target, artifact_dir: Path) -> dict[str, Any]:
-    """Accuracy, latency and size of the uncompressed model, measured like a trial's."""
+    """Accuracy, latency and size of the uncompressed model, deployed and measured like a trial."""
     artifact_dir.mkdir(parents=True, exist_ok=True)
     size = save_baseline_artifact(workload.model, artifact_dir / "baseline.acpk")
+    deployed = deploy_for_target(workload, workload.model, artifact_dir / "baseline", target)
     x = workload.val.x[: target.batch_size]
-    lat = measure_latency(
-        _deploy_call(workload.model, x), replace(TRIAL_LATENCY, threads=target.threads)
-    )
+    settings = replace(TRIAL_LATENCY, threads=target.threads)
+    lat = measure_latency(lambda: deployed.run(x), settings)
     return {
-        "accuracy": workload.evaluate(workload.model, "val"),
-        "test_accuracy": workload.evaluate(workload.model, "test"),
+        "accuracy": evaluate(workload, deployed, "val"),
+        "test_accuracy": evaluate(workload, deployed, "test"),
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
         "latency_cv": lat.cv,
+        "latency_eager_ms": eager_latency_ms(workload.model, x, settings),
+        "deployed_kind": deployed.kind,
         "size_kb": size / 1000,
         "size_bytes": size,
         "params": sum(p.numel() for p in workload.model.parameters()),
     }
+
+
+def _int8_on(target: Target) -> bool:
+    """Whether the target has real int8 kernels: ORT's QDQ on CPU, or PyTorch's x86 ones."""
+    if target.runtime == "onnxruntime":
+        return target.device == "cpu"
+    return target.device == "cpu" and int8_supported()
 
 
 class Objective:
@@ -231,6 +268,7 @@ class Objective:
         self.artifact_dir = artifact_dir
         self.reporter = reporter
         self._teacher_logits: torch.Tensor | None = None
+        self._baseline_deployed: Deployed | None = None
         self.latency = replace(TRIAL_LATENCY, threads=settings.target.threads)
 
     @property
@@ -240,6 +278,18 @@ class Objective:
             self._teacher_logits = predict_logits(self.workload.model, self.workload.train.x)
         return self._teacher_logits
 
+    @property
+    def baseline_deployed(self) -> Deployed:
+        """The baseline in its deployed form on the target, built once per process."""
+        if self._baseline_deployed is None:
+            self._baseline_deployed = deploy_for_target(
+                self.workload,
+                self.workload.model,
+                self.artifact_dir / "baseline",
+                self.settings.target,
+            )
+        return self._baseline_deployed
+
     def _stage(self, name: str) -> None:
         if self.reporter is not None:
             self.reporter.stage(name)
@@ -247,7 +297,7 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
         config = self.space.suggest(
             trial,
-            int8_activations_supported=self.settings.target.device == "cpu" and int8_supported(),
+            int8_activations_supported=_int8_on(self.settings.target),
             seed=self.settings.seed + trial.number,
         )
         trial.set_user_attr("config", config.to_dict())
@@ -287,13 +337,19 @@ class Objective:
             on_epoch=on_epoch,
         )
         self._stage("measure")
-        accuracy = wl.evaluate(compressed.deployable, "val")
-        test_accuracy = wl.evaluate(compressed.deployable, "test")
-        x = wl.val.x[: target.batch_size]
-        lat = measure_latency(
-            _deploy_call(compressed.deployable, x),
+        deployed, measured = measure_trial(
+            wl,
+            compressed,
+            config,
+            target,
+            self.baseline_deployed,
+            self.artifact_dir / f"trial-{trial.number}",
             self.latency,
-            reference=_deploy_call(wl.model, x),
+        )
+        accuracy, test_accuracy, lat = (
+            measured["accuracy"],
+            measured["test_accuracy"],
+            measured["latency"],
         )
         latency_ms = lat.ratio_to_reference * self.baseline["latency_ms"]
         size_kb = compressed.size_bytes / 1000
@@ -310,6 +366,8 @@ class Objective:
             "latency_stable": lat.stable,
             "latency_contended": lat.contended,
             "size_bytes": compressed.size_bytes,
+            "deployed_kind": deployed.kind,
+            "deployed_bytes": deployed.size_bytes,
             "compression_ratio": self.baseline["size_bytes"] / compressed.size_bytes,
             "params": report["params"],
             "macs": report["macs"],

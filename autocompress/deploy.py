@@ -1,0 +1,188 @@
+"""The deployable form of a model on a target runtime, and a callable that runs it.
+
+What is timed and evaluated is what would ship:
+  * ``torch``: the module traced and frozen with TorchScript (the physically pruned float model,
+    or the FX int8 module);
+  * ``onnxruntime``: the model exported to ONNX and run in an ORT session; with int8, static QDQ
+    quantization (per channel or per tensor) calibrated on training data. ORT's *dynamic* int8 is
+    never used: it was 2-6x slower than fp32 on convolutions here.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+RUNTIMES = ("torch", "onnxruntime")
+
+
+@dataclass
+class Deployed:
+    """A model in its deployed form.
+
+    Attributes:
+        run: Runs one batch and returns the outputs as a float tensor.
+        kind: What was deployed, e.g. ``torchscript``, ``onnx-fp32``, ``onnx-qdq-int8``.
+        path: The deployed file.
+        size_bytes: Its size on disk.
+    """
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    kind: str
+    path: str
+    size_bytes: int
+
+    def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Outputs for all of ``x``, in batches."""
+        return torch.cat([self.run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime is importable."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Deployed:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.freeze(torch.jit.trace(module.eval(), example))
+    traced.save(str(path))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return traced(x)
+
+    return Deployed(run, "torchscript", str(path), path.stat().st_size)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Export with a dynamic batch axis (TorchScript-based exporter: no torch.export needed)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        )
+
+
+class _Calibration:
+    """onnxruntime.quantization.CalibrationDataReader over a tensor, in batches."""
+
+    def __init__(self, x: torch.Tensor, batch_size: int = 64) -> None:
+        self._batches = iter(
+            [{"input": x[i : i + batch_size].numpy()} for i in range(0, len(x), batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def _onnxruntime(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    int8: bool,
+    calibration_x: torch.Tensor | None,
+    per_channel: bool,
+    threads: int,
+    device: str,
+) -> Deployed:
+    import onnxruntime as ort
+
+    fp32_path = path.with_suffix(".fp32.onnx") if int8 else path
+    export_onnx(model, example, fp32_path)
+    kind = "onnx-fp32"
+    if int8:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        if calibration_x is None:
+            raise ValueError("ORT static int8 needs calibration data")
+        quantize_static(
+            str(fp32_path),
+            str(path),
+            _Calibration(calibration_x),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        fp32_path.unlink(missing_ok=True)
+        kind = "onnx-qdq-int8"
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+    return Deployed(run, kind, str(path), path.stat().st_size)
+
+
+def deploy(
+    model: nn.Module,
+    example: torch.Tensor,
+    out_stem: str | os.PathLike[str],
+    *,
+    runtime: str = "torch",
+    int8_module: nn.Module | None = None,
+    calibration_x: torch.Tensor | None = None,
+    per_channel: bool = True,
+    threads: int = 1,
+    device: str = "cpu",
+) -> Deployed:
+    """Build the deployed form of ``model`` for ``runtime`` and write it next to ``out_stem``.
+
+    Args:
+        model: The float model (pruned, fine-tuned, k-bit weights).
+        example: One input batch, for tracing and export.
+        out_stem: Path without suffix; ``.pt`` or ``.onnx`` is added.
+        runtime: ``torch`` or ``onnxruntime``.
+        int8_module: For ``torch`` with int8 activations, the FX int8 module to deploy.
+        calibration_x: For ``onnxruntime`` int8: the calibration inputs. Its presence asks
+            for static int8.
+        per_channel: Weight scales per channel (ORT int8).
+        threads: Intra-op threads of the ORT session.
+        device: ``cpu`` or ``cuda``.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; use one of {RUNTIMES}")
+    out_stem = Path(out_stem)
+    if runtime == "torch":
+        module = int8_module if int8_module is not None else model
+        deployed = _torchscript(module, example, out_stem.with_suffix(".pt"))
+        if int8_module is not None:
+            deployed.kind = "torchscript-fx-int8"
+        return deployed
+    return _onnxruntime(
+        model,
+        example,
+        out_stem.with_suffix(".onnx"),
+        int8=calibration_x is not None,
+        calibration_x=calibration_x,
+        per_channel=per_channel,
+        threads=threads,
+        device=device,
+    )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,14 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, Any]]] = {
     "pruning": {
         "method": (_Kind(str, choices=PRUNE_METHODS), "none"),
         "amount": (_Kind(float, bounds=(0.0, 0.95)), 0.5),
+        "per_layer": (_Kind(bool, choices=(False, True)), False),
+        "layer_scale": (_Kind(float, bounds=(0.0, 4.0)), {"low": 0.5, "high": 1.5}),
     },
     "quantization": {
         "weight_bits": (_Kind(int, choices=WEIGHT_BITS), 32),
         "int8_activations": (_Kind(bool, choices=(False, True)), False),
         "granularity": (_Kind(str, choices=GRANULARITIES), "per_channel"),
+        "per_layer": (_Kind(bool, choices=(False, True)), False),
     },
     "distillation": {
         "enabled": (_Kind(bool, choices=(False, True)), False),
@@ -108,18 +112,45 @@ class SearchSpace:
         return self.dims[name]
 
     def suggest(
-        self, trial: optuna.Trial, *, int8_activations_supported: bool = True, seed: int = 0
+        self,
+        trial: optuna.Trial,
+        *,
+        int8_activations_supported: bool = True,
+        seed: int = 0,
+        layers: Sequence[str] = (),
+        prunable: Sequence[str] = (),
     ) -> CompressionConfig:
-        """Suggest one joint configuration; a step's parameters only when the step is on."""
+        """Suggest one joint configuration; a step's parameters only when the step is on.
+
+        Args:
+            trial: The Optuna trial.
+            int8_activations_supported: Whether the target has int8 kernels.
+            seed: Seed of the trial's fine-tuning.
+            layers: Conv/linear layer names, for per-layer bit-widths (first/last included).
+            prunable: Layer names that may be pruned, for per-layer pruning amounts.
+        """
         d = self.dims
         method = d["pruning.method"].suggest(trial)
-        amount = d["pruning.amount"].suggest(trial) if method != "none" else 0.0
+        amount, layer_amounts = 0.0, {}
+        if method != "none":
+            amount = d["pruning.amount"].suggest(trial)
+            if prunable and d["pruning.per_layer"].suggest(trial):
+                scale = d["pruning.layer_scale"]
+                for name in prunable:
+                    factor = replace(scale, name=f"pruning.layer.{name}").suggest(trial)
+                    layer_amounts[name] = round(min(0.95, amount * factor), 4)
         bits = d["quantization.weight_bits"].suggest(trial)
-        granularity, int8_act = "per_channel", False
+        granularity, int8_act, layer_bits = "per_channel", False, {}
         if bits <= 8:
             granularity = d["quantization.granularity"].suggest(trial)
             if int8_activations_supported:
                 int8_act = d["quantization.int8_activations"].suggest(trial)
+            if layers and d["quantization.per_layer"].suggest(trial):
+                choices = self.low_bit_choices()
+                for name in layers:
+                    layer_bits[name] = trial.suggest_categorical(
+                        f"quantization.bits.{name}", list(choices)
+                    )
         epochs = d["finetune.epochs"].suggest(trial)
         finetune, distill = FinetuneConfig(epochs=0), None
         if epochs > 0:
@@ -138,14 +169,23 @@ class SearchSpace:
                     alpha=d["distillation.alpha"].suggest(trial),
                 )
         return CompressionConfig(
-            prune=PruneConfig(method=method, amount=amount),
+            prune=PruneConfig(method=method, amount=amount, layer_amounts=layer_amounts),
             finetune=finetune,
             distill=distill,
             quantize=QuantizeConfig(
-                weight_bits=bits, granularity=granularity, int8_activations=int8_act
+                weight_bits=bits,
+                granularity=granularity,
+                int8_activations=int8_act,
+                layer_bits=layer_bits,
             ),
             seed=seed,
         )
+
+    def low_bit_choices(self) -> tuple[int, ...]:
+        """Per-layer bit-width choices: the space's weight bits of 8 or fewer."""
+        dim = self.dims["quantization.weight_bits"]
+        values = dim.choices if dim.choices is not None else (dim.value,)
+        return tuple(b for b in values if b <= 8) or (8,)
 
 
 def _is_number(v: Any) -> bool:
@@ -266,7 +306,13 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
             name = f"{section}.{key}"
             raw = raw_section.get(key, default)
             dims[name] = _parse_dimension(name, raw, kind, f"{source}: {name}")
-    if not any(dim.searched for dim in dims.values()):
+    per_layer_off = dims["pruning.per_layer"].value is False
+    searched = [
+        name
+        for name, dim in dims.items()
+        if dim.searched and not (name == "pruning.layer_scale" and per_layer_off)
+    ]
+    if not searched:
         raise SearchSpaceError(
             f"{source}: the search space is empty (every parameter is fixed); "
             "give at least one list of choices or a low/high range"

@@ -35,6 +35,7 @@ from autocompress.latency import LatencySettings, measure_latency
 from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate, measure_trial
 from autocompress.pipeline import CompressionConfig, compress, save_baseline_artifact
 from autocompress.search_space import SearchSpace, parse_search_space_text
+from autocompress.steps.prune import output_layers, prunable_layers
 from autocompress.steps.quantize import int8_supported
 from autocompress.workload import Workload, load_workload
 
@@ -270,6 +271,9 @@ class Objective:
         self._teacher_logits: torch.Tensor | None = None
         self._baseline_deployed: Deployed | None = None
         self.latency = replace(TRIAL_LATENCY, threads=settings.target.threads)
+        kept_whole = output_layers(workload.model, workload.example_input)
+        self.layers = [name for name, _ in prunable_layers(workload.model)]
+        self.prunable = [n for n, m in prunable_layers(workload.model) if m not in kept_whole]
 
     @property
     def teacher_logits(self) -> torch.Tensor:
@@ -299,6 +303,8 @@ class Objective:
             trial,
             int8_activations_supported=_int8_on(self.settings.target),
             seed=self.settings.seed + trial.number,
+            layers=self.layers,
+            prunable=self.prunable,
         )
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())

@@ -19,6 +19,10 @@ CONFIGS = {
         quantize=QuantizeConfig(weight_bits=8, int8_activations=True),
     ),
     "fp16": CompressionConfig(quantize=QuantizeConfig(weight_bits=16)),
+    "per-layer": CompressionConfig(
+        prune=PruneConfig("structured", 0.4, layer_amounts={"0": 0.2}),
+        quantize=QuantizeConfig(weight_bits=4, layer_bits={"3": 2, "9": 8}),
+    ),
 }
 
 

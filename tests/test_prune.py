@@ -53,3 +53,17 @@ def test_config_validation():
         PruneConfig("random", 0.5)
     with pytest.raises(ValueError, match=r"\[0, 0.95\]"):
         PruneConfig("structured", 0.99)
+
+
+def test_per_layer_amounts_are_applied():
+    torch.manual_seed(0)
+    model = digits_cnn()
+    cfg = PruneConfig("structured", 0.5, layer_amounts={"0": 0.25, "3": 0.75})
+    report = prune_model(model, cfg, torch.randn(1, 1, 8, 8))
+    assert report["channels"]["0"] == 24 and report["channels"]["3"] == 16
+    assert report["channels"]["7"] == 32  # the global amount elsewhere
+    model = digits_cnn()
+    prune_model(model, PruneConfig("unstructured", 0.1, layer_amounts={"3": 0.9}), None)
+    finalize_pruning(model)
+    assert (model[3].weight == 0).float().mean() == pytest.approx(0.9, abs=0.01)
+    assert (model[0].weight == 0).float().mean() == pytest.approx(0.1, abs=0.05)

@@ -6,7 +6,9 @@ from autocompress.search_space import load_search_space, parse_search_space_text
 from tests.conftest import DEFAULT_SPACE, TINY_SPACE
 
 
-def test_default_and_tiny_spaces_load():
+def test_shipped_spaces_load():
+    for path in sorted(DEFAULT_SPACE.parent.glob("*.yaml")):
+        load_search_space(path)
     space = load_search_space(DEFAULT_SPACE)
     assert space["quantization.weight_bits"].choices == (32, 16, 8, 6, 4, 3, 2)
     assert space["distillation.temperature"].log is True
@@ -81,4 +83,32 @@ def test_int8_activations_not_offered_without_kernel():
         config = space.suggest(trial, int8_activations_supported=False)
         assert not config.quantize.int8_activations
         assert "quantization.int8_activations" not in trial.params
+        study.tell(trial, 0.0)
+
+
+def test_per_layer_space_suggests_one_dimension_per_layer():
+    space = parse_search_space_text(
+        "pruning:\n  method: structured\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
+        "  layer_scale: {low: 0.5, high: 1.5}\n"
+        "quantization:\n  weight_bits: [8, 4, 2]\n  per_layer: true\n"
+    )
+    layers = ["conv1", "conv2", "fc1", "fc2"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    trial = study.ask()
+    config = space.suggest(trial, layers=layers, prunable=layers[:-1])
+    assert {f"pruning.layer.{n}" for n in layers[:-1]} <= set(trial.params)
+    assert "pruning.layer.fc2" not in trial.params
+    assert {f"quantization.bits.{n}" for n in layers} <= set(trial.params)
+    assert set(config.prune.layer_amounts) == set(layers[:-1])
+    assert all(0 <= a <= 0.95 for a in config.prune.layer_amounts.values())
+    assert set(config.quantize.layer_bits.values()) <= {8, 4, 2}
+
+
+def test_per_layer_off_adds_no_dimensions():
+    space = load_search_space(DEFAULT_SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(10):
+        trial = study.ask()
+        space.suggest(trial, layers=["a", "b"], prunable=["a"])
+        assert not any(".layer." in p or ".bits." in p for p in trial.params)
         study.tell(trial, 0.0)

@@ -7,7 +7,7 @@ size falls) but dense kernels run just as long, and the trial records that it ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,16 +29,21 @@ class PruneConfig:
         method: ``none``, ``unstructured`` (global magnitude over all conv/linear weights) or
             ``structured`` (output channels by L2 magnitude, removed with torch-pruning).
         amount: Share of weights (unstructured) or of channels per layer (structured) removed.
+        layer_amounts: Per-layer amounts by module name, overriding ``amount`` for those
+            layers (unstructured pruning then prunes each layer by its own magnitude).
     """
 
     method: str = "none"
     amount: float = 0.0
+    layer_amounts: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in PRUNE_METHODS:
             raise ValueError(f"unknown pruning method {self.method!r}; use one of {PRUNE_METHODS}")
-        if not 0.0 <= self.amount <= 0.95:
-            raise ValueError(f"pruning amount must be in [0, 0.95], got {self.amount}")
+        for name, value in {"": self.amount, **self.layer_amounts}.items():
+            if not 0.0 <= value <= 0.95:
+                where = f" of layer {name!r}" if name else ""
+                raise ValueError(f"pruning amount{where} must be in [0, 0.95], got {value}")
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -80,14 +85,25 @@ def prune_model(
         "amount": config.amount,
         "params_before": before,
     }
-    if config.method == "none" or config.amount == 0.0:
+    if config.method == "none" or (config.amount == 0.0 and not config.layer_amounts):
         report["params_after"] = before
         return report
+    layers = dict(prunable_layers(model))
+    unknown = set(config.layer_amounts) - set(layers)
+    if unknown:
+        raise TrialFailure(f"per-layer pruning names unknown layers: {sorted(unknown)}")
     if config.method == "unstructured":
-        weights = [(m, "weight") for _, m in prunable_layers(model)]
-        torch_prune.global_unstructured(
-            weights, pruning_method=torch_prune.L1Unstructured, amount=config.amount
-        )
+        if config.layer_amounts:
+            for name, module in layers.items():
+                amount = config.layer_amounts.get(name, config.amount)
+                if amount > 0:
+                    torch_prune.l1_unstructured(module, "weight", amount=amount)
+        else:
+            torch_prune.global_unstructured(
+                [(m, "weight") for m in layers.values()],
+                pruning_method=torch_prune.L1Unstructured,
+                amount=config.amount,
+            )
         report["params_after"] = before
         return report
     try:
@@ -96,6 +112,7 @@ def prune_model(
             example_inputs=example_input,
             importance=tp.importance.MagnitudeImportance(p=2),
             pruning_ratio=config.amount,
+            pruning_ratio_dict={layers[n]: a for n, a in config.layer_amounts.items()} or None,
             ignored_layers=output_layers(model, example_input),
             global_pruning=False,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,8 @@ class QuantizeConfig:
         keep_edges_8bit: Below 8 bits, keep the first and last layer at 8 bits (they are the
             most sensitive and the smallest).
         calibration_size: Training examples used to calibrate int8 activation ranges.
+        layer_bits: Per-layer weight bits by module name (per-layer search); overrides
+            ``weight_bits`` and ``keep_edges_8bit`` for those layers.
     """
 
     weight_bits: int = 32
@@ -43,8 +45,12 @@ class QuantizeConfig:
     int8_activations: bool = False
     keep_edges_8bit: bool = True
     calibration_size: int = 512
+    layer_bits: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, bits in self.layer_bits.items():
+            if bits not in WEIGHT_BITS or (self.int8_activations and bits > 8):
+                raise ValueError(f"weight bits of layer {name!r} cannot be {bits}")
         if self.weight_bits not in WEIGHT_BITS:
             raise ValueError(f"weight_bits must be one of {WEIGHT_BITS}, got {self.weight_bits}")
         if self.granularity not in GRANULARITIES:
@@ -70,6 +76,7 @@ def weight_bit_plan(model: nn.Module, config: QuantizeConfig) -> dict[str, int]:
         bits = config.weight_bits
         if config.keep_edges_8bit and bits < 8 and i in (0, len(layers) - 1):
             bits = 8
+        bits = config.layer_bits.get(name, bits)
         plan[f"{name}.weight" if name else "weight"] = bits
     return plan
 

@@ -316,6 +316,8 @@ def study_status(
             )
         for number, reason in s["failed"]:
             console.print(f"trial {number} failed: {reason}")
+        for number, reason in s["stopped"]:
+            console.print(f"trial {number} {reason}")
 
 
 def _print_front(name: str, storage: str) -> None:

@@ -126,7 +126,7 @@ def compress(
     *,
     teacher_logits: torch.Tensor | None = None,
     on_stage: Callable[[str], None] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[int, float, nn.Module], None] | None = None,
 ) -> CompressedModel:
     """Apply ``config`` to a fresh copy of the workload's baseline and write its artifact.
 
@@ -136,7 +136,8 @@ def compress(
         artifact_path: Where the packed model is written.
         teacher_logits: The baseline's logits on the training split (computed once, reused).
         on_stage: Called with the stage name as each stage starts.
-        on_epoch: Called after each fine-tuning epoch with (epoch, mean loss).
+        on_epoch: Called after each fine-tuning epoch with (epoch, mean loss, model); it may
+            raise to stop a hopeless trial early.
 
     Raises:
         TrialFailure: A step could not be applied (untraceable model, NaN loss, ...).
@@ -164,7 +165,7 @@ def compress(
         distill=config.distill,
         teacher_logits=teacher_logits,
         seed=config.seed,
-        on_epoch=on_epoch,
+        on_epoch=None if on_epoch is None else lambda e, loss: on_epoch(e, loss, model),
     )
     finalize_pruning(model)
     model.eval()

@@ -61,6 +61,9 @@ class RichReporter:
                 f"trial {trial.number}: accuracy {acc:.4f}  latency {lat:.3f} ms  "
                 f"size {size:.1f} KB{mark}"
             )
+        elif trial.state.name == "PRUNED":
+            reason = trial.user_attrs.get("stopped_reason", "stopped early")
+            self.console.print(f"trial {trial.number}: [yellow]{reason}[/]")
         else:
             reason = trial.user_attrs.get("fail_reason", trial.state.name.lower())
             self.console.print(f"trial {trial.number}: [red]failed[/] ({reason})")

@@ -45,6 +45,7 @@ METRIC_NAMES = ["accuracy", "latency_ms", "size_kb"]
 DIRECTIONS = ["maximize", "minimize", "minimize"]
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
+EARLY_STOP_MARGINS = (0.10, 0.03)  # after the first epoch, after later ones
 TRIAL_LATENCY = LatencySettings(min_block_seconds=0.025, min_blocks=5, max_blocks=30, max_cv=0.1)
 
 
@@ -109,6 +110,7 @@ class StudySettings:
     sampler: str = "tpe"
     seed: int = 0
     data_dir: str | None = None
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -325,14 +327,36 @@ class Objective:
             trial.set_user_attr("fail_reason", reason)
             raise TrialFailure(reason) from e
 
+    def _stop_if_hopeless(self, trial: optuna.Trial, epoch: int, model: torch.nn.Module) -> None:
+        """End a trial whose validation accuracy cannot plausibly reach the budget.
+
+        Multi-objective studies cannot use Optuna's pruners (``trial.report`` raises), so the
+        check is ours: after the first epoch the float model (quantization only lowers it
+        further) must be within ``EARLY_STOP_MARGINS[0]`` of the lowest feasible accuracy, and
+        within ``EARLY_STOP_MARGINS[1]`` at later epochs. The trial ends PRUNED with its reason.
+        """
+        floor = self.baseline["accuracy"] - self.settings.max_accuracy_drop
+        margin = EARLY_STOP_MARGINS[0] if epoch == 1 else EARLY_STOP_MARGINS[1]
+        accuracy = self.workload.evaluate(model, "val")
+        if accuracy < floor - margin:
+            reason = (
+                f"stopped early after epoch {epoch}: validation accuracy {accuracy:.4f} is more "
+                f"than {margin:.2f} below the lowest feasible accuracy {floor:.4f}"
+            )
+            trial.set_user_attr("partial_accuracy", accuracy)
+            trial.set_user_attr("stopped_reason", reason)
+            raise optuna.TrialPruned(reason)
+
     def _run(self, trial: optuna.Trial, config: CompressionConfig) -> tuple[float, float, float]:
         wl, target = self.workload, self.settings.target
         started = time.perf_counter()
         epochs = config.finetune.epochs
 
-        def on_epoch(epoch: int, loss: float) -> None:
+        def on_epoch(epoch: int, loss: float, model: torch.nn.Module) -> None:
             if self.reporter is not None:
                 self.reporter.epoch(epoch, epochs, loss)
+            if self.settings.early_stop and epoch < epochs:
+                self._stop_if_hopeless(trial, epoch, model)
 
         compressed = compress(
             wl,
@@ -535,6 +559,11 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         for t in trials
         if t.state == TrialState.FAIL
     ]
+    stopped = [
+        (t.number, t.user_attrs.get("stopped_reason", ""))
+        for t in trials
+        if t.state == TrialState.PRUNED
+    ]
     return {
         "name": study.study_name,
         "counts": {k: v for k, v in counts.items() if v},
@@ -544,4 +573,5 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "best": best,
         "seconds": seconds,
         "failed": failed,
+        "stopped": stopped,
     }

@@ -141,3 +141,22 @@ def test_settings_validation():
         StudySettings(max_accuracy_drop=5)
     with pytest.raises(AutocompressError, match="--threads"):
         Target(threads=0)
+
+
+def test_hopeless_trial_stops_early_and_stays_off_the_front(digits, tmp_path, settings):
+    space = (
+        "pruning:\n  method: structured\n  amount: 0.9\n"
+        "finetune:\n  epochs: 3\n  lr: {low: 1.0e-6, high: 2.0e-6, log: true}\n"
+    )
+    s = StudySettings(**{**settings.__dict__, "space_text": space, "max_accuracy_drop": 0.01})
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, used, wl, baseline = create_or_resume(
+        "e", storage, s, studies_dir=tmp_path, workload=digits
+    )
+    run_study(study, used, wl, baseline, n_trials=1, studies_dir=tmp_path)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.PRUNED
+    assert "stopped early after epoch 1" in trial.user_attrs["stopped_reason"]
+    assert trial.user_attrs["partial_accuracy"] < baseline["accuracy"] - 0.11
+    assert feasible_front(study) == []
+    assert summarize(study)["stopped"][0][0] == trial.number

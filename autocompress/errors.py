@@ -21,3 +21,7 @@ class StorageError(AutocompressError):
 
 class TrialFailure(Exception):
     """A trial could not be completed: its reason is recorded with it and the study goes on."""
+
+
+class RecipeError(AutocompressError):
+    """A recipe is malformed, of an unknown version, tampered with, or cannot be applied."""

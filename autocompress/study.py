@@ -511,6 +511,10 @@ def run_study(
     artifact_dir = studies_dir / study.study_name
     artifact_dir.mkdir(parents=True, exist_ok=True)
     objective = Objective(workload, settings, baseline, artifact_dir, reporter)
+    from autocompress.recipe import RecipeArtifacts  # here: recipe imports this module
+
+    # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
+    objective = RecipeArtifacts(objective, workload.model, artifact_dir)
     all_callbacks = list(callbacks or [])
     if reporter is not None:
         all_callbacks.append(lambda s, t: reporter.trial_finished(t))

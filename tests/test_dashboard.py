@@ -115,9 +115,15 @@ def get(wsgi_app, path: str) -> tuple[str, bytes]:
     return status[0], body
 
 
-@pytest.fixture
-def study(tmp_path):
-    return make_study(tmp_path)
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    """The directory of the module's synthetic study: its database and artifacts."""
+    return tmp_path_factory.mktemp("studies")
+
+
+@pytest.fixture(scope="module")
+def study(studies):
+    return make_study(studies)
 
 
 def test_constraint_is_recorded_in_both_forms_and_feasibility_agrees(study):
@@ -133,8 +139,8 @@ def test_constraint_is_recorded_in_both_forms_and_feasibility_agrees(study):
     assert [t.number for t in feasible_front(study)] == FRONT
 
 
-def test_dashboard_lists_the_study_with_our_metric_names(study, tmp_path):
-    wsgi_app = dashboard_app(study._storage, tmp_path, "dash")
+def test_dashboard_lists_the_study_with_our_metric_names(study, studies):
+    wsgi_app = dashboard_app(study._storage, studies, "dash")
     status, body = get(wsgi_app, "/api/studies")
     assert status.startswith("200")
     (summary,) = json.loads(body)["study_summaries"]
@@ -145,8 +151,8 @@ def test_dashboard_lists_the_study_with_our_metric_names(study, tmp_path):
     assert json.loads(get(wsgi_app, "/api/meta")[1])["artifact_is_available"] is True
 
 
-def test_dashboard_marks_infeasible_trials_and_serves_notes_and_artifacts(study, tmp_path):
-    wsgi_app = dashboard_app(study._storage, tmp_path, "dash")
+def test_dashboard_marks_infeasible_trials_and_serves_notes_and_artifacts(study, studies):
+    wsgi_app = dashboard_app(study._storage, studies, "dash")
     detail = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])
     trials = {t["number"]: t for t in detail["trials"]}
     assert len(trials) == len(TRIALS)
@@ -201,8 +207,8 @@ def test_study_url_points_at_the_study(study):
     assert study_url("::1", 80, study) == f"http://[::1]:80/dashboard/studies/{study._study_id}"
 
 
-def test_dashboard_command_refuses_an_unknown_study(study, tmp_path):
-    url = f"sqlite:///{tmp_path / 's.db'}"
+def test_dashboard_command_refuses_an_unknown_study(study, studies):
+    url = f"sqlite:///{studies / 's.db'}"
     result = CliRunner().invoke(app, ["dashboard", "nope", "--storage", url])
     assert result.exit_code == 2
     assert "no study named 'nope'" in result.output

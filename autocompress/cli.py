@@ -381,6 +381,80 @@ def pareto(
 
 
 @app.command()
+def dashboard(
+    name: Annotated[
+        str | None, typer.Argument(help="Study to open (default: the list of all studies).")
+    ] = None,
+    storage: StorageOpt = "",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; the default serves this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+) -> None:
+    """Browse a study in optuna-dashboard: Pareto front, trial notes, recipe artifacts.
+
+    Infeasible trials (over the accuracy budget) are greyed out on its Pareto front and
+    marked in each trial's note and ``feasible`` attribute.
+
+    Example: autocompress dashboard demo --port 8080
+    """
+    from autocompress.dashboard import dashboard_app, make_dashboard_server, study_url
+    from autocompress.study import STUDIES_DIR, load_study, open_storage
+
+    with _user_errors():
+        storage_obj = open_storage(storage or _default_storage())
+        study = load_study(name, storage_obj) if name else None
+        app_ = dashboard_app(storage_obj, STUDIES_DIR, name)
+        try:
+            server = make_dashboard_server(app_, host, port)
+        except OSError as e:
+            raise AutocompressError(
+                f"cannot listen on {host}:{port} ({e.strerror}); try another --port"
+            ) from None
+        url = study_url(host, server.server_port, study)
+        console.print(f"optuna-dashboard at [bold]{url}[/] (Ctrl-C to stop)", soft_wrap=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            console.print("dashboard stopped")
+        finally:
+            server.server_close()
+
+
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: NAME-report.html or .png).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="html (self-contained, opens offline) or png (one image)."),
+    ] = "html",
+) -> None:
+    """Write a static report: Pareto front projections, hypervolume over trials, importances.
+
+    Example: autocompress report demo --out report.html
+    """
+    from autocompress.report import FORMATS, write_report
+    from autocompress.study import load_study
+
+    with _user_errors():
+        if fmt not in FORMATS:
+            raise AutocompressError(f"--format {fmt!r}: use html or png")
+        study = load_study(name, storage or _default_storage())
+        path = out or Path(f"{name}-report.{fmt}")
+        data = write_report(study, path, fmt)
+        final = data.hypervolume[-1][2] if data.hypervolume else 0.0
+        console.print(
+            f"wrote {path}: {len(data.trials)} trials, front {len(data.front)}, "
+            f"hypervolume {final:.4f} of the reference box",
+            soft_wrap=True,
+        )
+
+
+@app.command()
 def demo(
     n_trials: Annotated[
         int, typer.Option(help="Completed trials the demo study should have.")

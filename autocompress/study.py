@@ -27,6 +27,7 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress import __version__
+from autocompress.dashboard import record_constraint, save_trial_note
 from autocompress.data import predict_logits
 from autocompress.deploy import RUNTIMES, Deployed, onnxruntime_available
 from autocompress.errors import AutocompressError, StorageError, TrialFailure
@@ -36,7 +37,7 @@ from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate, 
 from autocompress.pipeline import CompressionConfig, compress, save_baseline_artifact
 from autocompress.search_space import SearchSpace, parse_search_space_text
 from autocompress.steps.prune import output_layers, prunable_layers
-from autocompress.steps.quantize import int8_supported
+from autocompress.steps.quantize import int8_supported, weight_bit_plan
 from autocompress.workload import Workload, load_workload
 
 STUDIES_DIR = Path("studies")
@@ -384,7 +385,7 @@ class Objective:
         latency_ms = lat.ratio_to_reference * self.baseline["latency_ms"]
         size_kb = compressed.size_bytes / 1000
         drop = self.baseline["accuracy"] - accuracy
-        trial.set_constraint("accuracy_drop", drop - self.settings.max_accuracy_drop)
+        record_constraint(trial, "accuracy_drop", drop - self.settings.max_accuracy_drop)
         report = compressed.report
         attrs = {
             "test_accuracy": test_accuracy,
@@ -404,6 +405,7 @@ class Objective:
             "sparsity": report["sparsity"],
             "effective_bits": report["effective_bits"],
             "channels": report["channels"],
+            "weight_bits": weight_bit_plan(compressed.model, config.quantize),
             "notes": report["notes"],
             "artifact": compressed.artifact_path,
             "seconds": time.perf_counter() - started,
@@ -414,7 +416,9 @@ class Objective:
             trial.set_user_attr("pruning_history", report["pruning_history"])
         if not math.isfinite(accuracy):
             raise TrialFailure("validation accuracy is not finite")
-        return accuracy, latency_ms, size_kb
+        values = (accuracy, latency_ms, size_kb)
+        save_trial_note(trial, values, self.baseline, self.settings.max_accuracy_drop, wl.model)
+        return values
 
 
 def create_or_resume(

@@ -165,6 +165,7 @@ def save_packed(
     weight_bits: Mapping[str, int],
     granularity: str = "per_channel",
     metadata: Mapping[str, Any] | None = None,
+    entropy_coding: bool = True,
 ) -> int:
     """Write a state dict as a packed artifact.
 
@@ -176,6 +177,8 @@ def save_packed(
             tensors are stored losslessly in their own dtype.
         granularity: ``"per_channel"`` or ``"per_tensor"``, as in ``fake_quantize``.
         metadata: JSON-serialisable dict stored in the header and returned by ``load_packed``.
+        entropy_coding: Deflate (LZ77 + Huffman, as Deep Compression's last stage) the packed
+            tensors when that makes the file smaller. Loading is the same either way.
 
     Returns:
         The size of the written file in bytes.
@@ -207,9 +210,20 @@ def save_packed(
             chunks.append(part)
             offset += len(part)
         entries.append(entry)
+    blob = b"".join(chunks)
+    codec = "raw"
+    if entropy_coding:
+        deflated = zlib.compress(blob, 9)
+        if len(deflated) < len(blob):
+            blob, codec = deflated, "zlib"
     try:
         header = json.dumps(
-            {"tensors": entries, "blob_size": offset, "metadata": dict(metadata or {})},
+            {
+                "tensors": entries,
+                "blob_size": offset,
+                "blob_codec": codec,
+                "metadata": dict(metadata or {}),
+            },
             allow_nan=False,
         )
     except (TypeError, ValueError) as e:
@@ -218,8 +232,7 @@ def save_packed(
     with open(path, "wb") as f:
         f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(packed)))
         f.write(packed)
-        for chunk in chunks:
-            f.write(chunk)
+        f.write(blob)
     return os.path.getsize(path)
 
 
@@ -288,6 +301,10 @@ def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
     try:
         header = json.loads(zlib.decompress(data[_PREFIX.size : start]).decode("utf-8"))
         blob = memoryview(data)[start:]
+        if header.get("blob_codec", "raw") == "zlib":
+            blob = memoryview(zlib.decompress(blob))
+        elif header.get("blob_codec", "raw") != "raw":
+            raise ValueError(f"unknown blob codec {header['blob_codec']!r}")
         if len(blob) != header["blob_size"]:
             raise ValueError(f"blob is {len(blob)} bytes, header says {header['blob_size']}")
         state: dict[str, torch.Tensor] = {}

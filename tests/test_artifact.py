@@ -92,7 +92,12 @@ def test_file_size_is_k_over_32(tmp_path):
     assert 90_000 < n_weights + other_bytes // 4 < 110_000
     sizes = {}
     for k in (2, 4, 8, 16, 32):
-        size = save_packed(tmp_path / f"m{k}.acpk", sd, weight_bits=dict.fromkeys(weights, k))
+        size = save_packed(
+            tmp_path / f"m{k}.acpk",
+            sd,
+            weight_bits=dict.fromkeys(weights, k),
+            entropy_coding=False,
+        )
         scales = sum(v.shape[0] * 4 for v in weights.values()) if k <= 8 else 0
         payload = sum(math.ceil(v.numel() * k / 8) for v in weights.values())
         ideal = n_weights * 4 * k / 32
@@ -101,6 +106,19 @@ def test_file_size_is_k_over_32(tmp_path):
         sizes[k] = size
     print("packed sizes (bytes) for", n_weights, "weights:", sizes)
     assert sizes[2] < sizes[4] < sizes[8] < sizes[16] < sizes[32]
+
+
+def test_entropy_coding_shrinks_low_entropy_weights_and_loads_the_same(tmp_path):
+    torch.manual_seed(4)
+    w = torch.randn(128, 256) * 0.01
+    w[:, 0] = 1.0  # one large weight per channel: the other codes crowd around zero
+    sd = {"w": w}
+    raw = save_packed(tmp_path / "raw", sd, weight_bits={"w": 8}, entropy_coding=False)
+    coded = save_packed(tmp_path / "coded", sd, weight_bits={"w": 8})
+    assert coded < raw * 0.8
+    assert torch.equal(
+        load_packed(tmp_path / "raw")[0]["w"], load_packed(tmp_path / "coded")[0]["w"]
+    )
 
 
 def test_sparse_is_smaller_and_exact(tmp_path):

@@ -74,3 +74,14 @@ def test_distillation_uses_cached_teacher_logits():
     train = _blobs(64, 0)
     with pytest.raises(ValueError, match="teacher's logits"):
         finetune(tiny_cnn(), train, FinetuneConfig(epochs=1), distill=DistillConfig())
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 7])
+def test_one_cycle_survives_very_short_runs(steps):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    sched = make_scheduler(opt, FinetuneConfig(epochs=1, schedule="one_cycle"), total_steps=steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] <= 0.1

@@ -26,7 +26,7 @@ def test_shipped_spaces_load():
         ("pruning:\n  amount: {low: 0.6, high: 0.2}", "low (0.6) is greater than high (0.2)"),
         ("finetune:\n  epochs: {low: 0, high: two}", "expected an integer"),
         ("finetune:\n  lr: {low: 0, high: 0.1, log: true}", "outside the possible range"),
-        ("quantization:\n  weight_bits: [32, 5]", "5 is not allowed"),
+        ("quantization:\n  weight_bits: [32, 1]", "1 is not allowed"),
         ("pruning:\n  method: [none, sparse]", "'sparse' is not allowed"),
         ("distillation:\n  enabled: yes-please", "expected true or false"),
         ("format_version: 2\npruning:\n  method: [none, structured]", "format_version 2"),

@@ -111,13 +111,14 @@ def make_scheduler(
     sched = torch.optim.lr_scheduler
     total_steps = max(1, total_steps)
     warmup = int(config.warmup_fraction * total_steps)
-    if config.schedule == "one_cycle":
-        # OneCycle has its own warm-up phase; warmup_fraction sets its length.
+    if config.schedule == "one_cycle" and total_steps >= 3:
+        # OneCycle has its own warm-up phase; warmup_fraction sets its length (at least two
+        # steps, so neither phase is empty).
         return sched.OneCycleLR(
             optimizer,
             max_lr=config.lr,
             total_steps=total_steps,
-            pct_start=max(config.warmup_fraction, 1.0 / total_steps),
+            pct_start=min(max(config.warmup_fraction, 2.0 / total_steps), 0.9),
         )
     main_steps = max(1, total_steps - warmup)
     if config.schedule == "cosine":

@@ -20,7 +20,7 @@ from torch import nn
 from autocompress.artifact import fake_quantize
 from autocompress.steps.prune import prunable_layers
 
-WEIGHT_BITS = (32, 16, 8, 6, 4, 3, 2)
+WEIGHT_BITS = (32, 16, 8, 7, 6, 5, 4, 3, 2)
 GRANULARITIES = ("per_channel", "per_tensor")
 INT8_ENGINE = "x86"
 

@@ -1,0 +1,213 @@
+"""Reproduce Deep Compression's Table 1 (Han et al., ICLR 2016) with an autocompress study.
+
+Trains the two reference networks on MNIST, checks their test errors against the paper's
+reference errors, runs a study on ``search_spaces/deep_compression.yaml`` (no hand-picked
+answer), and reports from the study's feasible Pareto front: the largest compression (fp32
+state-dict bytes / packed artifact bytes on disk) whose TEST error is at or below the paper's
+compressed error, and the best test error at the paper's compression rate. The chosen artifact
+is loaded back from disk and evaluated again.
+
+    python -m benchmarks.deep_compression --data-dir ../shared/datasets/mnist --minutes 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from autocompress.data import predict_logits
+from autocompress.pipeline import load_compressed
+from autocompress.study import (
+    StudySettings,
+    Target,
+    create_or_resume,
+    feasible_front,
+    open_storage,
+    run_study,
+)
+from autocompress.workload import MNIST_ENV, load_workload
+from benchmarks.common import RESULTS, write_results
+
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "deep_compression.yaml"
+PAPER = {
+    "mnist-mlp": {
+        "network": "LeNet-300-100",
+        "ref_error": 0.0164,
+        "error": 0.0158,
+        "kb": (1070, 27),
+        "rate": 40,
+    },
+    "mnist-lenet5": {
+        "network": "LeNet-5",
+        "ref_error": 0.0080,
+        "error": 0.0074,
+        "kb": (1720, 44),
+        "rate": 39,
+    },
+}
+
+
+def fp32_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's parameters as float32: the paper's uncompressed size."""
+    return sum(p.numel() * 4 for p in model.state_dict().values() if p.is_floating_point())
+
+
+def run_network(
+    workload_name: str,
+    data_dir: str | None,
+    minutes: float,
+    storage: str,
+    studies_dir: Path,
+    seed: int,
+    sampler: str,
+    n_trials: int | None,
+) -> dict[str, Any]:
+    """One network: baseline check, study, and what its front achieves."""
+    paper = PAPER[workload_name]
+    torch.set_num_threads(1)
+    wl = load_workload(
+        workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines"
+    )
+    ref_error = 1.0 - wl.evaluate(wl.model, "test")
+    settings = StudySettings(
+        workload=workload_name,
+        space_text=SPACE.read_text(),
+        space_source=str(SPACE),
+        target=Target(threads=1, batch_size=32),
+        max_accuracy_drop=0.002,
+        sampler=sampler,
+        seed=seed,
+        data_dir=data_dir,
+    )
+    name = f"deep-compression-{workload_name}-{sampler}-s{seed}"
+    study, settings, wl, baseline = create_or_resume(
+        name, open_storage(storage), settings, studies_dir=studies_dir, workload=wl
+    )
+    started = time.time()
+    run_study(
+        study,
+        settings,
+        wl,
+        baseline,
+        n_trials=n_trials,
+        timeout=minutes * 60,
+        studies_dir=studies_dir,
+    )
+    elapsed = time.time() - started
+    original = fp32_bytes(wl.model)
+    front = feasible_front(study)
+    rows = []
+    for t in front:
+        rows.append(
+            {
+                "trial": t.number,
+                "compression": original / t.user_attrs["size_bytes"],
+                "size_kb": t.user_attrs["size_bytes"] / 1000,
+                "val_error": 1 - t.values[0],
+                "test_error": 1 - t.user_attrs["test_accuracy"],
+                "summary": t.user_attrs.get("summary"),
+                "artifact": t.user_attrs.get("artifact"),
+            }
+        )
+    ok = [r for r in rows if r["test_error"] <= paper["error"]]
+    best = max(ok, key=lambda r: r["compression"]) if ok else None
+    at_rate = [r for r in rows if r["compression"] >= paper["rate"]]
+    best_at_rate = min(at_rate, key=lambda r: r["test_error"]) if at_rate else None
+    reloaded = None
+    if best is not None:
+        model, _ = load_compressed(best["artifact"], wl.model, wl.example_input)
+        logits = predict_logits(model, wl.test.x)
+        reloaded = 1 - wl.metric(logits, wl.test.y)
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "workload": workload_name,
+        "paper": paper,
+        "study": name,
+        "reference_test_error": ref_error,
+        "reference_ok": ref_error <= paper["ref_error"],
+        "fp32_bytes": original,
+        "minutes": elapsed / 60,
+        "trials": len(trials),
+        "complete": sum(t.state == TrialState.COMPLETE for t in trials),
+        "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
+        "front": rows,
+        "largest_compression_at_paper_error": best,
+        "reloaded_test_error": reloaded,
+        "best_error_at_paper_rate": best_at_rate,
+    }
+
+
+def report(results: list[dict[str, Any]]) -> str:
+    """A markdown table in the shape of the paper's."""
+    lines = [
+        "| network | reference error (paper / ours) | compressed error (paper / ours) | "
+        "storage (paper / ours) | compression (paper / ours) | error at paper's rate | "
+        "trials (minutes) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        p, best, at = (
+            r["paper"],
+            r["largest_compression_at_paper_error"],
+            r["best_error_at_paper_rate"],
+        )
+        ours_err = f"{best['test_error']:.2%}" if best else "none at or below"
+        ours_kb = f"{r['fp32_bytes'] / 1000:.0f} KB -> {best['size_kb']:.1f} KB" if best else "-"
+        ours_rate = f"{best['compression']:.1f}x" if best else "-"
+        at_txt = f"{at['test_error']:.2%} ({at['compression']:.1f}x)" if at else "not reached"
+        lines.append(
+            f"| {p['network']} | {p['ref_error']:.2%} / {r['reference_test_error']:.2%} | "
+            f"{p['error']:.2%} / {ours_err} | {p['kb'][0]} KB -> {p['kb'][1]} KB / {ours_kb} | "
+            f"{p['rate']}x / {ours_rate} | {at_txt} | {r['trials']} ({r['minutes']:.0f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get(MNIST_ENV),
+        help=f"MNIST IDX directory (or {MNIST_ENV})",
+    )
+    parser.add_argument("--networks", nargs="+", default=list(PAPER), choices=list(PAPER))
+    parser.add_argument("--minutes", type=float, default=60.0, help="search budget per network")
+    parser.add_argument("--n-trials", type=int, default=None, help="cap on trials per network")
+    parser.add_argument("--storage", default=None, help="study storage URL")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="tpe")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--studies-dir", type=Path, default=Path("studies"))
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = args.storage or f"sqlite:///{args.studies_dir / 'benchmarks.db'}"
+    results = []
+    for network in args.networks:
+        results.append(
+            run_network(
+                network,
+                args.data_dir,
+                args.minutes,
+                storage,
+                args.studies_dir,
+                args.seed,
+                args.sampler,
+                args.n_trials,
+            )
+        )
+        print(report(results[-1:]), flush=True)
+    suffix = "" if len(args.networks) == 2 else "-" + "-".join(args.networks)
+    path = write_results(f"deep_compression{suffix}", {"results": results}, args.out)
+    (args.out / f"deep_compression{suffix}.md").write_text(report(results))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

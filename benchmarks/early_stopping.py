@@ -1,0 +1,159 @@
+"""Compute where it pays: trials per hour with and without early stopping and per-process caching.
+
+Runs the same study (same sampler seed, same space) for a fixed wall-clock budget twice on
+``mnist-lenet5``: once as autocompress runs it (hopeless trials stopped after their first
+fine-tuning epoch; the teacher's logits and the deployed baseline built once per process), once
+with both switched off (every epoch run; teacher logits and baseline re-built in every trial).
+Reports trials per hour and the feasible hypervolume each way.
+
+    python -m benchmarks.early_stopping --data-dir ../shared/datasets/mnist --minutes 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+import autocompress.study as study_mod
+from autocompress.data import predict_logits
+from autocompress.measure import deploy_for_target
+from autocompress.report import hypervolume_history, reference_point
+from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
+from autocompress.workload import MNIST_ENV, load_workload
+from benchmarks.common import RESULTS, write_results
+
+SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "mnist.yaml"
+
+
+@contextmanager
+def no_caching():
+    """Make the objective rebuild the teacher's logits and the deployed baseline every trial."""
+    cls = study_mod.Objective
+    saved = cls.teacher_logits, cls.baseline_deployed
+    cls.teacher_logits = property(
+        lambda self: predict_logits(self.workload.model, self.workload.train.x)
+    )
+    cls.baseline_deployed = property(
+        lambda self: deploy_for_target(
+            self.workload, self.workload.model, self.artifact_dir / "baseline", self.settings.target
+        )
+    )
+    try:
+        yield
+    finally:
+        cls.teacher_logits, cls.baseline_deployed = saved
+
+
+def run(
+    workload: str, data_dir: str | None, minutes: float, seed: int, space: Path
+) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    wl = load_workload(workload, data_dir=data_dir)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = open_storage(f"sqlite:///{tmp}/es.db")
+        reference = None
+        for label, smart in (("early stop + caching", True), ("neither", False)):
+            settings = StudySettings(
+                workload=workload,
+                space_text=space.read_text(),
+                space_source=str(space),
+                target=Target(threads=1, batch_size=32),
+                seed=seed,
+                data_dir=data_dir,
+                early_stop=smart,
+            )
+            study, settings, wl, baseline = create_or_resume(
+                label.replace(" ", "-"), storage, settings, studies_dir=Path(tmp), workload=wl
+            )
+            reference = (
+                reference
+                if reference is not None
+                else reference_point(baseline, settings.max_accuracy_drop)
+            )
+            started = time.time()
+            if smart:
+                run_study(
+                    study,
+                    settings,
+                    wl,
+                    baseline,
+                    n_trials=None,
+                    timeout=minutes * 60,
+                    studies_dir=Path(tmp),
+                )
+            else:
+                with no_caching():
+                    run_study(
+                        study,
+                        settings,
+                        wl,
+                        baseline,
+                        n_trials=None,
+                        timeout=minutes * 60,
+                        studies_dir=Path(tmp),
+                    )
+            hours = (time.time() - started) / 3600
+            trials = study.get_trials()
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            history = hypervolume_history(done, reference)
+            out[label] = {
+                "trials": len(trials),
+                "complete": len(done),
+                "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
+                "failed": sum(t.state == TrialState.FAIL for t in trials),
+                "hours": hours,
+                "trials_per_hour": len(trials) / hours,
+                "hypervolume": history[-1][1] if history else 0.0,
+                "fine_tune_epochs_run": sum(t.params.get("finetune.epochs", 0) for t in done),
+            }
+            print(label, out[label], flush=True)
+    return out
+
+
+def table(results: dict[str, Any], minutes: float) -> str:
+    lines = [
+        f"{minutes:.0f} minutes each way\n",
+        "| run | trials | trials/hour | complete | stopped early | final hypervolume |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, r in results.items():
+        lines.append(
+            f"| {label} | {r['trials']} | {r['trials_per_hour']:.0f} | {r['complete']} "
+            f"| {r['stopped_early']} | {r['hypervolume']:.4g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="mnist-lenet5")
+    parser.add_argument("--data-dir", default=os.environ.get(MNIST_ENV))
+    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget each way")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--space", type=Path, default=SPACE)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results = run(args.workload, args.data_dir, args.minutes, args.seed, args.space)
+    path = write_results(
+        "early_stopping",
+        {"minutes": args.minutes, "workload": args.workload, "results": results},
+        args.out,
+    )
+    (args.out / "early_stopping.md").write_text(table(results, args.minutes))
+    print(table(results, args.minutes))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

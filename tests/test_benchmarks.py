@@ -1,0 +1,66 @@
+"""Smoke runs of every benchmark script on a tiny budget (figures come from real runs, not here)."""
+
+import json
+
+import numpy as np
+
+from benchmarks import deep_compression, early_stopping, search_efficiency, targets
+from tests.conftest import TINY_SPACE
+from tests.test_workload import write_idx
+
+
+def test_targets_quick(tmp_path):
+    path = targets.run(quick=True, out_dir=tmp_path)
+    rows = json.loads(path.read_text())["rows"]
+    measured = [r for r in rows if "speedup" in r]
+    assert {r["runtime"] for r in measured} == {"torch", "onnxruntime"}
+    assert {r["batch"] for r in measured} == {1, 32}
+    assert all(r["speedup"] > 0 and r["size_bytes"] > 0 for r in measured)
+    assert "| digits-cnn | fp32 |" in (tmp_path / "targets.md").read_text()
+
+
+def test_deep_compression_tiny(tmp_path):
+    rng = np.random.default_rng(0)
+    write_idx(
+        tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (5200, 28, 28), np.uint8)
+    )
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 5200, np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (50, 28, 28), np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 50, np.uint8))
+    result = deep_compression.run_network(
+        "mnist-mlp",
+        str(tmp_path),
+        minutes=5,
+        storage=f"sqlite:///{tmp_path / 'b.db'}",
+        studies_dir=tmp_path,
+        seed=0,
+        sampler="random",
+        n_trials=1,
+    )
+    assert result["trials"] == 1
+    assert result["fp32_bytes"] == 266_610 * 4
+    assert "LeNet-300-100" in deep_compression.report([result])
+
+
+def test_search_efficiency_tiny(tmp_path, digits):
+    results = search_efficiency.run(
+        ["digits"],
+        n_trials=1,
+        seeds=[0],
+        samplers=["tpe", "random"],
+        space=TINY_SPACE,
+        data_dir=None,
+        out_dir=tmp_path,
+    )
+    runs = results["digits"]["runs"]
+    assert [r["trials"] for r in runs] == [1, 2]
+    assert all(r["hv_at_n"] >= 0 for r in runs)
+    assert "| digits | random |" in search_efficiency.table(results, 1)
+
+
+def test_early_stopping_tiny():
+    results = early_stopping.run(
+        "tests.conftest:tiny_workload", None, minutes=0.05, seed=0, space=TINY_SPACE
+    )
+    assert set(results) == {"early stop + caching", "neither"}
+    assert all(r["trials"] >= 1 and r["trials_per_hour"] > 0 for r in results.values())

@@ -107,6 +107,22 @@ class SearchSpace:
     def __getitem__(self, name: str) -> Dimension:
         return self.dims[name]
 
+    def without_choice(self, name: str, value: Any) -> SearchSpace:
+        """This space with ``value`` no longer offered for the categorical ``name``.
+
+        Returns the space unchanged when ``name`` does not offer ``value`` or when removing it
+        would leave nothing to search.
+        """
+        dim = self.dims[name]
+        if dim.choices is None or value not in dim.choices:
+            return self
+        rest = tuple(c for c in dim.choices if c != value)
+        new = Dimension(name, choices=rest) if len(rest) > 1 else Dimension(name, value=rest[0])
+        dims = {**self.dims, name: new}
+        if not any(d.searched for d in dims.values()):
+            return self
+        return SearchSpace(dims=dims, source=self.source, text=self.text)
+
     def suggest(
         self, trial: optuna.Trial, *, int8_activations_supported: bool = True, seed: int = 0
     ) -> CompressionConfig:

@@ -139,6 +139,8 @@ def _run_trials(
         if n_trials == 0:
             err_console.print(f"study {study_name!r} already has {done} completed trials")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Also when started in the background, where the shell leaves SIGINT ignored.
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         with RichReporter(n_trials, err_console) as reporter:
             run_study(
@@ -159,6 +161,7 @@ def _run_trials(
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     _print_front(study_name, storage)
 
 
@@ -414,6 +417,7 @@ def worker(
         artifact_dir.mkdir(parents=True, exist_ok=True)
         err_console.print(f"worker on study [bold]{name}[/] ({storage})")
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
         try:
             with RichReporter(n_trials, err_console) as reporter:
                 objective = Objective(wl, settings, info["baseline"], artifact_dir, reporter)
@@ -434,6 +438,7 @@ def worker(
             raise typer.Exit(130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         err_console.print(
             f"worker done ({result.stopped_because}): {result.completed} completed, "
             f"{result.failed} failed here; the study has {result.study_completed} completed"

@@ -492,8 +492,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
             "latency_ms": min(t.values[1] for t in feasible),
             "size_kb": min(t.values[2] for t in feasible),
         }
-    grace = getattr(study._storage, "grace_period", None)
-    failed = list(failure_reasons(trials, grace).items())
+    failed = list(failure_reasons(trials).items())
     return {
         "name": study.study_name,
         "counts": {k: v for k, v in counts.items() if v},

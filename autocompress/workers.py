@@ -265,16 +265,23 @@ def _run_one(
     trial: optuna.Trial,
     objective: Callable[[optuna.Trial], tuple[float, ...]],
 ) -> FrozenTrial:
-    with _Heartbeat(_rdb(study), trial._trial_id):
-        try:
-            values = objective(trial)
-        except TrialFailure:
-            return study.tell(trial, state=TrialState.FAIL)
-        except BaseException as e:
-            # Interrupted, or a bug: record the trial as failed, never leave it RUNNING.
-            if "fail_reason" not in trial.user_attrs:
-                reason = "interrupted" if isinstance(e, KeyboardInterrupt) else repr(e)
-                trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
-            raise
-    return study.tell(trial, values)
+    try:
+        with _Heartbeat(_rdb(study), trial._trial_id):
+            try:
+                values = objective(trial)
+            except TrialFailure:
+                return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                raise
+            except BaseException as e:
+                # Interrupted, or a bug: record the trial as failed, never leave it RUNNING.
+                if "fail_reason" not in trial.user_attrs:
+                    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else repr(e)
+                    trial.set_user_attr("fail_reason", reason)
+                study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                raise
+        return study.tell(trial, values, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        # Another worker saw no heartbeat in time and failed (and re-queued) this trial while
+        # it ran: drop this run; the stored record stands and the retry runs it again.
+        return _rdb(study).get_trial(trial._trial_id)

@@ -135,3 +135,16 @@ def wrong_shape() -> Workload:
 def not_a_workload() -> dict:
     """Returns the wrong thing."""
     return {"model": None}
+
+
+def trainable() -> Workload:
+    """Tiny; the baseline is trained from a factory (and cached), not given."""
+    from autocompress.steps.finetune import FinetuneConfig
+
+    return Workload(
+        train=_data(96, 0),
+        val=_data(48, 1),
+        test=_data(48, 2),
+        model_factory=TinyMLP,
+        baseline_training=FinetuneConfig(epochs=2, batch_size=32, lr=0.01),
+    )

@@ -138,6 +138,11 @@ def _run_trials(
         n_trials = max(0, n_trials - done)
         if n_trials == 0:
             err_console.print(f"study {study_name!r} already has {done} completed trials")
+    import optuna
+
+    # Failed trials are reported by the reporter with their reason; Optuna's log would add
+    # the traceback of every failed (or interrupted) trial.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     # Also when started in the background, where the shell leaves SIGINT ignored.
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)

@@ -117,7 +117,9 @@ class SearchSpace:
         if dim.choices is None or value not in dim.choices:
             return self
         rest = tuple(c for c in dim.choices if c != value)
-        new = Dimension(name, choices=rest) if len(rest) > 1 else Dimension(name, value=rest[0])
+        # Optuna forbids new choices under an old name: the narrower choice gets its own name.
+        narrower = f"{name}(without {value})"
+        new = Dimension(narrower, choices=rest) if len(rest) > 1 else Dimension(name, value=rest[0])
         dims = {**self.dims, name: new}
         if not any(d.searched for d in dims.values()):
             return self
@@ -220,7 +222,8 @@ def _parse_dimension(name: str, raw: Any, kind: _Kind, where: str) -> Dimension:
         unknown = set(raw) - {"low", "high", "log", "step"}
         if unknown:
             raise SearchSpaceError(
-                f"{where}: unknown key {sorted(unknown, key=str)[0]!r} in a range; use low, high, log, step"
+                f"{where}: unknown key {sorted(unknown, key=str)[0]!r} in a range; "
+                "use low, high, log, step"
             )
         if kind.type not in (int, float) or kind.bounds is None:
             raise SearchSpaceError(f"{where}: takes a value or a list of choices, not a range")

@@ -198,7 +198,7 @@ def test_untraceable_model_fails_then_structured_is_disabled(tmp_path):
         assert "cannot follow (simulated)" in t.user_attrs["fail_reason"]
     later = trials[STRUCTURED_FAILURES_LIMIT:]
     assert result.completed == 4 and len(later) == 4
-    assert all(t.params["pruning.method"] != "structured" for t in later)
+    assert all(t.user_attrs["config"]["prune"]["method"] != "structured" for t in later)
     assert all("structured pruning disabled" in t.user_attrs["note"] for t in later)
 
 

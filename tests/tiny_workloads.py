@@ -90,8 +90,9 @@ def hang_once() -> Workload:
 
 class _Untraceable(TinyMLP):
     def fault(self, x: torch.Tensor) -> torch.Tensor | None:
-        # torch-pruning traces with forward hooks; refuse like a model it cannot trace.
-        if self.fc1._forward_hooks:
+        # torch-pruning traces the autograd graph with forward hooks (grad on, eval mode);
+        # refuse then, like a model it cannot trace. MAC counting (no grad) still works.
+        if self.fc1._forward_hooks and torch.is_grad_enabled() and not self.training:
             raise TypeError("dynamic control flow this tracer cannot follow (simulated)")
         return None
 

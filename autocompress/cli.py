@@ -155,7 +155,14 @@ def _run_trials(
         n_trials = max(0, n_trials - done)
         if n_trials == 0:
             err_console.print(f"study {study_name!r} already has {done} completed trials")
+    import optuna
+
+    # Failed trials are reported by the reporter with their reason; Optuna's log would add
+    # the traceback of every failed (or interrupted) trial.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Also when started in the background, where the shell leaves SIGINT ignored.
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         with RichReporter(n_trials, err_console) as reporter:
             run_study(
@@ -176,6 +183,7 @@ def _run_trials(
         raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     _print_front(study_name, storage)
 
 
@@ -293,7 +301,7 @@ def study_status(
 
     Example: autocompress study status demo
     """
-    from autocompress.study import load_study, study_info, summarize
+    from autocompress.study import STRUCTURED_FAILURES_LIMIT, load_study, study_info, summarize
 
     with _user_errors():
         study = load_study(name, storage or _default_storage())
@@ -315,9 +323,11 @@ def study_status(
                 f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB"
             )
         for number, reason in s["failed"]:
-            console.print(f"trial {number} failed: {reason}")
+            console.print(f"trial {number} failed: {reason}", highlight=False, soft_wrap=True)
         for number, reason in s["stopped"]:
-            console.print(f"trial {number} {reason}")
+            console.print(f"trial {number} {reason}", highlight=False, soft_wrap=True)
+        if s["structured_failures"] >= STRUCTURED_FAILURES_LIMIT:
+            console.print("structured pruning is no longer offered: it failed on this model")
 
 
 def _print_front(name: str, storage: str) -> None:
@@ -365,6 +375,106 @@ def _print_front(name: str, storage: str) -> None:
     console.print(table)
     if not front:
         console.print("no trial within the accuracy budget yet")
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Argument(help="An existing study (made by `study run`).")],
+    storage: StorageOpt = "",
+    n_trials: Annotated[
+        int | None,
+        typer.Option(
+            help="Stop when the study as a whole has N completed trials (shared by all workers)."
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Stop starting trials after S seconds.")
+    ] = None,
+    allow_other_hardware: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-hardware",
+            help="Record latencies even though this machine differs from the study's.",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Directory with MNIST IDX files (or AUTOCOMPRESS_MNIST_DIR)."),
+    ] = None,
+) -> None:
+    """Join an existing study and run its trials, with any number of other workers.
+
+    Example: autocompress worker demo --storage postgresql://user@host/db --n-trials 40
+    """
+    from autocompress.hardware import hardware_fingerprint, same_hardware
+    from autocompress.progress import RichReporter
+    from autocompress.study import STUDIES_DIR, StudySettings, load_study, study_info
+    from autocompress.workers import run_worker
+    from autocompress.workload import load_workload
+
+    with _user_errors():
+        if n_trials is None and timeout is None:
+            raise AutocompressError("give --n-trials N or --timeout S (or both)")
+        if n_trials is not None and n_trials < 1:
+            raise AutocompressError(f"--n-trials {n_trials}: use 1 or more")
+        storage = storage or _default_storage()
+        study = load_study(name, storage)
+        info = study_info(study)
+        settings = StudySettings.from_dict(info["settings"])
+        mine = hardware_fingerprint(settings.target.device, settings.target.threads)
+        if not same_hardware(mine, info["hardware"]):
+            if not allow_other_hardware:
+                theirs = info["hardware"]
+                raise AutocompressError(
+                    f"this machine ({mine['cpu']}, {mine['logical_cores']} cores) is not the one "
+                    f"study {name!r} measured latency on ({theirs.get('cpu')}, "
+                    f"{theirs.get('logical_cores')} cores): its latencies would not compare; "
+                    "run the worker there, or pass --allow-other-hardware"
+                )
+            err_console.print("[yellow]warning:[/] other hardware than the study's (allowed)")
+        wl = load_workload(
+            settings.workload,
+            data_dir=data_dir or settings.data_dir,
+            seed=settings.seed,
+            cache_dir=STUDIES_DIR / "baselines",
+        )
+        from autocompress.study import prepare_objective
+
+        err_console.print(f"worker on study [bold]{name}[/] ({storage})")
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
+        try:
+            with RichReporter(n_trials, err_console) as reporter:
+                objective = prepare_objective(
+                    study, settings, wl, info["baseline"], STUDIES_DIR, reporter
+                )
+                result = run_worker(
+                    study,
+                    objective,
+                    n_trials=n_trials,
+                    timeout=timeout,
+                    callbacks=[lambda s, t: reporter.trial_finished(t)],
+                )
+        except KeyboardInterrupt:
+            budget = f" --n-trials {n_trials}" if n_trials is not None else ""
+            err_console.print(
+                f"\ninterrupted: the trial in flight is recorded as failed (interrupted); all "
+                f"others are kept. Resume with: autocompress worker {name} --storage {storage}"
+                f"{budget}"
+            )
+            raise typer.Exit(130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+        err_console.print(
+            f"worker done ({result.stopped_because}): {result.completed} completed, "
+            f"{result.failed} failed here; the study has {result.study_completed} completed"
+        )
+        if result.stopped_because == "failures":
+            raise AutocompressError(
+                f"stopped after {result.failed} failed trials in a row; see "
+                f"`autocompress study status {name}` for their reasons"
+            )
 
 
 @app.command()
@@ -624,3 +734,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

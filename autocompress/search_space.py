@@ -111,6 +111,24 @@ class SearchSpace:
     def __getitem__(self, name: str) -> Dimension:
         return self.dims[name]
 
+    def without_choice(self, name: str, value: Any) -> SearchSpace:
+        """This space with ``value`` no longer offered for the categorical ``name``.
+
+        Returns the space unchanged when ``name`` does not offer ``value`` or when removing it
+        would leave nothing to search.
+        """
+        dim = self.dims[name]
+        if dim.choices is None or value not in dim.choices:
+            return self
+        rest = tuple(c for c in dim.choices if c != value)
+        # Optuna forbids new choices under an old name: the narrower choice gets its own name.
+        narrower = f"{name}(without {value})"
+        new = Dimension(narrower, choices=rest) if len(rest) > 1 else Dimension(name, value=rest[0])
+        dims = {**self.dims, name: new}
+        if not any(d.searched for d in dims.values()):
+            return self
+        return SearchSpace(dims=dims, source=self.source, text=self.text)
+
     def suggest(
         self,
         trial: optuna.Trial,
@@ -189,7 +207,12 @@ class SearchSpace:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _check_value(value: Any, kind: _Kind, where: str) -> Any:
@@ -239,7 +262,8 @@ def _parse_dimension(name: str, raw: Any, kind: _Kind, where: str) -> Dimension:
         unknown = set(raw) - {"low", "high", "log", "step"}
         if unknown:
             raise SearchSpaceError(
-                f"{where}: unknown key {sorted(unknown)[0]!r} in a range; use low, high, log, step"
+                f"{where}: unknown key {sorted(unknown, key=str)[0]!r} in a range; "
+                "use low, high, log, step"
             )
         if kind.type not in (int, float) or kind.bounds is None:
             raise SearchSpaceError(f"{where}: takes a value or a list of choices, not a range")
@@ -343,4 +367,7 @@ def parse_search_space_text(text: str, source: str = "<space>") -> SearchSpace:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SearchSpaceError(f"{source}: malformed YAML{where}: {problem}") from None
+    except (ValueError, RecursionError) as e:  # e.g. a date like 2001-13-01, or deep nesting
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SearchSpaceError(f"{source}: malformed YAML: {first}") from None
     return parse_search_space(document, source, text)

@@ -14,7 +14,9 @@ median is recorded beside it.
 from __future__ import annotations
 
 import math
+import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -38,6 +40,7 @@ from autocompress.pipeline import CompressionConfig, compress, save_baseline_art
 from autocompress.search_space import SearchSpace, parse_search_space_text
 from autocompress.steps.prune import output_layers, prunable_layers
 from autocompress.steps.quantize import int8_supported, weight_bit_plan
+from autocompress.workers import failure_reasons, structured_failures
 from autocompress.workload import Workload, load_workload
 
 STUDIES_DIR = Path("studies")
@@ -47,6 +50,9 @@ DIRECTIONS = ["maximize", "minimize", "minimize"]
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
 ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
 EARLY_STOP_MARGINS = (0.10, 0.03)  # after the first epoch, after later ones
+HEARTBEAT_ENV = "AUTOCOMPRESS_HEARTBEAT_INTERVAL"  # seconds between a running trial's heartbeats
+GRACE_ENV = "AUTOCOMPRESS_GRACE_PERIOD"  # seconds without a heartbeat before a trial is failed
+STRUCTURED_FAILURES_LIMIT = 2  # structured-pruning failures after which it is no longer offered
 TRIAL_LATENCY = LatencySettings(min_block_seconds=0.025, min_blocks=5, max_blocks=30, max_cv=0.1)
 
 
@@ -135,15 +141,32 @@ class StudySettings:
         return cls(**{**d, "target": Target(**d["target"])})
 
 
+def _env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AutocompressError(f"{name}={raw!r}: use a whole number of seconds") from None
+    if value < 1:
+        raise AutocompressError(f"{name}={raw!r}: use 1 second or more")
+    return value
+
+
 def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
     """An RDB storage on ``url`` (SQLite file, PostgreSQL, MySQL), with heartbeats.
 
     A worker that dies mid-trial stops its heartbeat; the trial is then marked FAILED and
-    retried once by another worker (Optuna's ``RetryFailedTrialCallback``).
+    retried once by another worker (Optuna's ``RetryHeartbeatStaleTrialCallback``). The
+    heartbeat interval (30 s) and grace period (90 s) can be changed with the environment
+    variables ``AUTOCOMPRESS_HEARTBEAT_INTERVAL`` and ``AUTOCOMPRESS_GRACE_PERIOD``.
 
     Raises:
         StorageError: The URL is malformed or the database cannot be reached.
     """
+    heartbeat_interval = _env_seconds(HEARTBEAT_ENV, 30)
+    grace_period = _env_seconds(GRACE_ENV, max(90, 3 * heartbeat_interval))
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
@@ -154,15 +177,18 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs["pool_pre_ping"] = True
     try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=30,
-            grace_period=90,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
-        )
+        with warnings.catch_warnings():
+            # Heartbeats and retries are marked experimental; they are what we rely on.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
         raise StorageError(
             f"storage URL {url!r} is not valid ({str(e).splitlines()[0]}); "
@@ -302,7 +328,13 @@ class Objective:
             self.reporter.stage(name)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        config = self.space.suggest(
+        space = self.space
+        if structured_failures(trial.study) >= STRUCTURED_FAILURES_LIMIT:
+            # torch-pruning cannot handle this model: stop spending trials on it.
+            space = space.without_choice("pruning.method", "structured")
+            if space is not self.space:
+                trial.set_user_attr("note", "structured pruning disabled: failed on this model")
+        config = space.suggest(
             trial,
             int8_activations_supported=_int8_on(self.settings.target),
             seed=self.settings.seed + trial.number,
@@ -495,6 +527,31 @@ def create_or_resume(
     return study, StudySettings.from_dict(info["settings"]), workload, info["baseline"]
 
 
+def prepare_objective(
+    study: optuna.Study,
+    settings: StudySettings,
+    workload: Workload,
+    baseline: dict[str, Any],
+    studies_dir: Path = STUDIES_DIR,
+    reporter: Any | None = None,
+) -> Callable[[optuna.Trial], tuple[float, float, float]]:
+    """The objective this process runs trials with (``study run`` and ``worker`` alike).
+
+    Also gives the study a fresh sampler (seeded past the trials already there: a sampler
+    seeded as before would replay the same startup points on resume) and pins the threads.
+    """
+    n_done = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(settings.sampler, settings.seed + n_done)
+    torch.set_num_threads(settings.target.threads)
+    artifact_dir = studies_dir / study.study_name
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    objective = Objective(workload, settings, baseline, artifact_dir, reporter)
+    from autocompress.recipe import RecipeArtifacts  # here: recipe imports this module
+
+    # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
+    return RecipeArtifacts(objective, workload.model, artifact_dir)
+
+
 def run_study(
     study: optuna.Study,
     settings: StudySettings,
@@ -508,17 +565,7 @@ def run_study(
     callbacks: list[Callable] | None = None,
 ) -> None:
     """Run trials in this process; failed trials are recorded with their reason and skipped."""
-    n_done = len(study.get_trials(deepcopy=False))
-    # A fresh sampler seeded as before would replay the same startup points on resume.
-    study.sampler = make_sampler(settings.sampler, settings.seed + n_done)
-    torch.set_num_threads(settings.target.threads)
-    artifact_dir = studies_dir / study.study_name
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    objective = Objective(workload, settings, baseline, artifact_dir, reporter)
-    from autocompress.recipe import RecipeArtifacts  # here: recipe imports this module
-
-    # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
-    objective = RecipeArtifacts(objective, workload.model, artifact_dir)
+    objective = prepare_objective(study, settings, workload, baseline, studies_dir, reporter)
     all_callbacks = list(callbacks or [])
     if reporter is not None:
         all_callbacks.append(lambda s, t: reporter.trial_finished(t))
@@ -562,11 +609,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
             "latency_ms": min(t.values[1] for t in feasible),
             "size_kb": min(t.values[2] for t in feasible),
         }
-    failed = [
-        (t.number, t.user_attrs.get("fail_reason", ""))
-        for t in trials
-        if t.state == TrialState.FAIL
-    ]
+    failed = list(failure_reasons(trials).items())
     stopped = [
         (t.number, t.user_attrs.get("stopped_reason", ""))
         for t in trials
@@ -582,4 +625,5 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "seconds": seconds,
         "failed": failed,
         "stopped": stopped,
+        "structured_failures": structured_failures(study),
     }

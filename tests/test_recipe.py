@@ -279,7 +279,7 @@ def _missing_step_field(doc: dict) -> str:
 
 
 def _bad_value(doc: dict) -> str:
-    doc["steps"][2]["weight_bits"] = 5
+    doc["steps"][2]["weight_bits"] = 1
     return _rehash(doc)
 
 

@@ -1,0 +1,161 @@
+"""Many workers, killed workers and interrupts: every trial is accounted for exactly once.
+
+Workers are real processes (``python -m autocompress.cli worker``) on a tiny workload, with a
+1 s heartbeat and a 3 s grace period.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+from optuna.trial import TrialState
+
+from autocompress.study import load_study, open_storage, summarize
+from tests.reliability_helpers import create_study, start_cli, wait_for_file
+
+POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_reason() -> str | None:
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as e:  # noqa: BLE001 - any failure means: skip
+        return f"no PostgreSQL at {POSTGRES_URL} ({type(e).__name__}); run .ci/start-services"
+    return None
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request, tmp_path):
+    """(storage URL, study name, worker count) on SQLite (4 workers) or PostgreSQL (8)."""
+    name = f"reliability-{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'studies.db'}", name, 4
+        return
+    reason = _postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    yield POSTGRES_URL, name, 8
+    if name in optuna.get_all_study_names(open_storage(POSTGRES_URL)):
+        optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_URL))
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 240) -> list[tuple[int, str]]:
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        results.append((p.returncode, err))
+    return results
+
+
+def _assert_accounted(study: optuna.Study, budget: int) -> list[optuna.trial.FrozenTrial]:
+    trials = study.get_trials(deepcopy=False)
+    states = Counter(t.state for t in trials)
+    assert states[TrialState.RUNNING] == 0, states
+    assert states[TrialState.WAITING] == 0, states
+    assert states[TrialState.COMPLETE] == budget, states
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # each exactly once
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert len(t.values) == 3 and "config" in t.user_attrs
+    return trials
+
+
+def test_workers_share_an_exact_budget(tmp_path, backend):
+    url, name, n_workers = backend
+    budget = 10 if n_workers == 8 else 6
+    create_study(tmp_path, name, url)
+    procs = [
+        start_cli(tmp_path, "worker", name, "--storage", url, "--n-trials", str(budget))
+        for _ in range(n_workers)
+    ]
+    results = _finish(procs)
+    for rc, err in results:
+        assert rc == 0, err[-3000:]
+        assert "worker done (budget)" in err
+    trials = _assert_accounted(load_study(name, url), budget)
+    assert len(trials) == budget  # a healthy workload: no failures, no extra trials
+    print(f"{n_workers} workers, budget {budget}: {Counter(t.state.name for t in trials)}")
+
+
+def test_killed_worker_trial_fails_and_is_retried(tmp_path, backend):
+    url, name, _ = backend
+    budget, n_workers = 4, 3
+    create_study(tmp_path, name, url, workload="tests.tiny_workloads:hang_once")
+    (tmp_path / "hang").touch()
+    procs = [
+        start_cli(tmp_path, "worker", name, "--storage", url, "--n-trials", str(budget))
+        for _ in range(n_workers)
+    ]
+    pid = int(wait_for_file(tmp_path / "claimed", procs))
+    victim = next(p for p in procs if p.pid == pid)
+    victim.send_signal(signal.SIGKILL)
+    results = _finish(procs)
+    for p, (rc, err) in zip(procs, results, strict=True):
+        if p is victim:
+            assert rc == -signal.SIGKILL
+        else:
+            assert rc == 0, err[-3000:]
+    study = load_study(name, url)
+    trials = _assert_accounted(study, budget)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 1, [(t.number, t.user_attrs.get("fail_reason")) for t in failed]
+    lost = failed[0]
+    retries = [t for t in trials if t.system_attrs.get("retry_history") == [lost.number]]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == lost.params  # the same configuration, run again
+    reasons = dict(summarize(study)["failed"])
+    assert reasons[lost.number].startswith("worker lost: no heartbeat")
+    assert f"retried as trial {retries[0].number}" in reasons[lost.number]
+    status = start_cli(tmp_path, "study", "status", name, "--storage", url)
+    out, _ = status.communicate(timeout=60)
+    assert f"trial {lost.number} failed: worker lost" in out
+
+
+def _run_until_claimed(tmp_path: Path, args: list[str]) -> subprocess.Popen:
+    (tmp_path / "hang").touch()
+    proc = start_cli(tmp_path, *args)
+    wait_for_file(tmp_path / "claimed", [proc])
+    return proc
+
+
+@pytest.mark.parametrize(
+    "command, sig",
+    [("study-run", signal.SIGINT), ("worker", signal.SIGTERM)],
+    ids=["study-run-sigint", "worker-sigterm"],
+)
+def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, command, sig):
+    url, name = f"sqlite:///{tmp_path / 'studies.db'}", "interrupted"
+    create_study(tmp_path, name, url, workload="tests.tiny_workloads:hang_once")
+    if command == "study-run":
+        args = ["study", "run", "--study", name, "--storage", url, "--n-trials", "3"]
+        args += ["--workload", "tests.tiny_workloads:hang_once"]
+    else:
+        args = ["worker", name, "--storage", url, "--n-trials", "3"]
+    proc = _run_until_claimed(tmp_path, args)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Resume with: autocompress" in err and "Traceback" not in err
+    trials = load_study(name, url).get_trials(deepcopy=False)
+    assert [t.state for t in trials][-1] == TrialState.FAIL
+    assert trials[-1].user_attrs["fail_reason"] == "interrupted"
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    before = {t.number: (t.state, t.params) for t in trials}
+
+    (tmp_path / "hang").unlink()
+    resumed = start_cli(tmp_path, "worker", name, "--storage", url, "--n-trials", "3")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err[-3000:]
+    trials = _assert_accounted(load_study(name, url), 3)
+    assert {t.number: (t.state, t.params) for t in trials if t.number in before} == before
+    assert Counter(t.state for t in trials)[TrialState.FAIL] == 1

@@ -208,17 +208,27 @@ def test_wildly_varying_call_reported_unstable() -> None:
 
 def test_interleaved_reference_double_work() -> None:
     candidate, reference = _matmul_call(128, repeats=2), _matmul_call(128, repeats=1)
-    result = measure_latency(candidate, INTERLEAVED, reference=reference)
-    assert result.reference_median_ms is not None and result.reference_median_ms > 0
-    assert result.ratio_to_reference == pytest.approx(result.median_ms / result.reference_median_ms)
+    for _ in range(3):  # real clocks on a shared machine: retry a spoiled run
+        result = measure_latency(candidate, INTERLEAVED, reference=reference)
+        assert result.reference_median_ms is not None and result.reference_median_ms > 0
+        ratio = result.median_ms / result.reference_median_ms
+        assert result.ratio_to_reference == pytest.approx(ratio)
+        if 1.3 < ratio < 3.0:
+            break
     assert 1.3 < result.ratio_to_reference < 3.0
 
 
 def test_interleaved_identical_callables_ratio_near_one() -> None:
     call = _matmul_call(128)
-    result = measure_latency(call, INTERLEAVED, reference=call)
-    assert result.ratio_to_reference is not None
-    assert 0.7 < result.ratio_to_reference < 1.4
+    # Real clocks on a shared machine: a neighbour can spoil one run, not three in a row.
+    ratios = []
+    for _ in range(3):
+        result = measure_latency(call, INTERLEAVED, reference=call)
+        assert result.ratio_to_reference is not None
+        ratios.append(result.ratio_to_reference)
+        if 0.7 < ratios[-1] < 1.4:
+            break
+    assert 0.7 < ratios[-1] < 1.4, ratios
 
 
 def test_interleaving_alternates_blocks_with_same_size() -> None:

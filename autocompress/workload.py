@@ -21,7 +21,7 @@ from torch import nn
 
 from autocompress import models
 from autocompress.data import TensorData, predict_logits, top1_accuracy
-from autocompress.errors import WorkloadError
+from autocompress.errors import TrialFailure, WorkloadError
 from autocompress.idx import read_idx
 from autocompress.steps.finetune import FinetuneConfig, finetune
 
@@ -144,7 +144,7 @@ def mnist_splits(data_dir: Path | None) -> tuple[TensorData, TensorData, TensorD
     )
 
 
-def _mnist(name: str, factory: Callable[[], nn.Module], epochs: int) -> Callable:
+def _mnist(name: str, factory: Callable[[], nn.Module], epochs: int, lr: float) -> Callable:
     def build(data_dir: Path | None) -> Workload:
         train, val, test = mnist_splits(data_dir)
         return Workload(
@@ -157,8 +157,9 @@ def _mnist(name: str, factory: Callable[[], nn.Module], epochs: int) -> Callable
                 epochs=epochs,
                 batch_size=128,
                 optimizer="sgd",
-                lr=0.05,
+                lr=lr,
                 schedule="cosine",
+                warmup_fraction=0.05,
                 weight_decay=5e-4,
             ),
             info={"data": "MNIST IDX files: train 55k / validation 5k / test 10k"},
@@ -169,8 +170,8 @@ def _mnist(name: str, factory: Callable[[], nn.Module], epochs: int) -> Callable
 
 BUILTIN_WORKLOADS: dict[str, Callable[[Path | None], Workload]] = {
     "digits": _digits,
-    "mnist-mlp": _mnist("mnist-mlp", models.lenet_300_100, epochs=20),
-    "mnist-lenet5": _mnist("mnist-lenet5", models.lenet5, epochs=15),
+    "mnist-mlp": _mnist("mnist-mlp", models.lenet_300_100, epochs=20, lr=0.05),
+    "mnist-lenet5": _mnist("mnist-lenet5", models.lenet5, epochs=20, lr=0.02),
 }
 
 
@@ -234,7 +235,13 @@ def _train_baseline(workload: Workload, cache_dir: Path | None, seed: int) -> nn
                 path.unlink(missing_ok=True)
     torch.manual_seed(seed)
     model = workload.model_factory()
-    finetune(model, workload.train, workload.baseline_training, seed=seed)
+    try:
+        finetune(model, workload.train, workload.baseline_training, seed=seed)
+    except TrialFailure as e:
+        raise WorkloadError(
+            f"workload {workload.name!r}: training the baseline failed ({e}); "
+            "give a trained model or a gentler baseline_training"
+        ) from None
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -64,3 +64,24 @@ def test_early_stopping_tiny():
     )
     assert set(results) == {"early stop + caching", "neither"}
     assert all(r["trials"] >= 1 and r["trials_per_hour"] > 0 for r in results.values())
+
+
+def test_target_studies_tiny(tmp_path, tiny):
+    from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
+    from benchmarks import target_studies
+
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    settings = StudySettings(
+        workload="tests.conftest:tiny_workload",
+        space_text=TINY_SPACE.read_text(),
+        target=Target(runtime="onnxruntime", batch_size=8),
+        max_accuracy_drop=1.0,
+    )
+    study, settings, wl, baseline = create_or_resume(
+        "ort", open_storage(url), settings, studies_dir=tmp_path, workload=tiny
+    )
+    run_study(study, settings, wl, baseline, n_trials=2, studies_dir=tmp_path)
+    row = target_studies.measure_study("ort", url, None)
+    assert row["speedup_vs_eager_fp32"] > 0 and row["speedup_vs_ort_fp32"] > 0
+    assert row["trial"] in (0, 1)
+    assert "| ort | cpu-onnxruntime b=8" in target_studies.table([row])

@@ -1,0 +1,137 @@
+"""Re-measure the fastest feasible trial of target studies against fp32 eager and ORT fp32.
+
+For each study (e.g. one run with ``--target cpu-torch`` and one with ``--target
+cpu-onnxruntime`` on ``mnist-lenet5``), loads the deployed file of its fastest feasible trial
+(the TorchScript or ONNX file the trial was timed on) and times it in one run, interleaved,
+against fp32 eager PyTorch of the uncompressed model and against the uncompressed model in ONNX
+Runtime fp32 (the fastest single technique without compression), at the study's batch size.
+
+    python -m benchmarks.target_studies lenet5-cpu-torch lenet5-cpu-onnxruntime \
+        --storage sqlite:///studies/autocompress.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from autocompress.deploy import Deployed, deploy
+from autocompress.latency import LatencySettings, measure_latency
+from autocompress.study import feasible_front, load_study, study_info
+from autocompress.workload import load_workload
+from benchmarks.common import RESULTS, write_results
+
+
+def _load_deployed(path: str, threads: int) -> Deployed:
+    if path.endswith(".onnx"):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return Deployed(
+            lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0]),
+            "onnx",
+            path,
+            Path(path).stat().st_size,
+        )
+    module = torch.jit.load(path)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x)
+
+    return Deployed(run, "torchscript", path, Path(path).stat().st_size)
+
+
+def measure_study(name: str, storage: str, data_dir: str | None) -> dict[str, Any]:
+    study = load_study(name, storage)
+    info = study_info(study)
+    settings, baseline = info["settings"], info["baseline"]
+    target = settings["target"]
+    front = feasible_front(study)
+    if not front:
+        return {"study": name, "error": "no feasible trial"}
+    fastest = min(front, key=lambda t: t.values[1])
+    wl = load_workload(settings["workload"], data_dir=data_dir or settings.get("data_dir"))
+    suffix = ".onnx" if target.get("runtime") == "onnxruntime" else ".pt"
+    path = str(Path(fastest.user_attrs["artifact"]).with_suffix(suffix))
+    threads, batch = int(target["threads"]), int(target["batch_size"])
+    deployed = _load_deployed(path, threads)
+    x = wl.val.x[:batch]
+    settings_l = LatencySettings(threads=threads, min_block_seconds=0.05, max_blocks=30)
+    torch.set_num_threads(threads)
+    vs_eager = measure_latency(lambda: deployed.run(x), settings_l, reference=lambda: wl.model(x))
+    with tempfile.TemporaryDirectory() as tmp:
+        ort_fp32 = deploy(
+            wl.model, wl.example_input, Path(tmp) / "base", runtime="onnxruntime", threads=threads
+        )
+        vs_ort = measure_latency(
+            lambda: deployed.run(x), settings_l, reference=lambda: ort_fp32.run(x)
+        )
+    accuracy = wl.metric(deployed.predict(wl.val.x), wl.val.y)
+    return {
+        "study": name,
+        "target": target,
+        "trial": fastest.number,
+        "summary": fastest.user_attrs.get("summary"),
+        "deployed": fastest.user_attrs.get("deployed_kind"),
+        "trials": len(study.trials),
+        "front_size": len(front),
+        "baseline_val_accuracy": baseline["accuracy"],
+        "val_accuracy": accuracy,
+        "test_accuracy": fastest.user_attrs.get("test_accuracy"),
+        "size_kb": fastest.values[2],
+        "baseline_size_kb": baseline["size_kb"],
+        "median_ms": vs_eager.median_ms,
+        "eager_fp32_ms": vs_eager.reference_median_ms,
+        "speedup_vs_eager_fp32": 1 / vs_eager.ratio_to_reference,
+        "ort_fp32_ms": vs_ort.reference_median_ms,
+        "speedup_vs_ort_fp32": 1 / vs_ort.ratio_to_reference,
+        "contended": vs_eager.contended or vs_ort.contended,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| study | target | fastest feasible trial | val acc (baseline) | ms | "
+        "x vs fp32 eager | x vs ORT fp32 | size KB (baseline) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['study']} | - | {r['error']} | | | | | |")
+            continue
+        t = r["target"]
+        lines.append(
+            f"| {r['study']} | {t['device']}-{t['runtime']} b={t['batch_size']} "
+            f"t={t['threads']} | {r['trial']}: {r['summary']} | {r['val_accuracy']:.4f} "
+            f"({r['baseline_val_accuracy']:.4f}) | {r['median_ms']:.3f} | "
+            f"x{r['speedup_vs_eager_fp32']:.2f} | x{r['speedup_vs_ort_fp32']:.2f} | "
+            f"{r['size_kb']:.1f} ({r['baseline_size_kb']:.1f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="+")
+    parser.add_argument("--storage", default="sqlite:///studies/autocompress.db")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = [measure_study(s, args.storage, args.data_dir) for s in args.studies]
+    path = write_results("target_studies", {"rows": rows}, args.out)
+    (args.out / "target_studies.md").write_text(table(rows))
+    print(table(rows))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ What is timed and evaluated is what would ship:
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable
@@ -32,16 +33,25 @@ class Deployed:
         kind: What was deployed, e.g. ``torchscript``, ``onnx-fp32``, ``onnx-qdq-int8``.
         path: The deployed file.
         size_bytes: Its size on disk.
+        device: Where inputs should live for timing (``cpu`` or ``cuda``); ``run`` accepts
+            CPU tensors too and moves them.
     """
 
     run: Callable[[torch.Tensor], torch.Tensor]
     kind: str
     path: str
     size_bytes: int
+    device: str = "cpu"
 
     def predict(self, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-        """Outputs for all of ``x``, in batches."""
-        return torch.cat([self.run(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        """Outputs for all of ``x``, in batches, on the CPU."""
+        return torch.cat(
+            [self.run(x[i : i + batch_size]).cpu() for i in range(0, len(x), batch_size)]
+        )
+
+    def synchronize(self) -> Callable[[], None] | None:
+        """What the latency meter must call before reading the clock (CUDA is asynchronous)."""
+        return torch.cuda.synchronize if self.device == "cuda" else None
 
 
 def onnxruntime_available() -> bool:
@@ -53,7 +63,9 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Deployed:
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path, device: str) -> Deployed:
+    if device != "cpu":
+        module, example = copy.deepcopy(module).to(device), example.to(device)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         traced = torch.jit.freeze(torch.jit.trace(module.eval(), example))
@@ -61,9 +73,9 @@ def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> Deploy
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return traced(x)
+            return traced(x.to(device, non_blocking=True))
 
-    return Deployed(run, "torchscript", str(path), path.stat().st_size)
+    return Deployed(run, "torchscript", str(path), path.stat().st_size, device)
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike[str]) -> None:
@@ -172,7 +184,9 @@ def deploy(
     out_stem = Path(out_stem)
     if runtime == "torch":
         module = int8_module if int8_module is not None else model
-        deployed = _torchscript(module, example, out_stem.with_suffix(".pt"))
+        deployed = _torchscript(
+            module, example, out_stem.with_suffix(".pt"), device if int8_module is None else "cpu"
+        )
         if int8_module is not None:
             deployed.kind = "torchscript-fx-int8"
         return deployed

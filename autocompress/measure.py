@@ -71,11 +71,12 @@ def measure_trial(
         config=config,
         int8_module=compressed.deployable,
     )
-    x = workload.val.x[: target.batch_size]
+    x = workload.val.x[: target.batch_size].to(deployed.device)
     result = measure_latency(
         lambda: deployed.run(x),
         replace(latency, threads=target.threads),
         reference=lambda: baseline.run(x),
+        synchronize=deployed.synchronize(),
     )
     return deployed, {
         "accuracy": evaluate(workload, deployed, "val"),

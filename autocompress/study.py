@@ -252,16 +252,16 @@ def measure_baseline(workload: Workload, target: Target, artifact_dir: Path) -> 
     artifact_dir.mkdir(parents=True, exist_ok=True)
     size = save_baseline_artifact(workload.model, artifact_dir / "baseline.acpk")
     deployed = deploy_for_target(workload, workload.model, artifact_dir / "baseline", target)
-    x = workload.val.x[: target.batch_size]
+    x = workload.val.x[: target.batch_size].to(deployed.device)
     settings = replace(TRIAL_LATENCY, threads=target.threads)
-    lat = measure_latency(lambda: deployed.run(x), settings)
+    lat = measure_latency(lambda: deployed.run(x), settings, synchronize=deployed.synchronize())
     return {
         "accuracy": evaluate(workload, deployed, "val"),
         "test_accuracy": evaluate(workload, deployed, "test"),
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
         "latency_cv": lat.cv,
-        "latency_eager_ms": eager_latency_ms(workload.model, x, settings),
+        "latency_eager_ms": eager_latency_ms(workload.model, x.cpu(), settings),
         "deployed_kind": deployed.kind,
         "size_kb": size / 1000,
         "size_bytes": size,

@@ -199,6 +199,57 @@ class SearchSpace:
             seed=seed,
         )
 
+    def warm_starts(self) -> list[dict[str, Any]]:
+        """Known-good starting points, one per family, as Optuna parameters this space allows.
+
+        int8 alone (real int8 kernels, usually no accuracy cost), structured pruning at half the
+        channels with int8 and a short fine-tuning, and unstructured pruning with 4-bit weights.
+        Only searched parameters whose value the space allows are kept; the sampler fills in
+        the rest. A study enqueues them at creation so its first trials cover every family.
+        """
+        wanted = [
+            {
+                "pruning.method": "none",
+                "quantization.weight_bits": 8,
+                "quantization.int8_activations": True,
+                "quantization.granularity": "per_channel",
+                "finetune.epochs": 0,
+            },
+            {
+                "pruning.method": "structured",
+                "pruning.amount": 0.5,
+                "quantization.weight_bits": 8,
+                "quantization.int8_activations": True,
+                "quantization.granularity": "per_channel",
+                "finetune.epochs": 2,
+                "finetune.lr": 1e-3,
+                "distillation.enabled": True,
+            },
+            {
+                "pruning.method": "unstructured",
+                "pruning.amount": 0.7,
+                "quantization.weight_bits": 4,
+                "quantization.int8_activations": False,
+                "quantization.granularity": "per_channel",
+                "finetune.epochs": 2,
+                "finetune.lr": 1e-3,
+            },
+        ]
+        starts = []
+        for params in wanted:
+            kept = {k: v for k, v in params.items() if self._allows(k, v)}
+            if kept and kept not in starts:
+                starts.append(kept)
+        return starts
+
+    def _allows(self, name: str, value: Any) -> bool:
+        dim = self.dims[name]
+        if dim.choices is not None:
+            return value in dim.choices
+        if dim.low is not None:
+            return dim.low <= value <= dim.high
+        return False
+
     def low_bit_choices(self) -> tuple[int, ...]:
         """Per-layer bit-width choices: the space's weight bits of 8 or fewer."""
         dim = self.dims["quantization.weight_bits"]

@@ -118,6 +118,7 @@ class StudySettings:
     seed: int = 0
     data_dir: str | None = None
     early_stop: bool = True
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -512,6 +513,11 @@ def create_or_resume(
         study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True
     )
     if ATTR not in study.user_attrs:
+        if settings.warm_start:
+            # Enqueued once, at creation, by the creating process; workers pop WAITING trials
+            # under their budget lock, so two never take the same one.
+            for params in settings.space().warm_starts():
+                study.enqueue_trial(params, user_attrs={"warm_start": True})
         study.set_metric_names(METRIC_NAMES)
         study.set_user_attr(
             ATTR,

@@ -112,3 +112,16 @@ def test_per_layer_off_adds_no_dimensions():
         space.suggest(trial, layers=["a", "b"], prunable=["a"])
         assert not any(".layer." in p or ".bits." in p for p in trial.params)
         study.tell(trial, 0.0)
+
+
+def test_warm_starts_are_allowed_by_the_space():
+    space = load_search_space(DEFAULT_SPACE)
+    starts = space.warm_starts()
+    assert [s["pruning.method"] for s in starts] == ["none", "structured", "unstructured"]
+    assert starts[0]["quantization.int8_activations"] is True
+    tiny = parse_search_space_text(
+        "pruning:\n  method: [none, unstructured]\nfinetune:\n  epochs: {low: 0, high: 1}\n"
+    )
+    for start in tiny.warm_starts():
+        assert start.get("pruning.method") != "structured"
+        assert start.get("finetune.epochs", 0) <= 1

@@ -111,7 +111,7 @@ def test_failing_trial_is_recorded_and_study_goes_on(digits, tmp_path, settings,
     monkeypatch.setattr(study_mod, "compress", flaky)
     run_study(study, used, wl, baseline, n_trials=2, studies_dir=tmp_path)
     states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.FAIL, TrialState.COMPLETE]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.WAITING]  # 1 warm start left
     assert "simulated kernel failure" in study.trials[0].user_attrs["fail_reason"]
 
 
@@ -160,3 +160,17 @@ def test_hopeless_trial_stops_early_and_stays_off_the_front(digits, tmp_path, se
     assert trial.user_attrs["partial_accuracy"] < baseline["accuracy"] - 0.11
     assert feasible_front(study) == []
     assert summarize(study)["stopped"][0][0] == trial.number
+
+
+def test_warm_starts_are_the_first_trials(digits, tmp_path, settings):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, used, wl, baseline = create_or_resume(
+        "w", storage, settings, studies_dir=tmp_path, workload=digits
+    )
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == len(used.space().warm_starts()) == 3
+    run_study(study, used, wl, baseline, n_trials=1, studies_dir=tmp_path)
+    first = study.trials[0]
+    assert first.user_attrs["warm_start"] is True
+    assert first.params["pruning.method"] == "none"
+    assert first.user_attrs["config"]["quantize"]["int8_activations"] is True

@@ -11,6 +11,7 @@ What is timed and evaluated is what would ship:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import warnings
 from collections.abc import Callable
@@ -126,15 +127,22 @@ def _onnxruntime(
 
         if calibration_x is None:
             raise ValueError("ORT static int8 needs calibration data")
-        quantize_static(
-            str(fp32_path),
-            str(path),
-            _Calibration(calibration_x),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        # ORT's quantizer logs advice on the root logger at WARNING; our record says what ran.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_static(
+                str(fp32_path),
+                str(path),
+                _Calibration(calibration_x),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        finally:
+            root.setLevel(level)
         fp32_path.unlink(missing_ok=True)
         kind = "onnx-qdq-int8"
     options = ort.SessionOptions()

@@ -114,6 +114,7 @@ def _run_trials(
     data_dir: Path | None,
     until_total: bool = False,
     target: str | None = None,
+    warm_start: bool = True,
 ) -> None:
     from autocompress.progress import RichReporter
     from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
@@ -134,6 +135,7 @@ def _run_trials(
         sampler=sampler,
         seed=seed,
         data_dir=str(data_dir) if data_dir else None,
+        warm_start=warm_start,
     )
     err_console.print(f"study [bold]{study_name}[/] on {storage}")
     study, settings, wl, baseline = create_or_resume(
@@ -239,6 +241,13 @@ def study_run(
         Path | None,
         typer.Option(help="Directory with MNIST IDX files (or AUTOCOMPRESS_MNIST_DIR)."),
     ] = None,
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            help="On creation, enqueue one known-good start per family (int8; structured; "
+            "unstructured + 4-bit) as the first trials."
+        ),
+    ] = True,
 ) -> None:
     """Create a study, or resume it, and run compression trials.
 
@@ -262,6 +271,7 @@ def study_run(
             max_accuracy_drop=max_accuracy_drop,
             data_dir=data_dir,
             target=target,
+            warm_start=warm_start,
         )
 
 

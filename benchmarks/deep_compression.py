@@ -125,7 +125,9 @@ def run_network(
         model, _ = load_compressed(best["artifact"], wl.model, wl.example_input)
         logits = predict_logits(model, wl.test.x)
         reloaded = 1 - wl.metric(logits, wl.test.y)
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    )
     return {
         "workload": workload_name,
         "paper": paper,

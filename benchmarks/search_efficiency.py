@@ -76,6 +76,7 @@ def run(
                         sampler=sampler,
                         seed=seed,
                         data_dir=data_dir,
+                        warm_start=False,  # compare the samplers alone
                     )
                     name = f"{wname}-{sampler}-{seed}"
                     started = time.time()

@@ -44,7 +44,11 @@ def create_study(
 ) -> optuna.Study:
     """Create an autocompress study (baseline measured, no trials) in-process."""
     settings = StudySettings(
-        workload=workload, space_text=SPACE.read_text(), space_source=str(SPACE), sampler="random"
+        workload=workload,
+        space_text=SPACE.read_text(),
+        space_source=str(SPACE),
+        sampler="random",
+        warm_start=False,
     )
     storage = open_storage(url)
     study, *_ = create_or_resume(name, storage, settings, studies_dir=tmp_path / "studies")

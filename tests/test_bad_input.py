@@ -177,7 +177,11 @@ def test_worker_on_other_hardware_refuses(monkeypatch, tmp_path):
 def _objective_study(tmp_path: Path, workload: str) -> tuple[optuna.Study, Objective]:
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     settings = StudySettings(
-        workload=workload, space_text=SPACE.read_text(), space_source=str(SPACE), sampler="random"
+        workload=workload,
+        space_text=SPACE.read_text(),
+        space_source=str(SPACE),
+        sampler="random",
+        warm_start=False,
     )
     study, settings, wl, baseline = create_or_resume(
         "faults", open_storage(url), settings, studies_dir=tmp_path / "studies"

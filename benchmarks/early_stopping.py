@@ -15,7 +15,7 @@ import argparse
 import os
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def run(
                 else reference_point(baseline, settings.max_accuracy_drop)
             )
             started = time.time()
-            if smart:
+            with nullcontext() if smart else no_caching():
                 run_study(
                     study,
                     settings,
@@ -91,17 +91,6 @@ def run(
                     timeout=minutes * 60,
                     studies_dir=Path(tmp),
                 )
-            else:
-                with no_caching():
-                    run_study(
-                        study,
-                        settings,
-                        wl,
-                        baseline,
-                        n_trials=None,
-                        timeout=minutes * 60,
-                        studies_dir=Path(tmp),
-                    )
             hours = (time.time() - started) / 3600
             trials = study.get_trials()
             done = [t for t in trials if t.state == TrialState.COMPLETE]

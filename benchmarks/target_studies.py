@@ -107,10 +107,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"| {r['study']} | - | {r['error']} | | | | | |")
             continue
-        t = r["target"]
+        t, summary = r["target"], r["summary"].replace("|", ";")
         lines.append(
             f"| {r['study']} | {t['device']}-{t['runtime']} b={t['batch_size']} "
-            f"t={t['threads']} | {r['trial']}: {r['summary']} | {r['val_accuracy']:.4f} "
+            f"t={t['threads']} | {r['trial']}: {summary} | {r['val_accuracy']:.4f} "
             f"({r['baseline_val_accuracy']:.4f}) | {r['median_ms']:.3f} | "
             f"x{r['speedup_vs_eager_fp32']:.2f} | x{r['speedup_vs_ort_fp32']:.2f} | "
             f"{r['size_kb']:.1f} ({r['baseline_size_kb']:.1f}) |"

@@ -341,47 +341,22 @@ def study_status(
 
 
 def _print_front(name: str, storage: str) -> None:
-    from autocompress.study import feasible_front, load_study, study_info
+    from autocompress.study import (
+        FRONT_COLUMNS,
+        feasible_front,
+        front_rows,
+        load_study,
+        study_info,
+    )
 
     study = load_study(name, storage)
     info = study_info(study)
     base = info["baseline"]
     drop = info["settings"]["max_accuracy_drop"]
-    table = Table(
-        "trial",
-        "accuracy",
-        "test acc",
-        "latency ms",
-        "speed-up",
-        "size KB",
-        "smaller",
-        "config",
-        title=f"{name}: feasible Pareto front (accuracy drop <= {drop})",
-    )
-    table.add_row(
-        "baseline",
-        f"{base['accuracy']:.4f}",
-        f"{base['test_accuracy']:.4f}",
-        f"{base['latency_ms']:.3f}",
-        "1.00x",
-        f"{base['size_kb']:.1f}",
-        "1.0x",
-        "uncompressed fp32",
-        style="dim",
-    )
+    table = Table(*FRONT_COLUMNS, title=f"{name}: feasible Pareto front (accuracy drop <= {drop})")
     front = feasible_front(study)
-    for t in front:
-        acc, lat, size = t.values
-        table.add_row(
-            str(t.number),
-            f"{acc:.4f}",
-            f"{t.user_attrs.get('test_accuracy', float('nan')):.4f}",
-            f"{lat:.3f}",
-            f"{base['latency_ms'] / lat:.2f}x",
-            f"{size:.1f}",
-            f"{base['size_kb'] / size:.1f}x",
-            t.user_attrs.get("summary", ""),
-        )
+    for k, row in enumerate(front_rows(base, front)):
+        table.add_row(*row, style="dim" if k == 0 else None)
     console.print(table)
     if not front:
         console.print("no trial within the accuracy budget yet")

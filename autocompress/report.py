@@ -23,7 +23,7 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.study import METRIC_NAMES, feasible_front, study_info
+from autocompress.study import FRONT_COLUMNS, METRIC_NAMES, feasible_front, front_rows, study_info
 
 FORMATS = ("html", "png")
 LABELS = {"accuracy": "accuracy", "latency_ms": "latency (ms)", "size_kb": "size (KB)"}
@@ -250,37 +250,6 @@ def _table(table_id: str, header: list[str], rows: list[list[str]]) -> str:
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _front_rows(data: ReportData) -> list[list[str]]:
-    b = data.baseline
-    rows = [
-        [
-            "baseline",
-            f"{b['accuracy']:.4f}",
-            f"{b['test_accuracy']:.4f}",
-            f"{b['latency_ms']:.3f}",
-            "1.00x",
-            f"{b['size_kb']:.1f}",
-            "1.0x",
-            "uncompressed fp32",
-        ]
-    ]
-    for t in data.front:
-        acc, lat, size = t.values
-        rows.append(
-            [
-                str(t.number),
-                f"{acc:.4f}",
-                f"{t.user_attrs.get('test_accuracy', float('nan')):.4f}",
-                f"{lat:.3f}",
-                f"{b['latency_ms'] / lat:.2f}x",
-                f"{size:.1f}",
-                f"{b['size_kb'] / size:.1f}x",
-                t.user_attrs.get("summary", ""),
-            ]
-        )
-    return rows
-
-
 def _importance_html(data: ReportData) -> str:
     if not data.importances:
         return f"<p>{html.escape(data.importance_note)}</p>"
@@ -326,18 +295,9 @@ def write_html(data: ReportData, path: Path) -> Path:
         "<h2>Feasible Pareto front</h2>",
         _table(
             "front",
-            [
-                "trial",
-                "accuracy",
-                "test acc",
-                "latency ms",
-                "speed-up",
-                "size KB",
-                "smaller",
-                "config",
-            ],
-            _front_rows(data),
-        ),  # fmt: skip
+            list(FRONT_COLUMNS),
+            front_rows(data.baseline, data.front),
+        ),
         "<h2>Hypervolume over trials</h2>",
         f"<p>Reference point: accuracy {-ref[0]:.4f} (baseline {b['accuracy']:.4f} - budget "
         f"{data.budget}), latency {ref[1]:.3f} ms, size {ref[2]:.1f} KB (1.1 x baseline). "

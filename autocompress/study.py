@@ -595,6 +595,49 @@ def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return sorted(front, key=lambda t: (-t.values[0], t.values[1], t.values[2]))
 
 
+FRONT_COLUMNS = (
+    "trial",
+    "accuracy",
+    "test acc",
+    "latency ms",
+    "speed-up",
+    "size KB",
+    "smaller",
+    "config",
+)
+
+
+def front_rows(baseline: dict[str, Any], front: list[optuna.trial.FrozenTrial]) -> list[list[str]]:
+    """The front as table rows (``FRONT_COLUMNS``), the baseline first for reference."""
+    rows = [
+        [
+            "baseline",
+            f"{baseline['accuracy']:.4f}",
+            f"{baseline['test_accuracy']:.4f}",
+            f"{baseline['latency_ms']:.3f}",
+            "1.00x",
+            f"{baseline['size_kb']:.1f}",
+            "1.0x",
+            "uncompressed fp32",
+        ]
+    ]
+    for t in front:
+        acc, lat, size = t.values
+        rows.append(
+            [
+                str(t.number),
+                f"{acc:.4f}",
+                f"{t.user_attrs.get('test_accuracy', float('nan')):.4f}",
+                f"{lat:.3f}",
+                f"{baseline['latency_ms'] / lat:.2f}x",
+                f"{size:.1f}",
+                f"{baseline['size_kb'] / size:.1f}x",
+                t.user_attrs.get("summary", ""),
+            ]
+        )
+    return rows
+
+
 def summarize(study: optuna.Study) -> dict[str, Any]:
     """Trials by state, best feasible values and time spent."""
     trials = study.get_trials(deepcopy=False)

@@ -5,7 +5,8 @@ What is timed and evaluated is what would ship:
     or the FX int8 module);
   * ``onnxruntime``: the model exported to ONNX and run in an ORT session; with int8, static QDQ
     quantization (per channel or per tensor) calibrated on training data. ORT's *dynamic* int8 is
-    never used: it was 2-6x slower than fp32 on convolutions here.
+    never used: it was measured 2-6x slower than fp32 on convolutions on our 2-core CPU
+    (reported in the targets issue; not re-measured by benchmarks/targets.py).
 """
 
 from __future__ import annotations

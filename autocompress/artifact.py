@@ -1,17 +1,22 @@
 """Packed on-disk format for compressed state dicts: its file size is the size we report.
 
 Layout: magic ``b"ACPK"``, one format-version byte, a little-endian uint32 header length, a
-zlib-compressed JSON header (one entry per tensor: name, shape, dtype, encoding, bits and the
-``[offset, length]`` of each of its parts in the blob), then the binary blob. Quantized tensors
-(2..8 bits) are stored as unsigned codes bit-packed little-endian plus float32 scales; 16 and
-32 bits as raw float16 / float32; either may instead use a sparse encoding (1-bit nonzero
-bitmap + only the nonzero codes/values) when that is smaller. Everything else is stored
-losslessly in its own dtype. Raw bytes are in the machine's (little-endian) byte order.
+zlib-compressed JSON header (one entry per tensor: name, shape, dtype, encoding, bits, layout
+and the ``[offset, length]`` of each of its parts in the blob), then the binary blob. Quantized
+tensors (2..8 bits) are stored as unsigned codes plus float32 scales; 16 and 32 bits as raw
+float16 / float32; either may instead use a sparse encoding (1-bit nonzero bitmap + only the
+nonzero codes/values) when that is smaller. Codes are bit-packed little-endian (layout
+``packed``) or, when that entropy-codes smaller, one per byte (layout ``bytes``: a byte-wise
+entropy coder then sees whole symbols, as Deep Compression's Huffman stage does). The blob is
+stored raw or compressed with zlib (deflate) or lzma (xz), whichever file is smallest.
+Everything else is stored losslessly in its own dtype. Raw bytes are in the machine's
+(little-endian) byte order.
 """
 
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import os
 import struct
@@ -123,8 +128,13 @@ def _tensor_from(buf: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tens
     return torch.frombuffer(bytearray(buf), dtype=torch.uint8).view(dtype).reshape(shape)
 
 
-def _encode(t: torch.Tensor, bits: int, granularity: str) -> tuple[dict[str, Any], list[bytes]]:
-    """Header fields and parts (scale, mask, data) of one quantized tensor."""
+def _encode(
+    t: torch.Tensor, bits: int, granularity: str, byte_codes: bool = False
+) -> tuple[dict[str, Any], list[bytes]]:
+    """Header fields and parts (scale, mask, data) of one quantized tensor.
+
+    With ``byte_codes``, integer codes take one byte each instead of being bit-packed.
+    """
     if not torch.is_floating_point(t):
         raise ValueError(f"only floating-point tensors can be quantized, got {t.dtype}")
     w = t.detach().cpu().to(torch.float32).reshape(t.shape)
@@ -143,8 +153,11 @@ def _encode(t: torch.Tensor, bits: int, granularity: str) -> tuple[dict[str, Any
     sparse = math.ceil(n / 8) + math.ceil(nnz * item_bits / 8) < math.ceil(n * item_bits / 8)
     if sparse:
         values = values[torch.from_numpy(nonzero)] if bits in _FLOATS else values[nonzero]
+    as_bytes = byte_codes and bits < 8
     if bits in _FLOATS:
         data = _tensor_bytes(values)
+    elif as_bytes:
+        data = values.astype(np.uint8).tobytes()
     else:
         data = _pack(values, bits)
     mask = np.packbits(nonzero, bitorder="little").tobytes() if sparse else b""
@@ -152,10 +165,49 @@ def _encode(t: torch.Tensor, bits: int, granularity: str) -> tuple[dict[str, Any
     info = {
         "encoding": "sparse" if sparse else "dense",
         "bits": bits,
+        "layout": "bytes" if as_bytes else "packed",
         "nnz": nnz,
         "scale_shape": None if scale is None else list(scale.shape),
     }
     return info, [scale_bytes, mask, data]
+
+
+def _lzma(blob: bytes) -> bytes:
+    preset = 9 | lzma.PRESET_EXTREME if len(blob) <= 8 << 20 else 6
+    return lzma.compress(blob, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=preset)
+
+
+_COMPRESSORS = {"zlib": lambda blob: zlib.compress(blob, 9), "lzma": _lzma}
+_DECOMPRESSORS = {"zlib": zlib.decompress, "lzma": lzma.decompress}
+
+
+def _layout(
+    state_dict: Mapping[str, torch.Tensor],
+    weight_bits: Mapping[str, int],
+    granularity: str,
+    byte_codes: bool,
+) -> tuple[list[dict[str, Any]], bytes]:
+    """Header entries and the uncompressed blob of a state dict."""
+    entries, chunks, offset = [], [], 0
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
+        entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)}
+        if name in weight_bits:
+            try:
+                info, parts = _encode(t, int(weight_bits[name]), granularity, byte_codes)
+            except ValueError as e:
+                raise ValueError(f"tensor {name!r}: {e}") from None
+            entry.update(info)
+        else:
+            entry["encoding"], parts = "raw", [b"", b"", _tensor_bytes(t)]
+        entry["parts"] = []
+        for part in parts:
+            entry["parts"].append([offset, len(part)])
+            chunks.append(part)
+            offset += len(part)
+        entries.append(entry)
+    return entries, b"".join(chunks)
 
 
 def save_packed(
@@ -177,8 +229,9 @@ def save_packed(
             tensors are stored losslessly in their own dtype.
         granularity: ``"per_channel"`` or ``"per_tensor"``, as in ``fake_quantize``.
         metadata: JSON-serialisable dict stored in the header and returned by ``load_packed``.
-        entropy_coding: Deflate (LZ77 + Huffman, as Deep Compression's last stage) the packed
-            tensors when that makes the file smaller. Loading is the same either way.
+        entropy_coding: Entropy-code the blob (deflate or lzma, whichever is smaller; Deep
+            Compression's last stage is Huffman coding) when that makes the file smaller,
+            trying codes bit-packed and one per byte. Loading is the same either way.
 
     Returns:
         The size of the written file in bytes.
@@ -191,36 +244,23 @@ def save_packed(
         if name not in state_dict:
             raise ValueError(f"weight_bits names {name!r}, which is not in the state dict")
         _check(bits, granularity)
-    entries, chunks, offset = [], [], 0
-    for name, t in state_dict.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
-        entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)}
-        if name in weight_bits:
-            try:
-                info, parts = _encode(t, int(weight_bits[name]), granularity)
-            except ValueError as e:
-                raise ValueError(f"tensor {name!r}: {e}") from None
-            entry.update(info)
-        else:
-            entry["encoding"], parts = "raw", [b"", b"", _tensor_bytes(t)]
-        entry["parts"] = []
-        for part in parts:
-            entry["parts"].append([offset, len(part)])
-            chunks.append(part)
-            offset += len(part)
-        entries.append(entry)
-    blob = b"".join(chunks)
-    codec = "raw"
+    entries, blob = _layout(state_dict, weight_bits, granularity, byte_codes=False)
+    blob_size, codec = len(blob), "raw"
     if entropy_coding:
-        deflated = zlib.compress(blob, 9)
-        if len(deflated) < len(blob):
-            blob, codec = deflated, "zlib"
+        layouts = [(entries, blob)]
+        if any(bits < 8 for bits in weight_bits.values()):
+            layouts.append(_layout(state_dict, weight_bits, granularity, byte_codes=True))
+        candidates = [(len(blob), "raw", entries, blob, len(blob))]
+        for layout_entries, layout_blob in layouts:
+            for name, compressor in _COMPRESSORS.items():
+                coded = compressor(layout_blob)
+                candidates.append((len(coded), name, layout_entries, coded, len(layout_blob)))
+        _, codec, entries, blob, blob_size = min(candidates, key=lambda c: c[0])
     try:
         header = json.dumps(
             {
                 "tensors": entries,
-                "blob_size": offset,
+                "blob_size": blob_size,
                 "blob_codec": codec,
                 "metadata": dict(metadata or {}),
             },
@@ -251,14 +291,18 @@ def _decode(entry: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
         raise ValueError(f"unknown encoding {enc!r}")
     bits, n, nnz = int(entry["bits"]), math.prod(shape), int(entry["nnz"])
     count = nnz if enc == "sparse" else n
-    if len(parts[2]) != math.ceil(count * bits / 8) or (
+    as_bytes = entry.get("layout", "packed") == "bytes"
+    if entry.get("layout", "packed") not in ("packed", "bytes"):
+        raise ValueError(f"unknown layout {entry['layout']!r}")
+    if len(parts[2]) != (count if as_bytes else math.ceil(count * bits / 8)) or (
         enc == "sparse" and len(parts[1]) != math.ceil(n / 8)
     ):
         raise ValueError(f"tensor {entry['name']!r} has data of the wrong length")
     if bits in _FLOATS:
         values = _tensor_from(parts[2], _FLOATS[bits][0], [count]).to(torch.float32)
     else:
-        values = _unpack(parts[2], count, bits).astype(np.int32) - (2 ** (bits - 1) - 1)
+        codes = np.frombuffer(parts[2], np.uint8) if as_bytes else _unpack(parts[2], count, bits)
+        values = codes.astype(np.int32) - (2 ** (bits - 1) - 1)
         values = torch.from_numpy(values)
     if enc == "sparse":
         nonzero = np.unpackbits(np.frombuffer(parts[1], np.uint8), count=n, bitorder="little")
@@ -301,10 +345,11 @@ def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
     try:
         header = json.loads(zlib.decompress(data[_PREFIX.size : start]).decode("utf-8"))
         blob = memoryview(data)[start:]
-        if header.get("blob_codec", "raw") == "zlib":
-            blob = memoryview(zlib.decompress(blob))
-        elif header.get("blob_codec", "raw") != "raw":
-            raise ValueError(f"unknown blob codec {header['blob_codec']!r}")
+        codec = header.get("blob_codec", "raw")
+        if codec in _DECOMPRESSORS:
+            blob = memoryview(_DECOMPRESSORS[codec](blob))
+        elif codec != "raw":
+            raise ValueError(f"unknown blob codec {codec!r}")
         if len(blob) != header["blob_size"]:
             raise ValueError(f"blob is {len(blob)} bytes, header says {header['blob_size']}")
         state: dict[str, torch.Tensor] = {}
@@ -316,5 +361,13 @@ def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
                 parts.append(bytes(blob[off : off + length]))
             state[entry["name"]] = _decode(entry, parts)
         return state, header["metadata"]
-    except (zlib.error, UnicodeDecodeError, KeyError, TypeError, RuntimeError, ValueError) as e:
+    except (
+        zlib.error,
+        lzma.LZMAError,
+        UnicodeDecodeError,
+        KeyError,
+        TypeError,
+        RuntimeError,
+        ValueError,
+    ) as e:
         raise ValueError(f"{path}: corrupt or truncated packed artifact ({e})") from None

@@ -7,6 +7,7 @@ the baseline.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from torch import nn
 from autocompress.artifact import load_packed, save_packed
 from autocompress.steps.finetune import DistillConfig, FinetuneConfig, finetune
 from autocompress.steps.prune import PruneConfig, finalize_pruning, prune_model, sparsity
+from autocompress.steps.qat import fake_quantized_weights
 from autocompress.steps.quantize import (
     QuantizeConfig,
     effective_bits,
@@ -83,7 +85,8 @@ class CompressionConfig:
                 if (self.distill)
                 else ""
             )
-            parts.append(f"ft {f.epochs}ep {f.optimizer} lr={f.lr:.1e} {f.schedule}{kd}")
+            qat = " QAT" if f.quant_aware and q.weight_bits < 32 else ""
+            parts.append(f"ft {f.epochs}ep{qat} {f.optimizer} lr={f.lr:.1e} {f.schedule}{kd}")
         else:
             parts.append("no ft")
         return " | ".join(parts)
@@ -158,20 +161,26 @@ def compress(
         teacher_logits = torch.cat(
             [workload.model(xb) for xb, _ in workload.train.batches(512)]
         ).detach()
-    finetune(
-        model,
-        workload.train,
-        config.finetune,
-        distill=config.distill,
-        teacher_logits=teacher_logits,
-        seed=config.seed,
-        on_epoch=None if on_epoch is None else lambda e, loss: on_epoch(e, loss, model),
-    )
+    plan = weight_bit_plan(model, config.quantize)
+    quant_aware = config.finetune.quant_aware and config.finetune.epochs > 0
+    with (
+        fake_quantized_weights(model, plan, config.quantize.granularity)
+        if quant_aware and any(bits < 32 for bits in plan.values())
+        else contextlib.nullcontext()
+    ):
+        finetune(
+            model,
+            workload.train,
+            config.finetune,
+            distill=config.distill,
+            teacher_logits=teacher_logits,
+            seed=config.seed,
+            on_epoch=None if on_epoch is None else lambda e, loss: on_epoch(e, loss, model),
+        )
     finalize_pruning(model)
     model.eval()
 
     stage("quantize")
-    plan = weight_bit_plan(model, config.quantize)
     quantize_weights_(model, plan, config.quantize.granularity)
     deployable: nn.Module = model
     ranges: dict[str, list[float]] = {}

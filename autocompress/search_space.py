@@ -50,6 +50,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, Any]]] = {
         "int8_activations": (_Kind(bool, choices=(False, True)), False),
         "granularity": (_Kind(str, choices=GRANULARITIES), "per_channel"),
         "per_layer": (_Kind(bool, choices=(False, True)), False),
+        "keep_edges_8bit": (_Kind(bool, choices=(False, True)), True),
     },
     "distillation": {
         "enabled": (_Kind(bool, choices=(False, True)), False),
@@ -64,6 +65,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Kind, Any]]] = {
         "schedule": (_Kind(str, choices=SCHEDULES), "constant"),
         "warmup_fraction": (_Kind(float, bounds=(0.0, 0.9)), 0.0),
         "weight_decay": (_Kind(float, bounds=(0.0, 1.0)), 0.0),
+        "quant_aware": (_Kind(bool, choices=(False, True)), False),
     },
 }
 _TOP_LEVEL = {"format_version", "description", *_SCHEMA}
@@ -158,7 +160,7 @@ class SearchSpace:
                     factor = replace(scale, name=f"pruning.layer.{name}").suggest(trial)
                     layer_amounts[name] = round(min(0.95, amount * factor), 4)
         bits = d["quantization.weight_bits"].suggest(trial)
-        granularity, int8_act, layer_bits = "per_channel", False, {}
+        granularity, int8_act, layer_bits, keep_edges = "per_channel", False, {}, True
         if bits <= 8:
             granularity = d["quantization.granularity"].suggest(trial)
             if int8_activations_supported:
@@ -169,6 +171,8 @@ class SearchSpace:
                     layer_bits[name] = trial.suggest_categorical(
                         f"quantization.bits.{name}", list(choices)
                     )
+            elif bits < 8:
+                keep_edges = d["quantization.keep_edges_8bit"].suggest(trial)
         epochs = d["finetune.epochs"].suggest(trial)
         finetune, distill = FinetuneConfig(epochs=0), None
         if epochs > 0:
@@ -180,6 +184,10 @@ class SearchSpace:
                 schedule=d["finetune.schedule"].suggest(trial),
                 warmup_fraction=d["finetune.warmup_fraction"].suggest(trial),
                 weight_decay=d["finetune.weight_decay"].suggest(trial),
+                quant_aware=(
+                    min([bits, *layer_bits.values()]) < 16
+                    and d["finetune.quant_aware"].suggest(trial)
+                ),
             )
             if d["distillation.enabled"].suggest(trial):
                 distill = DistillConfig(
@@ -194,6 +202,7 @@ class SearchSpace:
                 weight_bits=bits,
                 granularity=granularity,
                 int8_activations=int8_act,
+                keep_edges_8bit=keep_edges,
                 layer_bits=layer_bits,
             ),
             seed=seed,

@@ -48,6 +48,9 @@ class FinetuneConfig:
         schedule: One of ``constant``, ``cosine``, ``step`` (x0.1 every third), ``one_cycle``.
         warmup_fraction: Share of all steps spent warming up linearly from lr/10.
         weight_decay: L2 penalty.
+        quant_aware: Fine-tune through the k-bit weight grid of the quantize step
+            (straight-through estimator; see :mod:`autocompress.steps.qat`). No effect when
+            the weights stay float.
     """
 
     epochs: int = 0
@@ -57,6 +60,7 @@ class FinetuneConfig:
     schedule: str = "constant"
     warmup_fraction: float = 0.0
     weight_decay: float = 0.0
+    quant_aware: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 0:

@@ -193,3 +193,62 @@ def _message(path) -> str:
     with pytest.raises(ValueError) as info:
         load_packed(path)
     return str(info.value)
+
+
+@pytest.mark.parametrize("codec", ["zlib", "lzma"])
+@pytest.mark.parametrize("byte_codes", [False, True])
+def test_every_codec_and_layout_loads_back_exactly(tmp_path, monkeypatch, codec, byte_codes):
+    import autocompress.artifact as artifact
+
+    torch.manual_seed(5)
+    w = torch.randn(128, 400) * (torch.rand(128, 400) > 0.8)  # sparse: masks are stored too
+    sd = {"w": w, "b": torch.randn(64)}
+    expected = fake_quantize(w, 3, "per_channel")
+    monkeypatch.setattr(artifact, "_COMPRESSORS", {codec: artifact._COMPRESSORS[codec]})
+    real_layout = artifact._layout
+    monkeypatch.setattr(  # offer only one layout, so this codec and layout are what is written
+        artifact,
+        "_layout",
+        lambda s, b, g, byte_codes=False, forced=byte_codes: real_layout(s, b, g, forced),
+    )
+    save_packed(tmp_path / "m", sd, weight_bits={"w": 3})
+    header = _header(tmp_path / "m")
+    assert header["blob_codec"] == codec
+    assert header["tensors"][0]["layout"] == ("bytes" if byte_codes else "packed")
+    state, _ = load_packed(tmp_path / "m")
+    assert torch.equal(state["w"], expected) and torch.equal(state["b"], sd["b"])
+
+
+def test_low_bit_codes_entropy_code_smaller_one_per_byte(tmp_path):
+    """Bit-packed 3-bit codes hide their symbols from a byte-wise coder; bytes do not."""
+    torch.manual_seed(6)
+    w = torch.randn(300, 784) * (torch.rand(300, 784) > 0.92)  # Deep Compression's LeNet fc1
+    packed_only = save_packed(tmp_path / "a", {"w": w}, weight_bits={"w": 3}, entropy_coding=False)
+    coded = save_packed(tmp_path / "b", {"w": w}, weight_bits={"w": 3})
+    assert coded < 0.8 * packed_only
+    assert _header(tmp_path / "b")["tensors"][0]["layout"] == "bytes"
+    assert torch.equal(load_packed(tmp_path / "b")[0]["w"], fake_quantize(w, 3, "per_channel"))
+
+
+def test_corrupt_lzma_blob_is_a_clear_error(tmp_path, monkeypatch):
+    import autocompress.artifact as artifact
+
+    monkeypatch.setattr(artifact, "_COMPRESSORS", {"lzma": artifact._COMPRESSORS["lzma"]})
+    path = tmp_path / "m"
+    save_packed(path, {"w": torch.zeros(64, 64)}, weight_bits={"w": 4})
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        load_packed(path)
+
+
+def _header(path) -> dict:
+    import json
+    import zlib
+
+    from autocompress.artifact import _PREFIX
+
+    data = open(path, "rb").read()
+    _, _, length = _PREFIX.unpack_from(data)
+    return json.loads(zlib.decompress(data[_PREFIX.size : _PREFIX.size + length]))

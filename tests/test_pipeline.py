@@ -19,6 +19,11 @@ CONFIGS = {
         quantize=QuantizeConfig(weight_bits=8, int8_activations=True),
     ),
     "fp16": CompressionConfig(quantize=QuantizeConfig(weight_bits=16)),
+    "unstructured-3bit-qat": CompressionConfig(
+        prune=PruneConfig("unstructured", 0.7),
+        finetune=FinetuneConfig(epochs=2, quant_aware=True),
+        quantize=QuantizeConfig(weight_bits=3, keep_edges_8bit=False),
+    ),
     "per-layer": CompressionConfig(
         prune=PruneConfig("structured", 0.4, layer_amounts={"0": 0.2}),
         quantize=QuantizeConfig(weight_bits=4, layer_bits={"3": 2, "9": 8}),
@@ -66,3 +71,11 @@ def test_not_an_artifact_is_refused(tiny, tmp_path):
     bad.write_bytes(b"PK\x03\x04 not ours")
     with pytest.raises(ValueError, match="bad.acpk"):
         load_compressed(bad, tiny.model, tiny.example_input)
+
+
+def test_quant_aware_config_is_described_and_leaves_a_plain_model(tiny, tmp_path):
+    config = CONFIGS["unstructured-3bit-qat"]
+    assert "QAT" in config.describe()
+    c = compress(tiny, config, tmp_path / "m.acpk")
+    assert c.report["sparsity"] >= 0.69  # masks held through quantization-aware fine-tuning
+    assert all(not hasattr(m, "weight_orig") for m in c.model.modules())

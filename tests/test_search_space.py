@@ -125,3 +125,30 @@ def test_warm_starts_are_allowed_by_the_space():
     for start in tiny.warm_starts():
         assert start.get("pruning.method") != "structured"
         assert start.get("finetune.epochs", 0) <= 1
+
+
+def test_keep_edges_and_quant_aware_are_offered_only_where_they_matter():
+    space = parse_search_space_text(
+        """
+format_version: 1
+quantization:
+  weight_bits: [32, 8, 4]
+  keep_edges_8bit: [true, false]
+finetune:
+  epochs: [0, 1]
+  quant_aware: [false, true]
+"""
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(2))
+    seen = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = space.suggest(trial)
+        bits, epochs = config.quantize.weight_bits, config.finetune.epochs
+        assert ("quantization.keep_edges_8bit" in trial.params) == (bits < 8)
+        assert ("finetune.quant_aware" in trial.params) == (bits < 16 and epochs > 0)
+        if bits == 32:
+            assert not config.finetune.quant_aware
+        seen.add((config.quantize.keep_edges_8bit, config.finetune.quant_aware))
+        study.tell(trial, 0.0)
+    assert seen == {(True, False), (True, True), (False, False), (False, True)}

@@ -365,9 +365,10 @@ class Objective:
         """End a trial whose validation accuracy cannot plausibly reach the budget.
 
         Multi-objective studies cannot use Optuna's pruners (``trial.report`` raises), so the
-        check is ours: after the first epoch the float model (quantization only lowers it
-        further) must be within ``EARLY_STOP_MARGINS[0]`` of the lowest feasible accuracy, and
-        within ``EARLY_STOP_MARGINS[1]`` at later epochs. The trial ends PRUNED with its reason.
+        check is ours: after the first epoch the model as fine-tuning sees it (float, or
+        rounded to its grid under quantization-aware fine-tuning) must be within
+        ``EARLY_STOP_MARGINS[0]`` of the lowest feasible accuracy, and within
+        ``EARLY_STOP_MARGINS[1]`` at later epochs. The trial ends PRUNED with its reason.
         """
         floor = self.baseline["accuracy"] - self.settings.max_accuracy_drop
         margin = EARLY_STOP_MARGINS[0] if epoch == 1 else EARLY_STOP_MARGINS[1]

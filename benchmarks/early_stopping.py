@@ -113,9 +113,7 @@ def run_arm(
         "hypervolume_fraction": history[-1][2] if history else 0.0,
         "fine_tune_epochs_run": sum(t.params.get("finetune.epochs", 0) for t in done),
         "stop_reasons": [
-            t.user_attrs.get("stopped_reason", "")
-            for t in trials
-            if t.state == TrialState.PRUNED
+            t.user_attrs.get("stopped_reason", "") for t in trials if t.state == TrialState.PRUNED
         ],
     }
     print(label, {k: v for k, v in result.items() if k != "stop_reasons"}, flush=True)

@@ -46,16 +46,24 @@ def test_search_efficiency_tiny(tmp_path, digits):
     results = search_efficiency.run(
         ["digits"],
         n_trials=1,
-        seeds=[0],
+        seeds=[0, 1],
         samplers=["tpe", "random"],
         space=TINY_SPACE,
         data_dir=None,
         out_dir=tmp_path,
+        jobs=2,
     )
     runs = results["digits"]["runs"]
-    assert [r["trials"] for r in runs] == [1, 2]
+    assert sorted((r["seed"], r["sampler"], r["trials"]) for r in runs) == [
+        (0, "random", 2),
+        (0, "tpe", 1),
+        (1, "random", 2),
+        (1, "tpe", 1),
+    ]
     assert all(r["hv_at_n"] >= 0 for r in runs)
-    assert "| digits | random |" in search_efficiency.table(results, 1)
+    assert results["digits"]["reference_point"][1] == 1.1  # latency as a ratio to the baseline
+    assert results["digits"]["summary"]["tpe"]["seeds_at_or_above_random_2n"] in (0, 1, 2)
+    assert "| digits (tiny.yaml) | random |" in search_efficiency.table(results, 1)
 
 
 def test_early_stopping_tiny():

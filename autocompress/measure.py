@@ -39,6 +39,7 @@ def deploy_for_target(
         per_channel=config is None or config.quantize.granularity == "per_channel",
         threads=target.threads,
         device=target.device,
+        timing_input=workload.val.x[: target.batch_size],
     )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 import torch
 
-from autocompress.deploy import Deployed, deploy
+from autocompress.deploy import Deployed, deploy, load_torchscript
 from autocompress.latency import LatencySettings, measure_latency
 from autocompress.study import feasible_front, load_study, study_info
 from autocompress.workload import load_workload
@@ -40,7 +40,7 @@ def _load_deployed(path: str, threads: int) -> Deployed:
             path,
             Path(path).stat().st_size,
         )
-    module = torch.jit.load(path)
+    module = load_torchscript(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

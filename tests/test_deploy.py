@@ -52,3 +52,38 @@ def test_onnx_round_trip(tiny, tmp_path):
 def test_unknown_runtime(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown runtime"):
         deploy(tiny.model, tiny.example_input, tmp_path / "m", runtime="tflite")
+
+
+def test_cpu_torch_keeps_the_faster_form_and_reloads_it(tiny, tmp_path, monkeypatch):
+    """optimize_for_inference is kept only when timed faster, and the file says so."""
+    import autocompress.deploy as deploy_mod
+
+    x = tiny.val.x[:32]
+    with torch.inference_mode():
+        expected = tiny.model(x)
+    for faster, kind in ((True, "torchscript-onednn"), (False, "torchscript")):
+        monkeypatch.setattr(deploy_mod, "faster_of", lambda a, b, x, faster=faster: faster)
+        d = deploy(tiny.model, tiny.example_input, tmp_path / kind, timing_input=x)
+        assert d.kind == kind
+        assert torch.allclose(d.run(x), expected, atol=1e-5)
+        loaded = deploy_mod.load_torchscript(d.path)
+        with torch.inference_mode():
+            assert torch.allclose(loaded(x), expected, atol=1e-5)
+        assert ("mkldnn" in str(loaded.graph)) == (kind == "torchscript-onednn")
+
+
+def test_faster_of_tells_a_slow_callable_from_a_fast_one():
+    import time
+
+    from autocompress.deploy import faster_of
+
+    def slow(x):
+        time.sleep(0.002)
+        return x
+
+    def fast(x):
+        return x
+
+    x = torch.zeros(1)
+    assert faster_of(fast, slow, x, rounds=3, block_ms=2.0)
+    assert not faster_of(slow, fast, x, rounds=3, block_ms=2.0)

@@ -78,6 +78,8 @@ class CompressionConfig:
             if q.weight_bits == 16
             else (f"{q.weight_bits}-bit {q.granularity.replace('_', '-')}")
         )
+        if q.weight_bits < 8 and not q.keep_edges_8bit and not q.layer_bits:
+            bits += " all layers"
         parts.append(bits + (" + int8 act" if q.int8_activations else ""))
         if f.epochs:
             kd = (

@@ -75,7 +75,7 @@ def test_not_an_artifact_is_refused(tiny, tmp_path):
 
 def test_quant_aware_config_is_described_and_leaves_a_plain_model(tiny, tmp_path):
     config = CONFIGS["unstructured-3bit-qat"]
-    assert "QAT" in config.describe()
+    assert "3-bit per-channel all layers" in config.describe() and "QAT" in config.describe()
     c = compress(tiny, config, tmp_path / "m.acpk")
     assert c.report["sparsity"] >= 0.69  # masks held through quantization-aware fine-tuning
     assert all(not hasattr(m, "weight_orig") for m in c.model.modules())

@@ -93,13 +93,13 @@ def test_resume_with_another_workload_is_refused(digits, tmp_path, settings):
 
 
 def test_failing_trial_is_recorded_and_study_goes_on(digits, tmp_path, settings, monkeypatch):
-    import autocompress.study as study_mod
+    import autocompress.objective as objective_mod  # Objective calls compress from there
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study, used, wl, baseline = create_or_resume(
         "f", storage, settings, studies_dir=tmp_path, workload=digits
     )
-    real = study_mod.compress
+    real = objective_mod.compress
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -108,7 +108,7 @@ def test_failing_trial_is_recorded_and_study_goes_on(digits, tmp_path, settings,
             raise RuntimeError("simulated kernel failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study_mod, "compress", flaky)
+    monkeypatch.setattr(objective_mod, "compress", flaky)
     run_study(study, used, wl, baseline, n_trials=2, studies_dir=tmp_path)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.WAITING]  # 1 warm start left

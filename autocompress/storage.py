@@ -1,0 +1,82 @@
+"""The study database: an Optuna RDB storage on a URL, with heartbeats for lost workers."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+
+from autocompress.errors import AutocompressError, StorageError
+
+STUDIES_DIR = Path("studies")
+DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR / 'autocompress.db'}"
+HEARTBEAT_ENV = "AUTOCOMPRESS_HEARTBEAT_INTERVAL"  # seconds between a running trial's heartbeats
+GRACE_ENV = "AUTOCOMPRESS_GRACE_PERIOD"  # seconds without a heartbeat before a trial is failed
+
+
+def _env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise AutocompressError(f"{name}={raw!r}: use a whole number of seconds") from None
+    if value < 1:
+        raise AutocompressError(f"{name}={raw!r}: use 1 second or more")
+    return value
+
+
+def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
+    """An RDB storage on ``url`` (SQLite file, PostgreSQL, MySQL), with heartbeats.
+
+    A worker that dies mid-trial stops its heartbeat; the trial is then marked FAILED and
+    retried once by another worker (Optuna's ``RetryHeartbeatStaleTrialCallback``). The
+    heartbeat interval (30 s) and grace period (90 s) can be changed with the environment
+    variables ``AUTOCOMPRESS_HEARTBEAT_INTERVAL`` and ``AUTOCOMPRESS_GRACE_PERIOD``.
+
+    Raises:
+        StorageError: The URL is malformed or the database cannot be reached.
+    """
+    heartbeat_interval = _env_seconds(HEARTBEAT_ENV, 30)
+    grace_period = _env_seconds(GRACE_ENV, max(90, 3 * heartbeat_interval))
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Several local processes share one file: wait for locks instead of failing at once.
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    elif url.startswith(("postgresql", "mysql")):
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with warnings.catch_warnings():
+            # Heartbeats and retries are marked experimental; they are what we rely on.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
+    except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError, ValueError) as e:
+        raise StorageError(
+            f"storage URL {url!r} is not valid ({str(e).splitlines()[0]}); "
+            "use e.g. sqlite:///studies/autocompress.db or postgresql://user@host/db"
+        ) from None
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", e) or e).strip().splitlines()[0]
+        raise StorageError(f"cannot reach storage {url!r}: {reason}") from None
+    except ImportError as e:
+        driver = getattr(e.__cause__, "name", None) or e.name
+        raise StorageError(
+            f"storage {url!r} needs a database driver that is not installed ({driver}); "
+            "pip install 'autocompress[postgres]' or 'autocompress[mysql]'"
+        ) from None

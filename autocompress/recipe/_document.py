@@ -1,19 +1,10 @@
-"""Recipes: one trial's compression as a versioned, hashed YAML file that can be applied anywhere.
-
-A recipe names the original model (workload reference plus a sha256 of the baseline's
-weights), the target and hardware its latency was measured on, every step with all its
-parameters in the order the pipeline applies them, the metrics the study measured, and a
-content hash over all of that. Loading uses ``yaml.safe_load`` only, accepts only known step
-types and refuses an unknown ``format_version`` or a hash mismatch (:class:`RecipeError`).
-"""
+"""The recipe document: its fields, commented YAML form, content hash and validated loading."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +13,6 @@ import optuna
 import torch
 import torch_pruning as tp
 import yaml
-from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from autocompress import __version__
@@ -31,12 +21,10 @@ from autocompress.hardware import hardware_fingerprint, same_hardware
 from autocompress.pipeline import CompressionConfig
 from autocompress.steps.finetune import DistillConfig, FinetuneConfig
 from autocompress.steps.prune import PruneConfig
-from autocompress.steps.quantize import QuantizeConfig, weight_bit_plan
-from autocompress.study import feasible_front, study_info
+from autocompress.steps.quantize import QuantizeConfig
 
 FORMAT_VERSION = 1
 STEP_TYPES = ("prune", "finetune", "quantize")  # also the order the pipeline applies them in
-OPTIMIZE = ("accuracy", "latency", "size")
 _IMPORTANCE = {
     "none": "none",
     "unstructured": "l1_magnitude_global",
@@ -375,176 +363,6 @@ def _from_document(doc: dict[str, Any], source: str) -> Recipe:
     )
 
 
-def deployed_form(config: CompressionConfig, runtime: str) -> str:
-    """What is deployed on the runtime, in the words of autocompress.deploy."""
-    int8 = config.quantize.int8_activations
-    if runtime == "onnxruntime":
-        return "onnx-qdq-int8" if int8 else "onnx-fp32"
-    return "torchscript-fx-int8" if int8 else "torchscript"
-
-
-def _num(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def build_recipe(study: optuna.Study, trial: FrozenTrial, baseline_model: nn.Module) -> Recipe:
-    """The recipe of one completed trial of an autocompress study.
-
-    Args:
-        study: The study the trial belongs to.
-        trial: A COMPLETE trial.
-        baseline_model: The workload's baseline (fingerprinted; its layers name the bit plan).
-
-    Raises:
-        RecipeError: The trial is not complete or was not recorded by autocompress.
-    """
-    if trial.state != TrialState.COMPLETE:
-        raise RecipeError(f"trial {trial.number} is {trial.state.name}, not COMPLETE")
-    return recipe_for(study, trial.number, trial.values, trial.user_attrs, baseline_model)
-
-
-def recipe_for(
-    study: optuna.Study,
-    number: int,
-    values: Sequence[float],
-    attrs: dict[str, Any],
-    baseline_model: nn.Module,
-) -> Recipe:
-    """The recipe of trial ``number`` from its objective values and user attributes.
-
-    Raises:
-        RecipeError: The trial was not recorded by autocompress.
-    """
-    if "config" not in attrs:
-        raise RecipeError(f"trial {number} has no autocompress config")
-    info = study_info(study)
-    settings, base = info["settings"], info["baseline"]
-    config = CompressionConfig.from_dict(attrs["config"])
-    structured = config.prune.method == "structured" and config.prune.amount > 0
-    accuracy, latency_ms, size_kb = values
-    metrics = {
-        "validation_accuracy": accuracy,
-        "test_accuracy": attrs.get("test_accuracy"),
-        "accuracy_drop": attrs.get("accuracy_drop"),
-        "latency_ms": latency_ms,
-        "latency_ratio_to_baseline": attrs.get("latency_ratio"),
-        "latency_measured_median_ms": attrs.get("latency_measured_ms"),
-        "latency_p90_ms": attrs.get("latency_p90_ms"),
-        "size_bytes": attrs.get("size_bytes"),
-        "size_kb": size_kb,
-        "params": attrs.get("params"),
-        "macs": attrs.get("macs"),
-        "sparsity": attrs.get("sparsity"),
-    }
-    return Recipe(
-        workload=settings["workload"],
-        baseline_seed=int(settings["seed"]),
-        baseline_sha256=weights_sha256(baseline_model),
-        config=config,
-        target={
-            "runtime": "torch",
-            **settings["target"],
-            "deployed": attrs.get(
-                "deployed_kind", deployed_form(config, settings["target"].get("runtime", "torch"))
-            ),
-        },
-        hardware=dict(info["hardware"]),
-        versions={**current_versions(), "autocompress": info.get("version", __version__)},
-        source={
-            "study": study.study_name,
-            "trial": number,
-            "summary": attrs.get("summary", config.describe()),
-        },
-        metrics={k: _num(v) for k, v in metrics.items()},
-        baseline={
-            k: _num(base.get(k))
-            for k in ("accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "size_bytes")
-        },
-        kept_channels=dict(attrs["channels"]) if structured and attrs.get("channels") else None,
-        pruning_history=attrs.get("pruning_history") if structured else None,
-        bits_per_layer=weight_bit_plan(baseline_model, config.quantize),
-    )
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which trial to export: a number, or a rule over the feasible Pareto front.
-
-    Attributes:
-        trial: A trial number (any COMPLETE trial); the rule below is then not used.
-        min_accuracy: Keep front trials with validation accuracy at least this.
-        max_latency_ms: Keep front trials with latency at most this.
-        max_size_kb: Keep front trials with size at most this.
-        optimize: Among those kept, the best by ``accuracy`` (max), ``latency`` or ``size`` (min).
-    """
-
-    trial: int | None = None
-    min_accuracy: float | None = None
-    max_latency_ms: float | None = None
-    max_size_kb: float | None = None
-    optimize: str = "accuracy"
-
-    def __post_init__(self) -> None:
-        if self.optimize not in OPTIMIZE:
-            raise RecipeError(f"cannot optimize {self.optimize!r}; use one of {OPTIMIZE}")
-        if self.trial is not None and self.trial < 0:
-            raise RecipeError(f"--trial {self.trial}: trial numbers start at 0")
-        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
-            raise RecipeError(f"--min-accuracy {self.min_accuracy}: use a fraction in [0, 1]")
-
-    def describe(self) -> str:
-        """The rule in words."""
-        if self.trial is not None:
-            return f"trial {self.trial}"
-        limits = [
-            f"accuracy >= {self.min_accuracy}" if self.min_accuracy is not None else "",
-            f"latency <= {self.max_latency_ms} ms" if self.max_latency_ms is not None else "",
-            f"size <= {self.max_size_kb} KB" if self.max_size_kb is not None else "",
-        ]
-        best = "most accurate" if self.optimize == "accuracy" else f"smallest {self.optimize}"
-        where = " and ".join(x for x in limits if x)
-        return f"{best} feasible Pareto trial" + (f" with {where}" if where else "")
-
-
-def select_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
-    """The trial ``selection`` picks.
-
-    Raises:
-        RecipeError: No such complete trial, or no front trial meets the rule.
-    """
-    if selection.trial is not None:
-        for t in study.get_trials(deepcopy=False):
-            if t.number == selection.trial:
-                if t.state != TrialState.COMPLETE:
-                    raise RecipeError(
-                        f"trial {t.number} of study {study.study_name!r} is {t.state.name}; "
-                        "only COMPLETE trials have a recipe"
-                    )
-                return t
-        raise RecipeError(f"study {study.study_name!r} has no trial {selection.trial}")
-    front = feasible_front(study)
-    kept = [
-        t
-        for t in front
-        if (selection.min_accuracy is None or t.values[0] >= selection.min_accuracy)
-        and (selection.max_latency_ms is None or t.values[1] <= selection.max_latency_ms)
-        and (selection.max_size_kb is None or t.values[2] <= selection.max_size_kb)
-    ]
-    if not kept:
-        raise RecipeError(
-            f"no trial of study {study.study_name!r} is the {selection.describe()} "
-            f"({len(front)} on the feasible front); relax the rule or pass --trial N"
-        )
-    order = {
-        "accuracy": lambda t: (-t.values[0], t.values[1], t.values[2]),
-        "latency": lambda t: (t.values[1], -t.values[0], t.values[2]),
-        "size": lambda t: (t.values[2], -t.values[0], t.values[1]),
-    }[selection.optimize]
-    return min(kept, key=order)
-
-
 def environment_warnings(recipe: Recipe, device: str | None = None) -> list[str]:
     """Differences between the recipe's measuring environment and this one, in words."""
     warnings: list[str] = []
@@ -563,52 +381,3 @@ def environment_warnings(recipe: Recipe, device: str | None = None) -> list[str]
             f"({mine['logical_cores']} cores): compare latency ratios, not milliseconds"
         )
     return warnings
-
-
-class RecipeArtifacts:
-    """Wraps the study's objective: each trial within the accuracy budget gets its recipe.
-
-    The recipe is written to ``<study dir>/recipes/trial-N.yaml`` and uploaded as an artifact
-    of the trial, while it still runs (a finished trial can no longer be changed), to an
-    :class:`optuna.artifacts.FileSystemArtifactStore` in ``<study dir>/artifacts``; so every
-    feasible, hence every Pareto, trial offers its recipe for download in optuna-dashboard
-    (``optuna-dashboard URL --artifact-dir studies/NAME/artifacts``).
-    """
-
-    def __init__(
-        self,
-        objective: Callable[[optuna.Trial], Sequence[float]],
-        baseline_model: nn.Module,
-        study_dir: Path,
-    ) -> None:
-        self.objective = objective
-        self.baseline_model = baseline_model
-        self.recipe_dir = Path(study_dir) / "recipes"
-        artifact_dir = Path(study_dir) / "artifacts"
-        artifact_dir.mkdir(parents=True, exist_ok=True)
-        self.store = optuna.artifacts.FileSystemArtifactStore(artifact_dir)
-
-    def __call__(self, trial: optuna.Trial) -> Sequence[float]:
-        values = self.objective(trial)
-        self._save(trial, values)
-        return values
-
-    def _save(self, trial: optuna.Trial, values: Sequence[float]) -> None:
-        attrs = trial.user_attrs
-        budget = study_info(trial.study)["settings"]["max_accuracy_drop"]
-        if not attrs.get("accuracy_drop", math.inf) <= budget:
-            return
-        try:
-            recipe = recipe_for(trial.study, trial.number, values, attrs, self.baseline_model)
-            path = save_recipe(recipe, self.recipe_dir / f"trial-{trial.number}.yaml")
-            optuna.artifacts.upload_artifact(
-                artifact_store=self.store,
-                file_path=str(path),
-                study_or_trial=trial,
-                mimetype="application/yaml",
-            )
-        except (RecipeError, OSError, ValueError, yaml.YAMLError) as e:
-            # A recipe that cannot be written must not fail a measured trial.
-            optuna.logging.get_logger(__name__).warning(
-                "trial %d: recipe not saved: %s", trial.number, e
-            )

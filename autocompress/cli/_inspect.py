@@ -1,0 +1,181 @@
+"""The read-only verbs: ``study list``, ``study status``, ``pareto``, ``dashboard``, ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from autocompress.cli._common import StorageOpt, _default_storage, _user_errors, console
+from autocompress.errors import AutocompressError
+
+
+def study_list(storage: StorageOpt = "") -> None:
+    """List the studies in a storage with their trial counts.
+
+    Example: autocompress study list --storage sqlite:///studies/autocompress.db
+    """
+    import optuna
+
+    from autocompress.study import open_storage
+
+    with _user_errors():
+        storage_obj = open_storage(storage or _default_storage())
+        table = Table("study", "trials", "complete", "workload", "created")
+        for name in optuna.get_all_study_names(storage_obj):
+            s = optuna.load_study(study_name=name, storage=storage_obj)
+            trials = s.get_trials(deepcopy=False)
+            info = s.user_attrs.get("autocompress", {})
+            table.add_row(
+                name,
+                str(len(trials)),
+                str(sum(t.state.name == "COMPLETE" for t in trials)),
+                info.get("settings", {}).get("workload", "?"),
+                info.get("created", "?"),
+            )
+        console.print(table)
+
+
+def study_status(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+) -> None:
+    """Trials by state, best feasible values and time spent.
+
+    Example: autocompress study status demo
+    """
+    from autocompress.study import STRUCTURED_FAILURES_LIMIT, load_study, study_info, summarize
+
+    with _user_errors():
+        study = load_study(name, storage or _default_storage())
+        s = summarize(study)
+        info = study_info(study)
+        console.print(
+            f"study [bold]{name}[/]: workload {info['settings']['workload']}, "
+            f"{s['n_trials']} trials, {s['seconds']:.0f} s of trial time"
+        )
+        console.print("by state: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
+        console.print(
+            f"feasible (within the accuracy budget): {s['n_feasible']}, "
+            f"Pareto front: {s['front_size']}"
+        )
+        if s["best"]:
+            b = s["best"]
+            console.print(
+                f"best feasible: accuracy {b['accuracy']:.4f}, latency "
+                f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB"
+            )
+        for number, reason in s["failed"]:
+            console.print(f"trial {number} failed: {reason}", highlight=False, soft_wrap=True)
+        for number, reason in s["stopped"]:
+            console.print(f"trial {number} {reason}", highlight=False, soft_wrap=True)
+        if s["structured_failures"] >= STRUCTURED_FAILURES_LIMIT:
+            console.print("structured pruning is no longer offered: it failed on this model")
+
+
+def _print_front(name: str, storage: str) -> None:
+    from autocompress.study import (
+        FRONT_COLUMNS,
+        feasible_front,
+        front_rows,
+        load_study,
+        study_info,
+    )
+
+    study = load_study(name, storage)
+    info = study_info(study)
+    base = info["baseline"]
+    drop = info["settings"]["max_accuracy_drop"]
+    table = Table(*FRONT_COLUMNS, title=f"{name}: feasible Pareto front (accuracy drop <= {drop})")
+    front = feasible_front(study)
+    for k, row in enumerate(front_rows(base, front)):
+        table.add_row(*row, style="dim" if k == 0 else None)
+    console.print(table)
+    if not front:
+        console.print("no trial within the accuracy budget yet")
+
+
+def pareto(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+) -> None:
+    """Print the feasible Pareto front (accuracy, latency, size) with the baseline for reference.
+
+    Example: autocompress pareto demo
+    """
+    with _user_errors():
+        _print_front(name, storage or _default_storage())
+
+
+def dashboard(
+    name: Annotated[
+        str | None, typer.Argument(help="Study to open (default: the list of all studies).")
+    ] = None,
+    storage: StorageOpt = "",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; the default serves this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+) -> None:
+    """Browse a study in optuna-dashboard: Pareto front, trial notes, recipe artifacts.
+
+    Infeasible trials (over the accuracy budget) are greyed out on its Pareto front and
+    marked in each trial's note and ``feasible`` attribute.
+
+    Example: autocompress dashboard demo --port 8080
+    """
+    from autocompress.dashboard import dashboard_app, make_dashboard_server, study_url
+    from autocompress.study import STUDIES_DIR, load_study, open_storage
+
+    with _user_errors():
+        storage_obj = open_storage(storage or _default_storage())
+        study = load_study(name, storage_obj) if name else None
+        app_ = dashboard_app(storage_obj, STUDIES_DIR, name)
+        try:
+            server = make_dashboard_server(app_, host, port)
+        except OSError as e:
+            raise AutocompressError(
+                f"cannot listen on {host}:{port} ({e.strerror}); try another --port"
+            ) from None
+        url = study_url(host, server.server_port, study)
+        console.print(f"optuna-dashboard at [bold]{url}[/] (Ctrl-C to stop)", soft_wrap=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            console.print("dashboard stopped")
+        finally:
+            server.server_close()
+
+
+def report(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+    out: Annotated[
+        Path | None, typer.Option(help="Output file (default: NAME-report.html or .png).")
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="html (self-contained, opens offline) or png (one image)."),
+    ] = "html",
+) -> None:
+    """Write a static report: Pareto front projections, hypervolume over trials, importances.
+
+    Example: autocompress report demo --out report.html
+    """
+    from autocompress.report import FORMATS, write_report
+    from autocompress.study import load_study
+
+    with _user_errors():
+        if fmt not in FORMATS:
+            raise AutocompressError(f"--format {fmt!r}: use html or png")
+        study = load_study(name, storage or _default_storage())
+        path = out or Path(f"{name}-report.{fmt}")
+        data = write_report(study, path, fmt)
+        final = data.hypervolume[-1][2] if data.hypervolume else 0.0
+        console.print(
+            f"wrote {path}: {len(data.trials)} trials, front {len(data.front)}, "
+            f"hypervolume {final:.4f} of the reference box",
+            soft_wrap=True,
+        )

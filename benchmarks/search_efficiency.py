@@ -229,10 +229,9 @@ def main() -> None:
         args.out,
         jobs=args.jobs,
     )
-    path = write_results(
-        "search_efficiency", {"n_trials": args.n_trials, "results": results}, args.out
-    )
-    (args.out / "search_efficiency.md").write_text(table(results, args.n_trials))
+    name = "search_efficiency-" + "-".join(args.workloads)
+    path = write_results(name, {"n_trials": args.n_trials, "results": results}, args.out)
+    (args.out / f"{name}.md").write_text(table(results, args.n_trials))
     print(table(results, args.n_trials))
     print(f"wrote {path}")
 

@@ -6,9 +6,10 @@ What is timed and evaluated is what would ship:
     ``torch.jit.optimize_for_inference`` (oneDNN convolutions with pre-packed weights); the
     faster of the two on the target's batch, timed A/B, is kept, and the file records which so
     that :func:`load_torchscript` rebuilds the same form (oneDNN-packed modules cannot be saved,
-    so the file holds the frozen module and the choice is re-applied on load). Measured on
-    LeNet-5 at batch 32, one thread: x2.3 over the frozen module; on the 8x8 digits CNN at
-    batch 1 it is slower, hence the measurement;
+    so the file holds the frozen module and the choice is re-applied on load). In
+    ``python -m benchmarks.targets`` the chosen form of fp32 LeNet-5 runs x2.23 faster than
+    eager at batch 32, while on the 8x8 digits CNN at batch 1 neither form beats eager (x0.83),
+    hence the measurement;
   * ``onnxruntime``: the model exported to ONNX and run in an ORT session; with int8, static QDQ
     quantization (per channel or per tensor) calibrated on training data. ORT's *dynamic* int8 is
     never used: it was measured 2-6x slower than fp32 on convolutions on our 2-core CPU
@@ -78,7 +79,8 @@ def onnxruntime_available() -> bool:
 _TORCHSCRIPT_INFO = "autocompress.json"
 
 
-def _median_ms(fn: Callable[[], Any], calls: int, rounds: int) -> list[float]:
+def _block_ms(fn: Callable[[], Any], calls: int, rounds: int) -> list[float]:
+    """Mean milliseconds per call of ``fn`` in each of ``rounds`` blocks of ``calls`` calls."""
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -103,13 +105,13 @@ def faster_of(
     with torch.inference_mode():
         for _ in range(3):
             candidate(x), current(x)
-        one = max(min(_median_ms(lambda f=f: f(x), 1, 3)) for f in (candidate, current))
+        one = max(min(_block_ms(lambda f=f: f(x), 1, 3)) for f in (candidate, current))
         calls = max(1, int(block_ms / max(one, 1e-3)))
         a, b = [], []
         for i in range(rounds):
             first, second = (candidate, current) if i % 2 == 0 else (current, candidate)
-            t1 = _median_ms(lambda f=first: f(x), calls, 1)[0]
-            t2 = _median_ms(lambda f=second: f(x), calls, 1)[0]
+            t1 = _block_ms(lambda f=first: f(x), calls, 1)[0]
+            t2 = _block_ms(lambda f=second: f(x), calls, 1)[0]
             (a if first is candidate else b).append(t1)
             (b if first is candidate else a).append(t2)
     return statistics.median(a) < statistics.median(b)

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from benchmarks import deep_compression, early_stopping, search_efficiency, targets
+from benchmarks import deep_compression, early_stopping, quant_aware, search_efficiency, targets
 from tests.conftest import TINY_SPACE
 from tests.test_workload import write_idx
 
@@ -93,3 +93,11 @@ def test_target_studies_tiny(tmp_path, tiny):
     assert row["speedup_vs_eager_fp32"] > 0 and row["speedup_vs_ort_fp32"] > 0
     assert row["trial"] in (0, 1)
     assert "| ort | cpu-onnxruntime b=8" in target_studies.table([row])
+
+
+def test_quant_aware_tiny():
+    rows = quant_aware.run("tests.conftest:tiny_workload", None, epochs=1)
+    assert len(rows) == 2 * len(quant_aware.POINTS)
+    assert [r["quant_aware"] for r in rows[:2]] == [False, True]
+    assert all(0 <= r["test_error"] <= 1 and r["compression"] > 1 for r in rows)
+    assert "| 92% | 2 |" in quant_aware.table(rows)

@@ -1,7 +1,8 @@
-"""What is being compressed: the baseline model, its three data splits, an example input, a metric.
+"""What is being compressed: the baseline model, its three data splits, its task.
 
-A workload is a built-in name (``digits``, ``mnist-mlp``, ``mnist-lenet5``) or a user's
-``package.module:function`` returning a :class:`Workload`.
+A workload is a built-in name (:data:`autocompress.zoo.BUILTIN_WORKLOADS`) or a user's
+``package.module:function`` returning a :class:`Workload`. :func:`load_workload` checks it and
+returns a :class:`LoadedWorkload`, whose every field is set.
 """
 
 from __future__ import annotations
@@ -9,177 +10,152 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from autocompress import models
-from autocompress.data import TensorData, predict_logits, top1_accuracy
+from autocompress.data import (
+    Inputs,
+    Split,
+    TensorData,
+    as_output,
+    as_split,
+    call_model,
+    flat_tensors,
+    gather_inputs,
+    split_batch,
+    take_rows,
+)
 from autocompress.errors import TrialFailure, WorkloadError
-from autocompress.idx import read_idx
-from autocompress.steps.finetune import FinetuneConfig, finetune
+from autocompress.tasks import Classification, Task, as_task, eager_runner
+from autocompress.training import TrainingConfig, train
 
-MNIST_ENV = "AUTOCOMPRESS_MNIST_DIR"
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
 
 
 @dataclass
 class Workload:
-    """A model to compress and the data to judge it by.
+    """A model to compress and the data to judge it by, as a user gives it.
 
     Give either a trained ``model``, or a ``model_factory`` plus ``baseline_training`` and the
     baseline is trained once and cached.
 
     Attributes:
-        train: Fine-tuning data. Never used to choose between trials.
+        train: Fine-tuning and calibration data. Never used to choose between trials.
         val: The split whose metric the search optimises.
         test: Held out: reported per trial, never steers the search.
         model: A trained model.
-        model_factory: Builds an untrained model (also used to rebuild compressed ones).
+        model_factory: Builds an untrained model.
         baseline_training: How to train the factory's model into the baseline.
-        example_input: One batch the model accepts (defaults to the first training example).
-        metric: ``metric(logits, labels) -> float``, higher is better (default top-1 accuracy).
+        example_input: One batch of inputs the model accepts (default: the first training
+            example): a tensor, a tuple or a dict of tensors.
+        task: ``classification`` (default), ``language-modeling``, ``regression`` or an
+            :class:`autocompress.tasks.CustomTask`.
+        metric: For classification, ``metric(logits, labels) -> float`` over a whole split,
+            higher is better, in place of top-1 accuracy.
         name: The reference the workload was loaded from.
+        info: Facts shown with the study (where the data came from).
+
+    Each split is :class:`~autocompress.data.TensorData`, an ``(x, y)`` tensor pair, a
+    ``DataLoader`` or a list of batches (tensors, ``(inputs, labels)`` tuples or dicts).
     """
 
-    train: TensorData
-    val: TensorData
-    test: TensorData
+    train: Any
+    val: Any
+    test: Any
     model: nn.Module | None = None
     model_factory: Callable[[], nn.Module] | None = None
-    baseline_training: FinetuneConfig | None = None
-    example_input: torch.Tensor | None = None
-    metric: Callable[[torch.Tensor, torch.Tensor], float] = top1_accuracy
+    baseline_training: TrainingConfig | None = None
+    example_input: Inputs | None = None
+    task: Task | str = "classification"
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     name: str = "custom"
     info: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for split in ("train", "val", "test"):
-            value = getattr(self, split)
-            if isinstance(value, tuple | list) and len(value) == 2:
-                setattr(self, split, TensorData(*value))
-            elif not isinstance(value, TensorData):
+            setattr(self, split, as_split(getattr(self, split), split))
+        if self.metric is not None:
+            if self.task not in ("classification",) and not isinstance(self.task, Classification):
                 raise WorkloadError(
-                    f"workload {self.name!r}: {split} must be TensorData or an (x, y) tensor pair"
+                    f"workload {self.name!r}: `metric` is for classification; give a "
+                    "CustomTask for other tasks"
                 )
+            self.task = Classification(score=self.metric)
+        self.task = as_task(self.task)
         if self.model is None and (self.model_factory is None or self.baseline_training is None):
             raise WorkloadError(
                 f"workload {self.name!r}: give a trained `model`, or `model_factory` "
                 "together with `baseline_training`"
             )
-        if self.example_input is None:
-            self.example_input = self.train.x[:1]
+        if self.model is not None and not isinstance(self.model, nn.Module):
+            raise WorkloadError(
+                f"workload {self.name!r}: model is a {type(self.model).__name__}, not a "
+                "torch.nn.Module"
+            )
+
+
+@dataclass(frozen=True)
+class LoadedWorkload:
+    """A checked workload with its trained baseline (in eval mode); every field is set.
+
+    Attributes:
+        name: The reference it was loaded from (built-in name or ``module:function``).
+        model: The baseline.
+        train: Fine-tuning and calibration data.
+        val: The split the search optimises.
+        test: Reported, never searched on.
+        task: Loss, distillation loss and metric.
+        example_input: One batch of inputs.
+        info: Facts shown with the study.
+    """
+
+    name: str
+    model: nn.Module
+    train: Split
+    val: Split
+    test: Split
+    task: Task
+    example_input: Inputs
+    info: dict[str, str] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        """The split called ``train``, ``val`` or ``test``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
 
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
-        """The workload's metric of ``model`` on ``split`` (``train``, ``val`` or ``test``)."""
-        data: TensorData = getattr(self, split)
-        return self.metric(predict_logits(model, data.x), data.y)
+        """The task's metric of the eager ``model`` on ``split``."""
+        was_training = model.training
+        model.eval()
+        try:
+            return self.task.metric(eager_runner(model), self.split(split))
+        finally:
+            model.train(was_training)
 
-
-def _digits(data_dir: Path | None) -> Workload:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    idx = np.arange(len(y))
-    train_idx, rest = train_test_split(idx, test_size=0.4, random_state=0, stratify=digits.target)
-    val_idx, test_idx = train_test_split(
-        rest, test_size=0.5, random_state=0, stratify=digits.target[rest]
-    )
-
-    def split(i: np.ndarray) -> TensorData:
-        return TensorData(x[i], y[i])
-
-    return Workload(
-        name="digits",
-        train=split(train_idx),
-        val=split(val_idx),
-        test=split(test_idx),
-        model_factory=models.digits_cnn,
-        baseline_training=FinetuneConfig(
-            epochs=40, batch_size=32, optimizer="adam", lr=2e-3, schedule="cosine"
-        ),
-        info={"data": "scikit-learn load_digits, 60/20/20 stratified split, seed 0"},
-    )
-
-
-def mnist_splits(data_dir: Path | None) -> tuple[TensorData, TensorData, TensorData]:
-    """MNIST from its IDX ``.gz`` files: train 55k, validation 5k (last of train), test 10k."""
-    if data_dir is None:
-        env = os.environ.get(MNIST_ENV)
-        if not env:
-            raise WorkloadError(
-                f"MNIST workloads need the IDX files: pass --data-dir DIR or set {MNIST_ENV}=DIR"
-            )
-        data_dir = Path(env)
-    data_dir = Path(data_dir)
-
-    def load(stem: str) -> np.ndarray:
-        for name in (f"{stem}.gz", stem):
-            if (data_dir / name).exists():
-                return read_idx(data_dir / name)
-        raise WorkloadError(f"{stem}(.gz) not found in {data_dir}; point --data-dir at MNIST")
-
-    def images(a: np.ndarray) -> torch.Tensor:
-        t = torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0
-        return (t - 0.1307) / 0.3081
-
-    x_train = images(load("train-images-idx3-ubyte"))
-    y_train = torch.tensor(load("train-labels-idx1-ubyte"), dtype=torch.long)
-    x_test = images(load("t10k-images-idx3-ubyte"))
-    y_test = torch.tensor(load("t10k-labels-idx1-ubyte"), dtype=torch.long)
-    n_val = 5000
-    return (
-        TensorData(x_train[:-n_val], y_train[:-n_val]),
-        TensorData(x_train[-n_val:], y_train[-n_val:]),
-        TensorData(x_test, y_test),
-    )
-
-
-def _mnist(name: str, factory: Callable[[], nn.Module], epochs: int, lr: float) -> Callable:
-    def build(data_dir: Path | None) -> Workload:
-        train, val, test = mnist_splits(data_dir)
-        return Workload(
-            name=name,
-            train=train,
-            val=val,
-            test=test,
-            model_factory=factory,
-            baseline_training=FinetuneConfig(
-                epochs=epochs,
-                batch_size=128,
-                optimizer="sgd",
-                lr=lr,
-                schedule="cosine",
-                warmup_fraction=0.05,
-                weight_decay=5e-4,
-            ),
-            info={"data": "MNIST IDX files: train 55k / validation 5k / test 10k"},
-        )
-
-    return build
-
-
-BUILTIN_WORKLOADS: dict[str, Callable[[Path | None], Workload]] = {
-    "digits": _digits,
-    "mnist-mlp": _mnist("mnist-mlp", models.lenet_300_100, epochs=20, lr=0.05),
-    "mnist-lenet5": _mnist("mnist-lenet5", models.lenet5, epochs=20, lr=0.02),
-}
+    def with_model(self, model: nn.Module) -> LoadedWorkload:
+        """The same workload around another baseline."""
+        return LoadedWorkload(
+            self.name, model, self.train, self.val, self.test, self.task, self.example_input,
+            self.info,
+        )  # fmt: skip
 
 
 def _import_user_workload(ref: str) -> Workload:
     module_name, _, func_name = ref.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as e:  # noqa: BLE001 - any import failure is the user's to fix
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: any import failure is the user's
         raise WorkloadError(
             f"workload {ref!r}: cannot import module {module_name!r} ({type(e).__name__}: {e})"
         ) from None
@@ -190,9 +166,9 @@ def _import_user_workload(ref: str) -> Workload:
         )
     try:
         result = func()
-    except WorkloadError:
+    except (WorkloadError, KeyboardInterrupt):
         raise
-    except Exception as e:  # noqa: BLE001
+    except BaseException as e:  # noqa: BLE001 - SystemExit from user code is an error too
         raise WorkloadError(
             f"workload {ref!r}: {func_name}() raised {type(e).__name__}: {e}"
         ) from None
@@ -205,14 +181,24 @@ def _import_user_workload(ref: str) -> Workload:
     return result
 
 
+def _data_fingerprint(split: Split) -> list[float]:
+    if isinstance(split, TensorData):
+        return [float(split.x.double().sum()), float(split.y.double().sum())]
+    first = next(iter(split.batches()))
+    inputs, labels = split_batch(first)
+    tensors = flat_tensors(inputs) + ([labels] if isinstance(labels, torch.Tensor) else [])
+    return [float(t.double().sum()) for t in tensors]
+
+
 def _baseline_cache_key(workload: Workload, seed: int) -> str:
+    assert workload.model_factory is not None  # noqa: S101 - checked by Workload
     payload = json.dumps(
         {
             "name": workload.name,
             "training": repr(workload.baseline_training),
             "model": repr(workload.model_factory()),
             "sizes": [len(workload.train), len(workload.val), len(workload.test)],
-            "train_sum": float(workload.train.x.double().sum()),
+            "train": _data_fingerprint(workload.train),
             "seed": seed,
             "torch": torch.__version__.split("+")[0],
         },
@@ -221,22 +207,45 @@ def _baseline_cache_key(workload: Workload, seed: int) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _train_baseline(workload: Workload, cache_dir: Path | None, seed: int) -> nn.Module:
-    model = workload.model_factory()
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict: names, dtypes, shapes and raw bytes, in order."""
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _load_cached(model: nn.Module, path: Path) -> bool:
+    """Load a cached baseline whose checksum matches; a bad or unverified file is removed."""
+    checksum = path.with_suffix(".sha256")
+    try:
+        state = torch.load(path, weights_only=True)
+        if checksum.read_text().strip() != state_sha256(state):
+            raise ValueError("checksum mismatch")
+        model.load_state_dict(state)
+        return True
+    except Exception:  # noqa: BLE001 - a bad cache file is retrained, never trusted
+        path.unlink(missing_ok=True)
+        checksum.unlink(missing_ok=True)
+        return False
+
+
+def _train_baseline(workload: Workload, task: Task, cache_dir: Path | None, seed: int) -> nn.Module:
+    assert workload.model_factory is not None and workload.baseline_training is not None  # noqa: S101
     path = None
     if cache_dir is not None:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", workload.name)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", workload.name)[:80]
         path = Path(cache_dir) / f"{safe}-{_baseline_cache_key(workload, seed)}.pt"
         if path.exists():
-            try:
-                model.load_state_dict(torch.load(path, weights_only=True))
+            model = workload.model_factory()
+            if _load_cached(model, path):
                 return model.eval()
-            except Exception:  # noqa: BLE001 - a bad cache file is retrained, not fatal
-                path.unlink(missing_ok=True)
     torch.manual_seed(seed)
     model = workload.model_factory()
     try:
-        finetune(model, workload.train, workload.baseline_training, seed=seed)
+        train(model, workload.train, task, workload.baseline_training, seed=seed)
     except TrialFailure as e:
         raise WorkloadError(
             f"workload {workload.name!r}: training the baseline failed ({e}); "
@@ -245,38 +254,37 @@ def _train_baseline(workload: Workload, cache_dir: Path | None, seed: int) -> nn
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save(model.state_dict(), tmp)
+        state = model.state_dict()
+        torch.save(state, tmp)
+        path.with_suffix(".sha256").write_text(state_sha256(state) + "\n")
         tmp.replace(path)
     return model.eval()
 
 
-def _check_shapes(workload: Workload) -> None:
-    try:
-        with torch.inference_mode():
-            out = workload.model.eval()(workload.val.x[:2])
-    except Exception as e:  # noqa: BLE001
-        raise WorkloadError(
-            f"workload {workload.name!r}: the model cannot run on the validation data "
-            f"(input shape {tuple(workload.val.x.shape[1:])}): {type(e).__name__}: {e}"
-        ) from None
-    if out.ndim != 2:
-        raise WorkloadError(
-            f"workload {workload.name!r}: model output has shape {tuple(out.shape)}, "
-            "expected [batch, classes]"
-        )
-    n_classes = out.shape[1]
-    for split in ("train", "val", "test"):
-        data: TensorData = getattr(workload, split)
-        if data.x.shape[1:] != workload.val.x.shape[1:]:
+def _check(loaded: LoadedWorkload) -> None:
+    """The baseline runs on every split, gives finite outputs the task can read."""
+    words = {"val": "validation", "train": "training", "test": "test"}
+    for split_name in ("val", "train", "test"):
+        small = take_rows(next(iter(loaded.split(split_name).batches())), 2)
+        inputs = split_batch(small)[0]
+        try:
+            with torch.inference_mode():
+                out = as_output(call_model(loaded.model, inputs))
+        except WorkloadError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
+            shapes = [tuple(t.shape) for t in flat_tensors(inputs)]
+            first_line = str(e).splitlines()[0] if str(e) else ""
             raise WorkloadError(
-                f"workload {workload.name!r}: {split} inputs have shape {tuple(data.x.shape[1:])} "
-                f"but validation inputs have {tuple(workload.val.x.shape[1:])}"
-            )
-        if data.y.dtype != torch.long or int(data.y.min()) < 0 or int(data.y.max()) >= n_classes:
+                f"workload {loaded.name!r}: the model cannot run on the {words[split_name]} data "
+                f"(input shapes {shapes}): {type(e).__name__}: {first_line}"
+            ) from None
+        if torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
             raise WorkloadError(
-                f"workload {workload.name!r}: {split} labels must be int64 class indices in "
-                f"[0, {n_classes}) for a model with {n_classes} outputs"
+                f"workload {loaded.name!r}: the baseline's outputs on the {words[split_name]} data "
+                "are NaN or infinite; check the model and its weights"
             )
+        loaded.task.check(out, small)
 
 
 def load_workload(
@@ -285,20 +293,25 @@ def load_workload(
     data_dir: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE_DIR,
     seed: int = 0,
-) -> Workload:
-    """Resolve ``ref`` to a workload with a trained baseline in eval mode.
+) -> LoadedWorkload:
+    """Resolve ``ref`` to a checked workload with a trained baseline in eval mode.
 
     Args:
         ref: A built-in name or ``package.module:function``.
-        data_dir: Where MNIST's IDX files are (built-in MNIST workloads).
+        data_dir: Where a built-in workload's data is (MNIST's IDX files).
         cache_dir: Where trained baselines are cached; ``None`` disables the cache.
         seed: Seed of the baseline's training.
 
     Raises:
-        WorkloadError: Unknown name, import failure, wrong return type or wrong data shapes.
+        WorkloadError: Unknown name, import failure, wrong return type, data the model
+            cannot take, or non-finite outputs.
     """
+    from autocompress.zoo import BUILTIN_WORKLOADS
+
     if ref in BUILTIN_WORKLOADS:
-        workload = BUILTIN_WORKLOADS[ref](Path(data_dir) if data_dir else None)
+        workload = BUILTIN_WORKLOADS[ref](
+            Path(data_dir) if data_dir else None, Path(cache_dir) if cache_dir else None
+        )
     elif ":" in ref:
         workload = _import_user_workload(ref)
     else:
@@ -306,8 +319,42 @@ def load_workload(
             f"unknown workload {ref!r}: use one of {', '.join(BUILTIN_WORKLOADS)} "
             "or package.module:function"
         )
-    if workload.model is None:
-        workload.model = _train_baseline(workload, Path(cache_dir) if cache_dir else None, seed)
-    workload.model.eval()
-    _check_shapes(workload)
-    return workload
+    return prepare(workload, cache_dir=cache_dir, seed=seed)
+
+
+def prepare(
+    workload: Workload,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+) -> LoadedWorkload:
+    """Check a :class:`Workload` given in Python and train its baseline if needed.
+
+    Raises:
+        WorkloadError: As :func:`load_workload`.
+    """
+    task = workload.task if isinstance(workload.task, Task) else as_task(workload.task)
+    model = workload.model
+    if model is None:
+        model = _train_baseline(workload, task, Path(cache_dir) if cache_dir else None, seed)
+    model.eval()
+    example = workload.example_input
+    if example is None:
+        example = gather_inputs(workload.train, 1)
+    loaded = LoadedWorkload(
+        name=workload.name,
+        model=model,
+        train=workload.train,
+        val=workload.val,
+        test=workload.test,
+        task=task,
+        example_input=example,
+        info=dict(workload.info),
+    )
+    _check(loaded)
+    return loaded
+
+
+def finite(value: float) -> bool:
+    """Whether a metric value is a finite number."""
+    return isinstance(value, int | float) and math.isfinite(value)

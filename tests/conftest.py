@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,24 +49,67 @@ def _blobs(n: int, seed: int) -> TensorData:
 
 def tiny_workload() -> Workload:
     """A user-style workload (``tests.conftest:tiny_workload``): tiny CNN, synthetic data."""
-    from autocompress.steps.finetune import FinetuneConfig
+    from autocompress.training import TrainingConfig
 
     return Workload(
         train=_blobs(256, 0),
         val=_blobs(128, 1),
         test=_blobs(128, 2),
         model_factory=tiny_cnn,
-        baseline_training=FinetuneConfig(epochs=3, batch_size=32, lr=3e-3),
+        baseline_training=TrainingConfig(epochs=3, batch_size=32, lr=3e-3),
     )
+
+
+# Trained baselines are cached in the system's temporary folder, never in the checkout.
+BASELINE_CACHE = Path(tempfile.gettempdir()) / "autocompress-tests" / "baselines"
 
 
 @pytest.fixture(scope="session")
 def digits():
-    """The built-in digits workload; its baseline trains once and is cached under studies/."""
+    """The built-in digits workload; its baseline trains once and is cached in /tmp."""
     torch.set_num_threads(1)
-    return load_workload("digits", cache_dir=REPO / "studies" / "baselines")
+    return load_workload("digits", cache_dir=BASELINE_CACHE)
 
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     return load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path_factory.mktemp("c"))
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_outside_tmp(tmp_path, monkeypatch):
+    """Tests write only under their temporary folder: relative paths (studies/...) land there."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def make_read_only():
+    """Make a file or folder read-only for this process: chmod, or ``chattr +i`` as root
+    (which ignores permissions); undone afterwards so the temporary folder can be removed."""
+    immutable: list[Path] = []
+    chmodded: list[Path] = []
+
+    def make(path: Path) -> None:
+        if os.geteuid() != 0:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+            chmodded.append(path)
+            return
+        chattr = shutil.which("chattr")
+        done = chattr and subprocess.run([chattr, "+i", str(path)], capture_output=True)
+        if not done or done.returncode != 0:
+            pytest.skip("running as root, and chattr +i is not available to make a file read-only")
+        immutable.append(path)
+
+    yield make
+    for path in immutable:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+    for path in chmodded:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def skip_or_fail(reason: str, required_env: str) -> None:
+    """Skip a test whose service is missing, unless CI says this machine has it: then the
+    missing service is a failure (``.ci/run`` sets ``required_env``)."""
+    if os.environ.get(required_env):
+        pytest.fail(f"{reason} (and {required_env} is set: this machine should have it)")
+    pytest.skip(reason)

@@ -7,7 +7,8 @@ import torch
 
 from autocompress.errors import WorkloadError
 from autocompress.idx import read_idx
-from autocompress.workload import load_workload, mnist_splits
+from autocompress.workload import Workload, load_workload, prepare
+from autocompress.zoo.vision import mnist_splits
 
 
 def write_idx(path, array: np.ndarray, code: int = 0x08, gz: bool = True) -> None:
@@ -70,6 +71,17 @@ def test_bad_workload_references(ref, message):
 
 def test_digits_workload_has_three_disjoint_splits(digits):
     assert len(digits.train) + len(digits.val) + len(digits.test) == 1797
+    rows = [
+        tuple(x.flatten().tolist()) for s in ("train", "val", "test") for x in digits.split(s).x
+    ]
+    seen = {
+        s: {tuple(x.flatten().tolist()) for x in digits.split(s).x}
+        for s in ("train", "val", "test")
+    }
+    # no image is shared between splits (the digits data has a few exact duplicates inside one)
+    assert not (seen["train"] & seen["val"]) and not (seen["train"] & seen["test"])
+    assert not (seen["val"] & seen["test"])
+    assert len(rows) == 1797
     assert digits.evaluate(digits.model, "val") > 0.95
     assert digits.evaluate(digits.model, "test") > 0.95
 
@@ -91,3 +103,79 @@ def test_corrupt_cache_file_is_retrained(tmp_path):
     cache.write_bytes(b"not a torch file")
     w = load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path)
     assert w.evaluate(w.model) > 0.5
+
+
+def test_a_bit_flipped_cache_file_is_not_trusted(tmp_path):
+    first = load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path)
+    (cache,) = tmp_path.glob("*.pt")
+    state = torch.load(cache, weights_only=True)
+    state["0.weight"][0, 0, 0, 0] += 1.0  # a valid file with one changed weight
+    torch.save(state, cache)
+    again = load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path)
+    for a, b in zip(
+        first.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b)  # retrained to the same weights, the flipped file discarded
+
+
+def _nan_model():
+    class NaN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc(x) * float("nan")
+
+    return NaN()
+
+
+def test_non_finite_baseline_outputs_are_a_clear_error():
+    data = (torch.randn(16, 8), torch.randint(0, 3, (16,)))
+    with pytest.raises(WorkloadError, match="NaN or infinite"):
+        prepare(Workload(train=data, val=data, test=data, model=_nan_model()))
+
+
+def test_hugging_face_style_outputs_and_dict_batches_need_no_wrapper():
+    from collections import OrderedDict
+
+    class Output(OrderedDict):
+        pass
+
+    class DictModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 8)
+            self.fc = torch.nn.Linear(8, 3)
+
+        def forward(self, input_ids, attention_mask):
+            h = (self.emb(input_ids) * attention_mask[..., None]).mean(1)
+            return Output(logits=self.fc(h), hidden=h)
+
+    batches = [
+        {
+            "input_ids": torch.randint(0, 20, (4, 5)),
+            "attention_mask": torch.ones(4, 5, dtype=torch.long),
+            "labels": torch.randint(0, 3, (4,)),
+        }
+        for _ in range(3)
+    ]
+    loaded = prepare(Workload(train=batches, val=batches, test=batches, model=DictModel()))
+    assert set(loaded.example_input) == {"input_ids", "attention_mask"}
+    assert loaded.example_input["input_ids"].shape == (1, 5)
+    assert 0.0 <= loaded.evaluate(loaded.model) <= 1.0
+
+
+def test_labels_out_of_range_and_shapes_are_named():
+    data = (torch.randn(16, 8), torch.full((16,), 7))
+    with pytest.raises(WorkloadError, match=r"class indices in \[0, 3\)"):
+        prepare(Workload(train=data, val=data, test=data, model=torch.nn.Linear(8, 3)))
+    with pytest.raises(WorkloadError, match="one-shot iterator"):
+        Workload(train=iter([data]), val=data, test=data, model=torch.nn.Linear(8, 3))
+
+
+def test_a_workload_module_that_exits_is_an_error_not_an_exit(tmp_path, monkeypatch):
+    (tmp_path / "exiting_wl.py").write_text("import sys\ndef make():\n    sys.exit(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(WorkloadError, match="SystemExit"):
+        load_workload("exiting_wl:make", cache_dir=None)

@@ -46,8 +46,9 @@ class TinyMLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def _workload(model: nn.Module) -> Workload:
-    torch.manual_seed(0)
+def _workload(model_class: type[TinyMLP]) -> Workload:
+    torch.manual_seed(0)  # the same weights in every process: studies check the baseline's hash
+    model = model_class()
     model.train()
     train = _data(96, 0)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
@@ -62,7 +63,7 @@ def _workload(model: nn.Module) -> Workload:
 
 def tiny() -> Workload:
     """A healthy tiny workload."""
-    return _workload(TinyMLP())
+    return _workload(TinyMLP)
 
 
 def _test_dir() -> Path:
@@ -85,7 +86,7 @@ class _HangOnce(TinyMLP):
 
 def hang_once() -> Workload:
     """Tiny; the first trial to fine-tune while ``hang`` exists sleeps (to be killed)."""
-    return _workload(_HangOnce())
+    return _workload(_HangOnce)
 
 
 class _Untraceable(TinyMLP):
@@ -99,7 +100,7 @@ class _Untraceable(TinyMLP):
 
 def untraceable() -> Workload:
     """Tiny; torch-pruning cannot trace the model, so structured pruning always fails."""
-    return _workload(_Untraceable())
+    return _workload(_Untraceable)
 
 
 class _OutOfMemory(TinyMLP):
@@ -111,7 +112,7 @@ class _OutOfMemory(TinyMLP):
 
 def out_of_memory() -> Workload:
     """Tiny; fine-tuning with batches over 32 raises torch.OutOfMemoryError."""
-    return _workload(_OutOfMemory())
+    return _workload(_OutOfMemory)
 
 
 class _NaNLoss(TinyMLP):
@@ -123,7 +124,7 @@ class _NaNLoss(TinyMLP):
 
 def nan_loss() -> Workload:
     """Tiny; logits are NaN while training, so fine-tuning's loss is NaN."""
-    return _workload(_NaNLoss())
+    return _workload(_NaNLoss)
 
 
 def wrong_shape() -> Workload:
@@ -140,12 +141,12 @@ def not_a_workload() -> dict:
 
 def trainable() -> Workload:
     """Tiny; the baseline is trained from a factory (and cached), not given."""
-    from autocompress.steps.finetune import FinetuneConfig
+    from autocompress.training import TrainingConfig
 
     return Workload(
         train=_data(96, 0),
         val=_data(48, 1),
         test=_data(48, 2),
         model_factory=TinyMLP,
-        baseline_training=FinetuneConfig(epochs=2, batch_size=32, lr=0.01),
+        baseline_training=TrainingConfig(epochs=2, batch_size=32, lr=0.01),
     )

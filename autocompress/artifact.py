@@ -1,14 +1,16 @@
 """Packed on-disk format for compressed state dicts: its file size is the size we report.
 
 Layout: magic ``b"ACPK"``, one format-version byte, a little-endian uint32 header length, a
-zlib-compressed JSON header (one entry per tensor: name, shape, dtype, encoding, bits, layout
-and the ``[offset, length]`` of each of its parts in the blob), then the binary blob. Quantized
-tensors (2..8 bits) are stored as unsigned codes plus float32 scales; 16 and 32 bits as raw
-float16 / float32; either may instead use a sparse encoding (1-bit nonzero bitmap + only the
-nonzero codes/values) when that is smaller. Codes are bit-packed little-endian (layout
-``packed``) or, when that entropy-codes smaller, one per byte (layout ``bytes``: a byte-wise
-entropy coder then sees whole symbols, as Deep Compression's Huffman stage does). The blob is
-stored raw or compressed with zlib (deflate) or lzma (xz), whichever file is smallest.
+zlib-compressed JSON header (one entry per tensor: name, shape, dtype, encoding, bits,
+granularity, layout and the ``[offset, length]`` of each of its parts in the blob), then the
+binary blob. Quantized tensors (2..8 bits, see :mod:`autocompress.grid`) are stored as
+unsigned codes plus their float32 scales; 16 and 32 bits as raw float16 / float32; either may
+instead use a sparse encoding (1-bit nonzero bitmap + only the nonzero codes/values) when that
+is smaller. Codes are bit-packed little-endian (layout ``packed``) or, when that entropy-codes
+smaller, one per byte (layout ``bytes``: a byte-wise entropy coder then sees whole symbols, as
+Deep Compression's Huffman stage does). The blob is stored raw or compressed with zlib
+(deflate) or lzma (xz), whichever file is smallest. Tensors that share storage (tied weights,
+e.g. a language model's embedding and output layer) are stored once (``encoding: alias``).
 Everything else is stored losslessly in its own dtype. Raw bytes are in the machine's
 (little-endian) byte order.
 """
@@ -27,78 +29,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from autocompress.grid import (
+    GRANULARITIES,
+    QuantSpec,
+    absmax_scale,
+    codes_for,
+    dequantize,
+    fake_quantize,
+)
+
+__all__ = ["QUANTIZABLE_BITS", "GRANULARITIES", "fake_quantize", "load_packed", "save_packed"]
+
 QUANTIZABLE_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-GRANULARITIES = ("per_channel", "per_tensor")
 MAGIC = b"ACPK"
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _FLOATS = {16: (torch.float16, torch.int16), 32: (torch.float32, torch.int32)}
-
-
-def _check(bits: int, granularity: str) -> None:
-    if bits not in QUANTIZABLE_BITS:
-        raise ValueError(f"bits must be one of {QUANTIZABLE_BITS}, got {bits!r}")
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-
-
-def _quantize(w: torch.Tensor, bits: int, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer codes (int32, same shape as ``w``) and float32 scales ((C,) per channel, else 0-d).
-
-    Tensors with fewer than two dimensions always get one per-tensor scale.
-    """
-    qmax = 2 ** (bits - 1) - 1
-    per_channel = granularity == "per_channel" and w.dim() >= 2
-    if w.numel() == 0:
-        scale = torch.zeros(w.shape[0] if per_channel else (), dtype=torch.float32)
-        return torch.zeros(w.shape, dtype=torch.int32), scale
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"cannot quantize a weight with NaN or infinite values to {bits} bits")
-    if per_channel:
-        scale = w.abs().reshape(w.shape[0], -1).amax(dim=1) / qmax
-    else:
-        scale = w.abs().amax() / qmax
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(w / _broadcast(safe, w.dim())).clamp_(-qmax, qmax)
-    return codes.to(torch.int32), scale
-
-
-def _broadcast(scale: torch.Tensor, ndim: int) -> torch.Tensor:
-    return scale.reshape(scale.shape + (1,) * (ndim - 1)) if scale.dim() == 1 else scale
-
-
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The one dequantization used both in memory and when loading: codes.float() * scale."""
-    return codes.float() * _broadcast(scale, codes.dim())
-
-
-def fake_quantize(weight: torch.Tensor, bits: int, granularity: str) -> torch.Tensor:
-    """Round a float weight to a symmetric signed k-bit grid and return it dequantized.
-
-    Args:
-        weight: A floating-point tensor.
-        bits: One of ``QUANTIZABLE_BITS``. 32 returns a float32 copy; 16 round-trips through
-            float16; 2..8 use codes in ``[-qmax, qmax]`` with ``qmax = 2**(bits-1) - 1``.
-        granularity: ``"per_channel"`` (one scale ``max|w| / qmax`` per slice of dim 0, for
-            tensors with at least 2 dims) or ``"per_tensor"`` (one scale).
-
-    Returns:
-        A float32 tensor of the same shape; zeros stay exactly zero, all-zero channels give
-        zeros (never NaN).
-
-    Raises:
-        ValueError: Unknown bits or granularity, a non-float tensor, or non-finite values
-            with 2..8 bits.
-    """
-    _check(bits, granularity)
-    if not torch.is_floating_point(weight):
-        raise ValueError(f"fake_quantize needs a floating-point tensor, got {weight.dtype}")
-    w = weight.detach().cpu().to(torch.float32)
-    if bits == 32:
-        return w.clone()
-    if bits == 16:
-        return w.to(torch.float16).to(torch.float32)
-    return _dequantize(*_quantize(w, bits, granularity))
 
 
 def _pack(u: np.ndarray, bits: int) -> bytes:
@@ -129,7 +75,7 @@ def _tensor_from(buf: bytes, dtype: torch.dtype, shape: list[int]) -> torch.Tens
 
 
 def _encode(
-    t: torch.Tensor, bits: int, granularity: str, byte_codes: bool = False
+    t: torch.Tensor, spec: QuantSpec, scale: torch.Tensor | None, byte_codes: bool = False
 ) -> tuple[dict[str, Any], list[bytes]]:
     """Header fields and parts (scale, mask, data) of one quantized tensor.
 
@@ -138,17 +84,19 @@ def _encode(
     if not torch.is_floating_point(t):
         raise ValueError(f"only floating-point tensors can be quantized, got {t.dtype}")
     w = t.detach().cpu().to(torch.float32).reshape(t.shape)
-    n = w.numel()
+    n, bits = w.numel(), spec.bits
     if bits in _FLOATS:
         ftype, itype = _FLOATS[bits]
         flat = w.reshape(-1).to(ftype)
         nonzero = (flat.view(itype) != 0).numpy()  # bit pattern, so -0.0 is kept
         values, scale, item_bits = flat, None, bits
     else:
-        codes, scale = _quantize(w, bits, granularity)
-        flat = codes.reshape(-1).numpy()
+        if scale is None:
+            scale = absmax_scale(w, spec)
+        scale = scale.detach().cpu().to(torch.float32)
+        flat = codes_for(w, scale, spec).reshape(-1).numpy()
         nonzero = flat != 0
-        values, item_bits = flat + (2 ** (bits - 1) - 1), bits
+        values, item_bits = flat + spec.qmax, bits
     nnz = int(nonzero.sum())
     sparse = math.ceil(n / 8) + math.ceil(nnz * item_bits / 8) < math.ceil(n * item_bits / 8)
     if sparse:
@@ -165,6 +113,8 @@ def _encode(
     info = {
         "encoding": "sparse" if sparse else "dense",
         "bits": bits,
+        "granularity": spec.granularity,
+        "channel_axis": spec.channel_axis,
         "layout": "bytes" if as_bytes else "packed",
         "nnz": nnz,
         "scale_shape": None if scale is None else list(scale.shape),
@@ -181,21 +131,33 @@ _COMPRESSORS = {"zlib": lambda blob: zlib.compress(blob, 9), "lzma": _lzma}
 _DECOMPRESSORS = {"zlib": zlib.decompress, "lzma": lzma.decompress}
 
 
+def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
 def _layout(
     state_dict: Mapping[str, torch.Tensor],
-    weight_bits: Mapping[str, int],
-    granularity: str,
+    plan: Mapping[str, QuantSpec],
+    scales: Mapping[str, torch.Tensor],
     byte_codes: bool,
 ) -> tuple[list[dict[str, Any]], bytes]:
     """Header entries and the uncompressed blob of a state dict."""
     entries, chunks, offset = [], [], 0
+    first_of: dict[tuple[Any, ...], str] = {}
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"state dict entry {name!r} is a {type(t).__name__}, not a tensor")
         entry: dict[str, Any] = {"name": name, "shape": list(t.shape), "dtype": str(t.dtype)}
-        if name in weight_bits:
+        key = _storage_key(t) if t.numel() else None
+        if key is not None and key in first_of:
+            entry["encoding"], entry["alias_of"] = "alias", first_of[key]
+            entries.append(entry)
+            continue
+        if key is not None:
+            first_of[key] = name
+        if name in plan:
             try:
-                info, parts = _encode(t, int(weight_bits[name]), granularity, byte_codes)
+                info, parts = _encode(t, plan[name], scales.get(name), byte_codes)
             except ValueError as e:
                 raise ValueError(f"tensor {name!r}: {e}") from None
             entry.update(info)
@@ -214,7 +176,8 @@ def save_packed(
     path: str | os.PathLike[str],
     state_dict: Mapping[str, torch.Tensor],
     *,
-    weight_bits: Mapping[str, int],
+    plan: Mapping[str, QuantSpec | int],
+    scales: Mapping[str, torch.Tensor] | None = None,
     granularity: str = "per_channel",
     metadata: Mapping[str, Any] | None = None,
     entropy_coding: bool = True,
@@ -224,10 +187,13 @@ def save_packed(
     Args:
         path: Destination file (overwritten).
         state_dict: Tensors by name, e.g. ``model.state_dict()``.
-        weight_bits: Bits (one of ``QUANTIZABLE_BITS``) for each tensor to quantize; those
-            tensors load back as exactly ``fake_quantize(t, bits, granularity)``. All other
-            tensors are stored losslessly in their own dtype.
-        granularity: ``"per_channel"`` or ``"per_tensor"``, as in ``fake_quantize``.
+        plan: How each tensor to quantize is stored (a :class:`~autocompress.grid.QuantSpec`,
+            or a number of bits with ``granularity``). Those tensors load back as exactly
+            ``dequantize(codes, scale)``; all other tensors are stored losslessly.
+        scales: The scales of tensors already on their grid (e.g. after GPTQ); the others get
+            round-to-nearest scales. A tensor ``w`` equal to ``codes * scale`` is stored with
+            exactly those codes.
+        granularity: Granularity of plan entries given as a bare number of bits.
         metadata: JSON-serialisable dict stored in the header and returned by ``load_packed``.
         entropy_coding: Entropy-code the blob (deflate or lzma, whichever is smaller; Deep
             Compression's last stage is Huffman coding) when that makes the file smaller,
@@ -237,24 +203,27 @@ def save_packed(
         The size of the written file in bytes.
 
     Raises:
-        ValueError: Unknown bits/granularity, a ``weight_bits`` name not in the state dict, a
-            non-tensor value, a non-float tensor to quantize or non-JSON metadata.
+        ValueError: Unknown bits/granularity, a plan name not in the state dict, a non-tensor
+            value, a non-float tensor to quantize or non-JSON metadata.
     """
-    for name, bits in weight_bits.items():
+    specs: dict[str, QuantSpec] = {}
+    for name, spec in plan.items():
         if name not in state_dict:
-            raise ValueError(f"weight_bits names {name!r}, which is not in the state dict")
-        _check(bits, granularity)
-    entries, blob = _layout(state_dict, weight_bits, granularity, byte_codes=False)
+            raise ValueError(f"the plan names {name!r}, which is not in the state dict")
+        specs[name] = spec if isinstance(spec, QuantSpec) else QuantSpec(int(spec), granularity)
+    specs = {n: s for n, s in specs.items() if s.bits != 32}
+    scales = dict(scales or {})
+    entries, blob = _layout(state_dict, specs, scales, byte_codes=False)
     blob_size, codec = len(blob), "raw"
     if entropy_coding:
         layouts = [(entries, blob)]
-        if any(bits < 8 for bits in weight_bits.values()):
-            layouts.append(_layout(state_dict, weight_bits, granularity, byte_codes=True))
+        if any(s.bits < 8 for s in specs.values()):
+            layouts.append(_layout(state_dict, specs, scales, byte_codes=True))
         candidates = [(len(blob), "raw", entries, blob, len(blob))]
         for layout_entries, layout_blob in layouts:
-            for name, compressor in _COMPRESSORS.items():
+            for codec_name, compressor in _COMPRESSORS.items():
                 coded = compressor(layout_blob)
-                candidates.append((len(coded), name, layout_entries, coded, len(layout_blob)))
+                candidates.append((len(coded), codec_name, layout_entries, coded, len(layout_blob)))
         _, codec, entries, blob, blob_size = min(candidates, key=lambda c: c[0])
     try:
         header = json.dumps(
@@ -283,13 +252,22 @@ def _dtype(name: str) -> torch.dtype:
     return dtype
 
 
+def _spec_of(entry: dict[str, Any]) -> QuantSpec:
+    """The entry's grid; files written before group granularity imply it by the scale's shape."""
+    granularity = entry.get("granularity")
+    if granularity is None:
+        granularity = "per_tensor" if not entry.get("scale_shape") else "per_channel"
+    return QuantSpec(int(entry["bits"]), granularity, int(entry.get("channel_axis", 0)))
+
+
 def _decode(entry: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
     shape, enc = [int(s) for s in entry["shape"]], entry["encoding"]
     if enc == "raw":
         return _tensor_from(parts[2], _dtype(entry["dtype"]), shape)
     if enc not in ("dense", "sparse"):
         raise ValueError(f"unknown encoding {enc!r}")
-    bits, n, nnz = int(entry["bits"]), math.prod(shape), int(entry["nnz"])
+    spec = _spec_of(entry)
+    bits, n, nnz = spec.bits, math.prod(shape), int(entry["nnz"])
     count = nnz if enc == "sparse" else n
     as_bytes = entry.get("layout", "packed") == "bytes"
     if entry.get("layout", "packed") not in ("packed", "bytes"):
@@ -302,7 +280,7 @@ def _decode(entry: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
         values = _tensor_from(parts[2], _FLOATS[bits][0], [count]).to(torch.float32)
     else:
         codes = np.frombuffer(parts[2], np.uint8) if as_bytes else _unpack(parts[2], count, bits)
-        values = codes.astype(np.int32) - (2 ** (bits - 1) - 1)
+        values = codes.astype(np.int32) - spec.qmax
         values = torch.from_numpy(values)
     if enc == "sparse":
         nonzero = np.unpackbits(np.frombuffer(parts[1], np.uint8), count=n, bitorder="little")
@@ -313,7 +291,7 @@ def _decode(entry: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
     if bits in _FLOATS:
         return values
     scale = _tensor_from(parts[0], torch.float32, entry["scale_shape"])
-    return _dequantize(values, scale)
+    return dequantize(values, scale, spec)
 
 
 def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -354,6 +332,9 @@ def load_packed(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
             raise ValueError(f"blob is {len(blob)} bytes, header says {header['blob_size']}")
         state: dict[str, torch.Tensor] = {}
         for entry in header["tensors"]:
+            if entry["encoding"] == "alias":
+                state[entry["name"]] = state[entry["alias_of"]]
+                continue
             parts = []
             for off, length in entry["parts"]:
                 if off < 0 or length < 0 or off + length > len(blob):

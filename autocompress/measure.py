@@ -1,4 +1,4 @@
-"""Measure a compressed model as it ships: deploy it on the target, then accuracy and latency."""
+"""Measure a model as it ships: deploy it on the target, then its metric and latency."""
 
 from __future__ import annotations
 
@@ -6,86 +6,147 @@ import os
 from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import nn
 
+from autocompress.data import Inputs, call_model, gather_inputs, map_tensors
 from autocompress.deploy import Deployed, deploy
-from autocompress.latency import LatencySettings, measure_latency
-from autocompress.pipeline import CompressedModel, CompressionConfig
-from autocompress.workload import Workload
+from autocompress.latency import LatencyResult, LatencySettings, measure_latency
+from autocompress.workload import LoadedWorkload
+
+
+def timing_input(workload: LoadedWorkload, batch_size: int) -> Inputs:
+    """The batch latency is measured on: ``batch_size`` validation examples."""
+    return gather_inputs(workload.val, batch_size)
 
 
 def deploy_for_target(
-    workload: Workload,
+    workload: LoadedWorkload,
     model: nn.Module,
     out_stem: str | os.PathLike[str],
     target: Any,
     *,
-    config: CompressionConfig | None = None,
-    int8_module: nn.Module | None = None,
+    int8: Any = None,
+    weights: Any = None,
+    calibration: list[Inputs] | None = None,
 ) -> Deployed:
-    """Deploy ``model`` on ``target`` (runtime, device, threads), int8 when ``config`` asks."""
-    int8 = config is not None and config.quantize.int8_activations
-    calibration = None
-    if int8 and target.runtime == "onnxruntime":
-        calibration = workload.train.x[: config.quantize.calibration_size]
+    """Deploy ``model`` on ``target`` (runtime, device, threads): int8 when ``int8`` is given,
+    low-bit weight-only kernels where the runtime has them for ``weights``."""
     return deploy(
         model,
-        workload.example_input,
         out_stem,
+        example_input=workload.example_input,
         runtime=target.runtime,
-        int8_module=int8_module if int8 else None,
-        calibration_x=calibration,
-        per_channel=config is None or config.quantize.granularity == "per_channel",
+        int8=int8,
+        weights=weights,
+        calibration=calibration,
         threads=target.threads,
         device=target.device,
-        timing_input=workload.val.x[: target.batch_size],
+        timing_input=timing_input(workload, target.batch_size),
     )
 
 
-def evaluate(workload: Workload, deployed: Deployed, split: str) -> float:
+def evaluate(workload: LoadedWorkload, deployed: Deployed, split: str) -> float:
     """The workload's metric of the deployed model on ``split``."""
-    data = getattr(workload, split)
-    return workload.metric(deployed.predict(data.x), data.y)
+    return workload.task.metric(deployed.run, workload.split(split))
 
 
-def measure_trial(
-    workload: Workload,
-    compressed: CompressedModel,
-    config: CompressionConfig,
-    target: Any,
-    baseline: Deployed,
-    out_stem: str | os.PathLike[str],
+def time_against(
+    deployed: Deployed,
+    reference: Deployed,
+    inputs: Inputs,
     latency: LatencySettings,
-) -> tuple[Deployed, dict[str, Any]]:
-    """Deploy a trial's model and measure it against the baseline's deployed form.
-
-    Returns:
-        The deployed model and its figures: validation and test accuracy, the latency result
-        of the candidate timed interleaved with ``baseline`` (same runtime, same batch).
-    """
-    deployed = deploy_for_target(
-        workload,
-        compressed.model,
-        out_stem,
-        target,
-        config=config,
-        int8_module=compressed.deployable,
-    )
-    x = workload.val.x[: target.batch_size].to(deployed.device)
-    result = measure_latency(
+    threads: int,
+) -> LatencyResult:
+    """Latency of ``deployed`` timed interleaved with ``reference`` on the same batch."""
+    x = map_tensors(inputs, lambda t: t.to(deployed.device))
+    return measure_latency(
         lambda: deployed.run(x),
-        replace(latency, threads=target.threads),
-        reference=lambda: baseline.run(x),
+        replace(latency, threads=threads),
+        reference=lambda: reference.run(x),
         synchronize=deployed.synchronize(),
     )
-    return deployed, {
-        "accuracy": evaluate(workload, deployed, "val"),
-        "test_accuracy": evaluate(workload, deployed, "test"),
+
+
+def measure_deployed(
+    workload: LoadedWorkload,
+    deployed: Deployed,
+    target: Any,
+    baseline: Deployed,
+    latency: LatencySettings,
+) -> dict[str, Any]:
+    """Validation and test metric of a deployed model, and its latency against the baseline's
+    deployed form (same runtime, same batch, interleaved)."""
+    result = time_against(
+        deployed, baseline, timing_input(workload, target.batch_size), latency, target.threads
+    )
+    return {
+        "metric": evaluate(workload, deployed, "val"),
+        "test_metric": evaluate(workload, deployed, "test"),
         "latency": result,
     }
 
 
-def eager_latency_ms(model: nn.Module, x: torch.Tensor, latency: LatencySettings) -> float:
+def eager_latency_ms(model: nn.Module, inputs: Inputs, latency: LatencySettings) -> float:
     """Median latency of plain eager PyTorch: the reference every speed-up is quoted against."""
-    return measure_latency(lambda: model(x), latency).median_ms
+    return measure_latency(lambda: call_model(model, inputs), latency).median_ms
+
+
+_PEAK_PROBE = """
+import gc, os, sys, torch
+from autocompress.deploy import load_onnx, load_torchscript
+torch.set_num_threads(int(sys.argv[3]))
+inputs = torch.load(sys.argv[2], weights_only=True)
+import onnxruntime  # noqa: F401 - imported before the first reading, like torch
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+gc.collect()
+before = rss()
+path = sys.argv[1]
+if path.endswith(".onnx"):
+    run = load_onnx(path, int(sys.argv[3]))
+else:
+    module = load_torchscript(path)
+    if isinstance(inputs, tuple):
+        flat = inputs
+    elif isinstance(inputs, dict):
+        flat = tuple(inputs.values())
+    else:
+        flat = (inputs,)
+    run = lambda _: module(*flat)
+with torch.inference_mode():
+    for _ in range(3):
+        run(inputs)
+print(rss() - before)
+"""
+
+
+def resident_memory_bytes(
+    path: str | os.PathLike[str], inputs: Inputs, threads: int = 1
+) -> int | None:
+    """Resident memory the deployed model takes once loaded and run on ``inputs`` (weights,
+    arenas, activations kept), in a fresh process, above that process's own after its imports;
+    ``None`` where it cannot be measured (no ``/proc``, the probe failed)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = os.path.join(tmp, "inputs.pt")
+        import torch
+
+        torch.save(inputs, saved)
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK_PROBE, str(path), saved, str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    if done.returncode != 0:
+        return None
+    try:
+        return max(0, int(done.stdout.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        return None

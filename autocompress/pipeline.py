@@ -1,97 +1,114 @@
-"""One trial's compression: prune -> fine-tune (with distillation) -> quantize -> packed artifact.
+"""One trial's compression: the configured methods, stage by stage, then the packed artifact.
 
-The order is fixed: pruning first so fine-tuning recovers from it, quantization last so the
-stored k-bit weights are exactly the ones evaluated. Every trial starts from a fresh copy of
-the baseline.
+Stages run in a fixed order (:data:`autocompress.methods.STAGES`): pruning first so that
+fine-tuning recovers from it, quantization last so that the stored k-bit weights are exactly
+the ones evaluated; deploy-stage methods (int8) shape the deployed form
+(:mod:`autocompress.deploy`). Every trial starts from a fresh copy of the baseline.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch_pruning as tp
+from optuna import TrialPruned
 from torch import nn
 
+from autocompress.architecture import ModelFacts, model_facts
 from autocompress.artifact import load_packed, save_packed
-from autocompress.steps.finetune import DistillConfig, FinetuneConfig, finetune
-from autocompress.steps.prune import PruneConfig, finalize_pruning, prune_model, sparsity
-from autocompress.steps.qat import fake_quantized_weights
-from autocompress.steps.quantize import (
-    QuantizeConfig,
-    effective_bits,
-    int8_from_ranges,
-    quantize_weights_,
-    to_int8,
-    weight_bit_plan,
-)
-from autocompress.workload import Workload
+from autocompress.data import Inputs, Split
+from autocompress.errors import TrialFailure
+from autocompress.grid import QuantSpec, storage_bits
+from autocompress.methods import METHODS, STAGES, Context, Method, ordered
+from autocompress.methods.weights import implied_weights
+from autocompress.reparam import bake
+from autocompress.tasks import Classification, Task
 
 ARTIFACT_KIND = "autocompress.packed-model"
+CONFIG_FORMAT = 2
 
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    """Everything one trial does to the baseline, in order."""
+    """The methods one trial applies, by name, and the seed of every random choice.
 
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    distill: DistillConfig | None = None
-    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    int8 activations imply 8-bit weights: when ``int8`` is given without ``weights``, an
+    8-bit weight quantization is added, so that the configuration says what runs.
+    """
+
+    methods: Mapping[str, Method] = field(default_factory=dict)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, method in self.methods.items():
+            if name not in METHODS:
+                raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+            if not isinstance(method, METHODS[name]):
+                raise ValueError(f"method {name!r} must be a {METHODS[name].__name__}")
+        methods = dict(self.methods)
+        if "int8" in methods:
+            weights = implied_weights(self)
+            if weights is not None and weights.bits > 8:
+                raise ValueError("int8 activations need weights of 8 bits or fewer")
+            methods["weights"] = weights  # type: ignore[assignment]
+        object.__setattr__(self, "methods", {n: methods[n] for n in ordered(list(methods))})
+
+    @classmethod
+    def of(cls, seed: int = 0, **methods: Method) -> CompressionConfig:
+        """A configuration from methods given by name, e.g.
+        ``CompressionConfig.of(structured=StructuredPruning(0.5), weights=WeightQuantization(4))``.
+        """
+        return cls(methods, seed)
+
+    def get(self, name: str) -> Method | None:
+        """The method ``name``, or ``None`` when this configuration does not apply it."""
+        return self.methods.get(name)
+
+    def stage(self, stage: str) -> list[tuple[str, Method]]:
+        """The methods of one stage, in order."""
+        return [(n, m) for n, m in self.methods.items() if m.stage == stage]
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON/YAML-ready form."""
         return {
-            "prune": asdict(self.prune),
-            "finetune": asdict(self.finetune),
-            "distill": asdict(self.distill) if self.distill else None,
-            "quantize": asdict(self.quantize),
+            "format": CONFIG_FORMAT,
+            "methods": {n: m.params() for n, m in self.methods.items()},
             "seed": self.seed,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CompressionConfig:
-        """Inverse of :meth:`to_dict` (the step configs re-validate their values)."""
-        return cls(
-            prune=PruneConfig(**d["prune"]),
-            finetune=FinetuneConfig(**d["finetune"]),
-            distill=DistillConfig(**d["distill"]) if d.get("distill") else None,
-            quantize=QuantizeConfig(**d["quantize"]),
-            seed=int(d.get("seed", 0)),
-        )
+    def from_dict(cls, d: Mapping[str, Any]) -> CompressionConfig:
+        """Inverse of :meth:`to_dict`; configurations of earlier versions are converted.
+
+        Raises:
+            ValueError: An unknown method or setting, or an invalid value.
+        """
+        if d.get("format") != CONFIG_FORMAT:
+            from autocompress.legacy import config_from_v1
+
+            d = config_from_v1(d)
+        methods = {}
+        for name, params in dict(d.get("methods") or {}).items():
+            if name not in METHODS:
+                raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+            try:
+                methods[name] = METHODS[name].from_params(dict(params or {}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"method {name}: {e}") from None
+        seed = d.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        return cls(methods, seed)
 
     def describe(self) -> str:
-        """A short human summary, e.g. ``structured 50% | 4-bit w, int8 act | ft 2ep + KD``."""
-        parts = []
-        p, q, f = self.prune, self.quantize, self.finetune
-        parts.append("no pruning" if p.method == "none" else f"{p.method} {p.amount:.0%}")
-        bits = (
-            "fp32"
-            if q.weight_bits == 32
-            else "fp16"
-            if q.weight_bits == 16
-            else (f"{q.weight_bits}-bit {q.granularity.replace('_', '-')}")
-        )
-        if q.weight_bits < 8 and not q.keep_edges_8bit and not q.layer_bits:
-            bits += " all layers"
-        parts.append(bits + (" + int8 act" if q.int8_activations else ""))
-        if f.epochs:
-            kd = (
-                f" + KD T={self.distill.temperature:.1f} a={self.distill.alpha:.2f}"
-                if (self.distill)
-                else ""
-            )
-            qat = " QAT" if f.quant_aware and q.weight_bits < 32 else ""
-            parts.append(f"ft {f.epochs}ep{qat} {f.optimizer} lr={f.lr:.1e} {f.schedule}{kd}")
-        else:
-            parts.append("no ft")
-        return " | ".join(parts)
+        """A short human summary, e.g. ``structured 50% | 4-bit per-channel | ft 2ep ...``."""
+        parts = [m.describe() for m in self.methods.values()]
+        return " | ".join(parts) if parts else "uncompressed"
 
 
 @dataclass
@@ -100,20 +117,19 @@ class CompressedModel:
 
     Attributes:
         model: The float model after pruning, fine-tuning and weight rounding.
-        deployable: The form that is deployed and measured (int8 module or ``model``).
         artifact_path: The packed artifact on disk.
         size_bytes: Its size on disk.
-        report: Facts for the trial's record (params, MACs, sparsity, effective bits, notes).
+        report: Facts for the trial's record (params, MACs, sparsity, effective bits, notes,
+            what each method decided).
     """
 
     model: nn.Module
-    deployable: nn.Module
     artifact_path: str
     size_bytes: int
     report: dict[str, Any]
 
 
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+def count_macs(model: nn.Module, example_input: Inputs) -> int:
     """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter)."""
     macs, _ = tp.utils.count_ops_and_params(model, example_inputs=example_input)
     return int(macs)
@@ -121,136 +137,154 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 
 def save_baseline_artifact(model: nn.Module, path: str | os.PathLike[str]) -> int:
     """The uncompressed model in the same packed format (fp32), for a like-for-like size."""
-    return save_packed(path, model.state_dict(), weight_bits={}, metadata={"kind": ARTIFACT_KIND})
+    return save_packed(path, model.state_dict(), plan={}, metadata={"kind": ARTIFACT_KIND})
+
+
+def sparsity(model: nn.Module, facts: ModelFacts) -> float:
+    """Share of exactly-zero values over the conv, linear and attention weights."""
+    params = dict(model.named_parameters())
+    total = zeros = 0
+    for p in facts.iter_params(("weight", "attention")):
+        if p.name in params:
+            w = params[p.name].detach()
+            total += w.numel()
+            zeros += int((w == 0).sum())
+    return zeros / total if total else 0.0
+
+
+def parameter_bits(
+    model: nn.Module, facts: ModelFacts, plan: Mapping[str, QuantSpec]
+) -> dict[str, Any]:
+    """Effective bits over every parameter (tied ones once) and what stays float32, by role.
+
+    Quantized tensors count their codes and their float32 scales; every other parameter
+    counts 32 bits.
+    """
+    params = dict(model.named_parameters())
+    total_bits = total = 0
+    kept: dict[str, int] = {}
+    for p in facts.params:
+        if p.name not in params:
+            continue
+        t = params[p.name]
+        spec = plan.get(p.name)
+        total_bits += storage_bits(t.numel(), list(t.shape), spec)
+        total += t.numel()
+        if spec is None or spec.bits == 32:
+            kept[p.role] = kept.get(p.role, 0) + 4 * t.numel()
+    return {"effective_bits": total_bits / total if total else 32.0, "float32_bytes": kept}
+
+
+def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> None:
+    try:
+        method.apply(model, ctx)
+    except (TrialFailure, TrialPruned, KeyboardInterrupt, SystemExit):
+        raise  # already a trial's outcome (a hopeless trial stopped early), or a stop
+    except Exception as e:  # noqa: BLE001 - any failure of a method fails the trial, named
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        what = f"{name} failed"
+        if isinstance(e, MemoryError) or "out of memory" in message.lower():
+            what = f"out of memory in {name}"
+        failure = TrialFailure(f"{what}: {type(e).__name__}: {message}")
+        failure.method = name  # type: ignore[attr-defined]
+        raise failure from e
 
 
 def compress(
-    workload: Workload,
+    model: nn.Module,
     config: CompressionConfig,
     artifact_path: str | os.PathLike[str],
     *,
-    teacher_logits: torch.Tensor | None = None,
+    task: Task,
+    train: Split | None,
+    example_input: Inputs,
+    facts: ModelFacts | None = None,
+    teacher_outputs: Any = None,
+    replay: Mapping[str, Any] | None = None,
+    calibration_rows: int = 256,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float, nn.Module], None] | None = None,
 ) -> CompressedModel:
-    """Apply ``config`` to a fresh copy of the workload's baseline and write its artifact.
+    """Apply ``config`` to a fresh copy of ``model`` and write its packed artifact.
 
     Args:
-        workload: Baseline and data.
+        model: The baseline (not modified).
         config: The trial's configuration.
         artifact_path: Where the packed model is written.
-        teacher_logits: The baseline's logits on the training split (computed once, reused).
+        task: The workload's task (losses for fine-tuning).
+        train: The training split (fine-tuning, calibration).
+        example_input: One batch of inputs.
+        facts: The baseline's architecture facts (computed when not given).
+        teacher_outputs: The teacher's outputs on the training split, for distillation
+            (:class:`autocompress.training.TeacherOutputs`).
+        replay: What each method decided in an earlier run, to reproduce it exactly.
+        calibration_rows: Training examples used for calibration.
         on_stage: Called with the stage name as each stage starts.
         on_epoch: Called after each fine-tuning epoch with (epoch, mean loss, model); it may
             raise to stop a hopeless trial early.
 
     Raises:
-        TrialFailure: A step could not be applied (untraceable model, NaN loss, ...).
+        TrialFailure: A method could not be applied (its name is in the message).
     """
-    stage = on_stage or (lambda _: None)
-    example = workload.example_input
+    stage_hook = on_stage or (lambda _: None)
+    facts = facts or model_facts(model, example_input)
     torch.manual_seed(config.seed)
-    model = copy.deepcopy(workload.model).eval()
-    notes: list[str] = []
-
-    stage("prune")
-    prune_report = prune_model(model, config.prune, example)
-    if config.prune.method == "unstructured" and config.prune.amount > 0:
-        notes.append("unstructured sparsity: smaller artifact, no speed-up on dense kernels")
-
-    stage("finetune")
-    if config.distill is not None and teacher_logits is None:
-        teacher_logits = torch.cat(
-            [workload.model(xb) for xb, _ in workload.train.batches(512)]
-        ).detach()
-    plan = weight_bit_plan(model, config.quantize)
-    quant_aware = config.finetune.quant_aware and config.finetune.epochs > 0
-    with (
-        fake_quantized_weights(model, plan, config.quantize.granularity)
-        if quant_aware and any(bits < 32 for bits in plan.values())
-        else contextlib.nullcontext()
-    ):
-        finetune(
-            model,
-            workload.train,
-            config.finetune,
-            distill=config.distill,
-            teacher_logits=teacher_logits,
-            seed=config.seed,
-            on_epoch=None if on_epoch is None else lambda e, loss: on_epoch(e, loss, model),
-        )
-    finalize_pruning(model)
-    model.eval()
-
-    stage("quantize")
-    quantize_weights_(model, plan, config.quantize.granularity)
-    deployable: nn.Module = model
-    ranges: dict[str, list[float]] = {}
-    if config.quantize.int8_activations:
-        calib = workload.train.x[: config.quantize.calibration_size]
-        deployable, ranges = to_int8(model, example, calib, config.quantize.granularity)
-    elif config.quantize.weight_bits < 32:
-        notes.append(
-            f"{config.quantize.weight_bits}-bit weights run as float32: smaller, not faster"
-        )
-
-    metadata = {
-        "kind": ARTIFACT_KIND,
-        "config": config.to_dict(),
-        "int8_activation_ranges": ranges,
-    }
-    size = save_packed(
-        artifact_path,
-        model.state_dict(),
-        weight_bits=plan,
-        granularity=config.quantize.granularity,
-        metadata=metadata,
+    student = copy.deepcopy(model).eval()
+    ctx = Context(
+        task=task,
+        example_input=example_input,
+        train=train,
+        facts=facts,
+        config=config,
+        teacher=model,
+        calibration_rows=calibration_rows,
+        replay=dict(replay or {}),
+        seed=config.seed,
+        on_epoch=on_epoch,
+        teacher_outputs=teacher_outputs,
     )
-    report = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "params_baseline": prune_report["params_before"],
-        "macs": count_macs(model, example),
-        "sparsity": sparsity(model),
-        "effective_bits": effective_bits(model, plan),
-        "channels": prune_report.get("channels"),
-        "pruning_history": prune_report.get("history"),
-        "notes": notes,
+    params_before = sum(p.numel() for p in student.parameters())
+    for stage in STAGES[:-1]:
+        stage_hook(stage)
+        for name, method in config.stage(stage):
+            _run_method(name, method, student, ctx)
+        if stage == "train":
+            bake(student)  # masks become zeros, quantization-aware roundings go
+    student.eval()
+    plan = {
+        n: QuantSpec.from_list(s) for n, s in ctx.records.get("weights", {}).get("plan", {}).items()
     }
-    return CompressedModel(model, deployable, str(artifact_path), size, report)
-
-
-def _resize_to(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Give conv/linear/batch-norm layers the (pruned) shapes found in ``state``."""
-    for name, module in model.named_modules():
-        prefix = f"{name}." if name else ""
-        weight = state.get(prefix + "weight")
-        if weight is None:
-            continue
-        if isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d):
-            module.out_channels = weight.shape[0]
-            module.in_channels = weight.shape[1] * module.groups
-        elif isinstance(module, nn.Linear):
-            module.out_features, module.in_features = weight.shape
-        elif isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d | nn.LayerNorm):
-            if isinstance(module, nn.LayerNorm):
-                module.normalized_shape = tuple(weight.shape)
-            else:
-                module.num_features = weight.shape[0]
-        for key, _ in module.named_parameters(recurse=False):
-            if prefix + key in state:
-                setattr(module, key, nn.Parameter(torch.empty_like(state[prefix + key])))
-        for key, value in module.named_buffers(recurse=False):
-            if prefix + key in state and value is not None:
-                setattr(module, key, torch.empty_like(state[prefix + key]))
+    metadata = {"kind": ARTIFACT_KIND, "config": config.to_dict(), "records": ctx.records}
+    size = save_packed(
+        artifact_path, student.state_dict(), plan=plan, scales=ctx.scales, metadata=metadata
+    )
+    bits = parameter_bits(student, facts, plan)
+    report = {
+        "params": sum(p.numel() for p in student.parameters()),
+        "params_baseline": params_before,
+        "macs": count_macs(student, example_input),
+        "sparsity": sparsity(student, facts),
+        "effective_bits": bits["effective_bits"],
+        "float32_bytes": bits["float32_bytes"],
+        "records": ctx.records,
+        "notes": ctx.notes,
+    }
+    return CompressedModel(student, str(artifact_path), size, report)
 
 
 def load_compressed(
-    path: str | os.PathLike[str], baseline: nn.Module, example_input: torch.Tensor
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the deployable model from a packed artifact and the baseline's architecture.
+    path: str | os.PathLike[str],
+    baseline: nn.Module,
+    example_input: Inputs,
+    task: Task | None = None,
+) -> tuple[nn.Module, CompressionConfig]:
+    """Rebuild the compressed float model from a packed artifact and the baseline.
+
+    The pruning the artifact records is replayed on a copy of the baseline (so every shape
+    it produced, heads, depth, groups, is rebuilt), then the stored weights are loaded.
 
     Returns:
-        The deployable module (int8 when the artifact has activation ranges) and the metadata.
+        The model and its configuration.
 
     Raises:
         ValueError: The file is not a packed autocompress model or does not fit ``baseline``.
@@ -259,13 +293,25 @@ def load_compressed(
     if metadata.get("kind") != ARTIFACT_KIND:
         raise ValueError(f"{path} is not an autocompress packed model")
     model = copy.deepcopy(baseline).eval()
-    _resize_to(model, state)
+    config = CompressionConfig.from_dict(metadata.get("config") or {"format": CONFIG_FORMAT})
+    records = metadata.get("records") or {}
+    if records:
+        ctx = Context(
+            task=task or Classification(),  # replaying the pruning reads no loss
+            example_input=example_input,
+            train=None,
+            facts=model_facts(baseline, example_input),
+            config=config,
+            replay=records,
+        )
+        try:
+            for name, method in config.stage("prune"):
+                if name in records:
+                    method.apply(model, ctx)
+        except Exception as e:  # noqa: BLE001 - any mismatch means the file does not fit
+            raise ValueError(f"{path} does not fit this model: {type(e).__name__}: {e}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ValueError(f"{path} does not fit this model: {str(e).splitlines()[0]}") from None
-    ranges = metadata.get("int8_activation_ranges") or {}
-    if ranges:
-        granularity = metadata["config"]["quantize"]["granularity"]
-        return int8_from_ranges(model, example_input, granularity, ranges), metadata
-    return model, metadata
+    return model.eval(), config

@@ -1,74 +1,42 @@
-"""Search spaces: a YAML file -> a validated space -> ``suggest(trial)`` -> a compression config.
+"""Search spaces: a YAML file -> a validated space -> ``suggest(trial)`` -> a configuration.
 
-A parameter in the YAML is one of
+A space has one section per compression method, named as in
+:data:`autocompress.methods.METHODS`; a method without a section is never applied. Each
+section takes ``enabled`` and the parameters the method declares (``SEARCH``). A value is
   * a scalar: fixed, never searched (``amount: 0.5``);
-  * a list: a categorical choice (``weight_bits: [32, 8, 4]``);
+  * a list: a categorical choice (``bits: [8, 4]``);
   * a mapping with ``low`` and ``high`` (and optionally ``log`` / ``step``): a numeric range.
-Parameters of a step are suggested only when the step is on (define-by-run, conditional).
+A method's parameters are suggested only when it is enabled in the trial (define-by-run).
+Format 1 files (sections ``pruning``, ``quantization``, ``distillation``, ``finetune``) are
+converted on reading.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
 from autocompress.errors import SearchSpaceError
+from autocompress.methods import METHODS, Method, Param, Suggester
 from autocompress.pipeline import CompressionConfig
-from autocompress.steps.finetune import OPTIMIZERS, SCHEDULES, DistillConfig, FinetuneConfig
-from autocompress.steps.prune import PRUNE_METHODS, PruneConfig
-from autocompress.steps.quantize import GRANULARITIES, WEIGHT_BITS, QuantizeConfig
+from autocompress.safe_input import load_yaml, read_text
 
-FORMAT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class _Kind:
-    """What a parameter may be: its type, its allowed choices or its allowed bounds."""
-
-    type: type
-    choices: tuple[Any, ...] | None = None
-    bounds: tuple[float, float] | None = None
-
-
-# Every parameter a space may name, with what it may take and its value when the file omits it.
-_SCHEMA: dict[str, dict[str, tuple[_Kind, Any]]] = {
-    "pruning": {
-        "method": (_Kind(str, choices=PRUNE_METHODS), "none"),
-        "amount": (_Kind(float, bounds=(0.0, 0.95)), 0.5),
-        "per_layer": (_Kind(bool, choices=(False, True)), False),
-        "layer_scale": (_Kind(float, bounds=(0.0, 4.0)), {"low": 0.5, "high": 1.5}),
-    },
-    "quantization": {
-        "weight_bits": (_Kind(int, choices=WEIGHT_BITS), 32),
-        "int8_activations": (_Kind(bool, choices=(False, True)), False),
-        "granularity": (_Kind(str, choices=GRANULARITIES), "per_channel"),
-        "per_layer": (_Kind(bool, choices=(False, True)), False),
-        "keep_edges_8bit": (_Kind(bool, choices=(False, True)), True),
-    },
-    "distillation": {
-        "enabled": (_Kind(bool, choices=(False, True)), False),
-        "temperature": (_Kind(float, bounds=(1.0, 20.0)), 4.0),
-        "alpha": (_Kind(float, bounds=(0.0, 1.0)), 0.5),
-    },
-    "finetune": {
-        "epochs": (_Kind(int, bounds=(0, 1000)), 0),
-        "batch_size": (_Kind(int, bounds=(1, 65536)), 64),
-        "optimizer": (_Kind(str, choices=OPTIMIZERS), "adam"),
-        "lr": (_Kind(float, bounds=(1e-7, 10.0)), 1e-3),
-        "schedule": (_Kind(str, choices=SCHEDULES), "constant"),
-        "warmup_fraction": (_Kind(float, bounds=(0.0, 0.9)), 0.0),
-        "weight_decay": (_Kind(float, bounds=(0.0, 1.0)), 0.0),
-        "quant_aware": (_Kind(bool, choices=(False, True)), False),
-    },
-}
-_TOP_LEVEL = {"format_version", "description", *_SCHEMA}
+FORMAT_VERSION = 2
+ENABLED = Param(bool, True, "apply this method (a list [false, true] searches it)")
+_V1_KEYS = {
+    "pruning": {"method", "amount", "per_layer", "layer_scale"},
+    "quantization": {"weight_bits", "int8_activations", "granularity", "per_layer",
+                     "keep_edges_8bit"},
+    "distillation": {"enabled", "temperature", "alpha"},
+    "finetune": {"epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_fraction",
+                 "weight_decay", "quant_aware"},
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,6 +57,19 @@ class Dimension:
         """Whether the study chooses this parameter."""
         return self.choices is not None or self.low is not None
 
+    def values(self) -> tuple[Any, ...] | None:
+        """The values it may take when it is fixed or categorical (``None`` for a range)."""
+        if self.choices is not None:
+            return self.choices
+        return None if self.low is not None else (self.value,)
+
+    def allows(self, value: Any) -> bool:
+        """Whether ``value`` is one this dimension may take."""
+        values = self.values()
+        if values is not None:
+            return value in values and type(value) is type(values[values.index(value)])
+        return self.low <= value <= self.high  # type: ignore[operator]
+
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask ``trial`` for this parameter (or return the fixed value)."""
         if self.choices is not None:
@@ -99,171 +80,178 @@ class Dimension:
             return trial.suggest_int(
                 self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+        return trial.suggest_float(
+            self.name, float(self.low), float(self.high), step=self.step, log=self.log
+        )
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space; ``source`` names the file it came from."""
+    """A validated search space; ``source`` names the file it came from.
+
+    Attributes:
+        dims: Every parameter by ``method.param`` (``method.enabled`` included).
+        methods: The methods the space names, in :data:`METHODS` order.
+        source: The file.
+        text: The file's text (stored with a study).
+    """
 
     dims: dict[str, Dimension]
+    methods: tuple[str, ...]
     source: str = "<space>"
     text: str = ""
 
     def __getitem__(self, name: str) -> Dimension:
         return self.dims[name]
 
-    def without_choice(self, name: str, value: Any) -> SearchSpace:
-        """This space with ``value`` no longer offered for the categorical ``name``.
-
-        Returns the space unchanged when ``name`` does not offer ``value`` or when removing it
-        would leave nothing to search.
-        """
-        dim = self.dims[name]
-        if dim.choices is None or value not in dim.choices:
-            return self
-        rest = tuple(c for c in dim.choices if c != value)
-        # Optuna forbids new choices under an old name: the narrower choice gets its own name.
-        narrower = f"{name}(without {value})"
-        new = Dimension(narrower, choices=rest) if len(rest) > 1 else Dimension(name, value=rest[0])
-        dims = {**self.dims, name: new}
-        if not any(d.searched for d in dims.values()):
-            return self
-        return SearchSpace(dims=dims, source=self.source, text=self.text)
-
     def suggest(
         self,
         trial: optuna.Trial,
+        facts: Any,
         *,
-        int8_activations_supported: bool = True,
         seed: int = 0,
-        layers: Sequence[str] = (),
-        prunable: Sequence[str] = (),
+        unavailable: Mapping[str, str] | None = None,
+        runtime: str = "torch",
     ) -> CompressionConfig:
-        """Suggest one joint configuration; a step's parameters only when the step is on.
+        """Suggest one joint configuration; a method's parameters only when it is on.
 
         Args:
             trial: The Optuna trial.
-            int8_activations_supported: Whether the target has int8 kernels.
-            seed: Seed of the trial's fine-tuning.
-            layers: Conv/linear layer names, for per-layer bit-widths (first/last included).
-            prunable: Layer names that may be pruned, for per-layer pruning amounts.
+            facts: The baseline's architecture facts (layer names for per-layer settings).
+            seed: Seed of the trial's random choices.
+            unavailable: Methods not offered in this trial (by name, with the reason):
+                not applicable to the model or target, or withdrawn after failing.
+            runtime: The target's runtime; settings it does not use are not asked for.
         """
-        d = self.dims
-        method = d["pruning.method"].suggest(trial)
-        amount, layer_amounts = 0.0, {}
-        if method != "none":
-            amount = d["pruning.amount"].suggest(trial)
-            if prunable and d["pruning.per_layer"].suggest(trial):
-                scale = d["pruning.layer_scale"]
-                for name in prunable:
-                    factor = replace(scale, name=f"pruning.layer.{name}").suggest(trial)
-                    layer_amounts[name] = round(min(0.95, amount * factor), 4)
-        bits = d["quantization.weight_bits"].suggest(trial)
-        granularity, int8_act, layer_bits, keep_edges = "per_channel", False, {}, True
-        if bits <= 8:
-            granularity = d["quantization.granularity"].suggest(trial)
-            if int8_activations_supported:
-                int8_act = d["quantization.int8_activations"].suggest(trial)
-            if layers and d["quantization.per_layer"].suggest(trial):
-                choices = self.low_bit_choices()
-                for name in layers:
-                    layer_bits[name] = trial.suggest_categorical(
-                        f"quantization.bits.{name}", list(choices)
-                    )
-            elif bits < 8:
-                keep_edges = d["quantization.keep_edges_8bit"].suggest(trial)
-        epochs = d["finetune.epochs"].suggest(trial)
-        finetune, distill = FinetuneConfig(epochs=0), None
-        if epochs > 0:
-            finetune = FinetuneConfig(
-                epochs=epochs,
-                batch_size=d["finetune.batch_size"].suggest(trial),
-                optimizer=d["finetune.optimizer"].suggest(trial),
-                lr=d["finetune.lr"].suggest(trial),
-                schedule=d["finetune.schedule"].suggest(trial),
-                warmup_fraction=d["finetune.warmup_fraction"].suggest(trial),
-                weight_decay=d["finetune.weight_decay"].suggest(trial),
-                quant_aware=(
-                    min([bits, *layer_bits.values()]) < 16
-                    and d["finetune.quant_aware"].suggest(trial)
-                ),
-            )
-            if d["distillation.enabled"].suggest(trial):
-                distill = DistillConfig(
-                    temperature=d["distillation.temperature"].suggest(trial),
-                    alpha=d["distillation.alpha"].suggest(trial),
-                )
-        return CompressionConfig(
-            prune=PruneConfig(method=method, amount=amount, layer_amounts=layer_amounts),
-            finetune=finetune,
-            distill=distill,
-            quantize=QuantizeConfig(
-                weight_bits=bits,
-                granularity=granularity,
-                int8_activations=int8_act,
-                keep_edges_8bit=keep_edges,
-                layer_bits=layer_bits,
-            ),
-            seed=seed,
-        )
+        unavailable = unavailable or {}
+        chosen: dict[str, Method] = {}
+        for name in self.methods:
+            if name in unavailable or not self.dims[f"{name}.enabled"].suggest(trial):
+                continue
+            suggester = _TrialSuggester(self, trial, name, facts, chosen, runtime)
+            method = METHODS[name].suggest(suggester)
+            if method is not None:
+                chosen[name] = method
+        return CompressionConfig(chosen, seed)
 
-    def warm_starts(self) -> list[dict[str, Any]]:
-        """Known-good starting points, one per family, as Optuna parameters this space allows.
+    def warm_starts(self, facts: Any = None) -> list[dict[str, Any]]:
+        """Known-good starting points, one per family, as parameters this space allows.
 
-        int8 alone (real int8 kernels, usually no accuracy cost), structured pruning at half the
-        channels with int8 and a short fine-tuning, and unstructured pruning with 4-bit weights.
-        Only searched parameters whose value the space allows are kept; the sampler fills in
-        the rest. A study enqueues them at creation so its first trials cover every family.
+        int8 alone (real int8 kernels, usually no accuracy cost); structured pruning of half
+        the channels with int8 and two epochs of distillation; unstructured pruning of 70%
+        with 4-bit weights and two epochs. A start is kept only when the space can switch its
+        methods on and off as it needs; its other values are kept where the space allows them
+        (the sampler fills in the rest) and per-layer search is pinned off (or, where the space
+        fixes it on and ``facts`` names the layers, every layer is pinned to the start's
+        setting), so every layer gets the start's setting.
         """
-        wanted = [
-            {
-                "pruning.method": "none",
-                "quantization.weight_bits": 8,
-                "quantization.int8_activations": True,
-                "quantization.granularity": "per_channel",
-                "finetune.epochs": 0,
-            },
-            {
-                "pruning.method": "structured",
-                "pruning.amount": 0.5,
-                "quantization.weight_bits": 8,
-                "quantization.int8_activations": True,
-                "quantization.granularity": "per_channel",
-                "finetune.epochs": 2,
-                "finetune.lr": 1e-3,
-                "distillation.enabled": True,
-            },
-            {
-                "pruning.method": "unstructured",
-                "pruning.amount": 0.7,
-                "quantization.weight_bits": 4,
-                "quantization.int8_activations": False,
-                "quantization.granularity": "per_channel",
-                "finetune.epochs": 2,
-                "finetune.lr": 1e-3,
-            },
-        ]
-        starts = []
-        for params in wanted:
-            kept = {k: v for k, v in params.items() if self._allows(k, v)}
-            if kept and kept not in starts:
-                starts.append(kept)
+        # Transformer pruning is off in every start where the space can switch it off.
+        transformer_off = dict.fromkeys(("depth", "heads", "mlp"), False)
+        off = {
+            **dict.fromkeys(("structured", "unstructured", "weights", "int8"), False),
+            **transformer_off,
+        }
+        soft_off = {"finetune": False, "distillation": False, **transformer_off}
+        families = [
+            {**off, **soft_off, "weights": True, "weights.bits": 8,
+             "weights.granularity": "per_channel", "int8": True, "int8.mode": "static",
+             "finetune.epochs": 0},
+            {**off, "structured": True, "structured.amount": 0.5, "weights": True,
+             "weights.bits": 8, "weights.granularity": "per_channel", "int8": True,
+             "finetune": True, "finetune.epochs": 2, "finetune.lr": 1e-3,
+             "distillation": True},
+            {**off, "unstructured": True, "unstructured.amount": 0.7, "weights": True,
+             "weights.bits": 4, "weights.granularity": "per_channel", "finetune": True,
+             "finetune.epochs": 2, "finetune.lr": 1e-3, "distillation": False},
+        ]  # fmt: skip
+        starts: list[dict[str, Any]] = []
+        for family in families:
+            params = {}
+            feasible = True
+            for key, value in family.items():
+                name = key if "." in key else f"{key}.enabled"
+                method = name.split(".", 1)[0]
+                if name.endswith(".enabled") and method not in self.methods:
+                    feasible = feasible and value is False
+                    continue
+                dim = self.dims.get(name)
+                if dim is None:
+                    continue
+                required = name.endswith(".enabled") and key not in soft_off
+                if required and not dim.allows(value):
+                    feasible = False
+                elif dim.searched and dim.allows(value):
+                    params[name] = value
+            for name, dim in self.dims.items():
+                if name.endswith(".per_layer") and dim.searched:
+                    params[name] = False
+                elif name.endswith(".per_layer") and dim.value is True and facts is not None:
+                    params.update(self._pinned_layers(name.split(".")[0], params, facts))
+            if feasible and params and params not in starts:
+                starts.append(params)
         return starts
 
-    def _allows(self, name: str, value: Any) -> bool:
-        dim = self.dims[name]
-        if dim.choices is not None:
-            return value in dim.choices
-        if dim.low is not None:
-            return dim.low <= value <= dim.high
-        return False
+    def _pinned_layers(self, method: str, params: dict[str, Any], facts: Any) -> dict[str, Any]:
+        """Per-layer parameters of a start, each set to the start's global setting."""
+        pinned: dict[str, Any] = {}
+        if method in ("structured", "unstructured"):
+            scale = self.dims.get(f"{method}.layer_scale")
+            if scale is not None and scale.searched and scale.allows(1.0):
+                probe = METHODS[method].suggest(_Probe(facts, {"per_layer": True}))
+                for layer in getattr(probe, "layer_amounts", {}):
+                    pinned[f"{method}.layer_scale.{layer}"] = 1.0
+        elif method == "weights" and "weights.bits" in params:
+            probe = METHODS[method].suggest(_Probe(facts, {"per_layer": True, "bits": 8}))
+            for layer in getattr(probe, "layer_bits", {}):
+                pinned[f"weights.bits.{layer}"] = params["weights.bits"]
+        return pinned
 
-    def low_bit_choices(self) -> tuple[int, ...]:
-        """Per-layer bit-width choices: the space's weight bits of 8 or fewer."""
-        dim = self.dims["quantization.weight_bits"]
-        values = dim.choices if dim.choices is not None else (dim.value,)
-        return tuple(b for b in values if b <= 8) or (8,)
+
+class _Probe(Suggester):
+    """A suggester that answers from fixed values: which per-layer names a method would ask."""
+
+    def __init__(self, facts: Any, values: dict[str, Any]) -> None:
+        self.facts, self.chosen, self.values = facts, {}, values
+
+    def __call__(self, param: str) -> Any:
+        defaults = {"amount": 0.5, "bits": 8, "granularity": "per_channel", "algorithm": "rtn",
+                    "embeddings": True, "per_layer": False, "keep_edges_8bit": True}  # fmt: skip
+        return self.values.get(param, defaults.get(param))
+
+    def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
+        return 1.0 if param == "layer_scale" else self.values.get(param, 8)
+
+
+class _TrialSuggester(Suggester):
+    """One method's view of the space in one trial."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        trial: optuna.Trial,
+        method: str,
+        facts: Any,
+        chosen: dict[str, Method],
+        runtime: str = "torch",
+    ) -> None:
+        self.space, self.trial, self.method = space, trial, method
+        self.facts, self.chosen, self.runtime = facts, chosen, runtime
+
+    def __call__(self, param: str) -> Any:
+        return self.space.dims[f"{self.method}.{param}"].suggest(self.trial)
+
+    def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
+        dim = self.space.dims[f"{self.method}.{param}"]
+        name = f"{self.method}.{param}.{layer}"
+        values = dim.values()
+        if values is not None and keep is not None:
+            values = tuple(v for v in values if keep(v))
+            dim = (
+                Dimension(name, choices=values)
+                if len(values) > 1
+                else Dimension(name, value=values[0])
+            )
+        return replace(dim, name=name).suggest(self.trial)
 
 
 def _is_number(v: Any) -> bool:
@@ -275,16 +263,16 @@ def _is_number(v: Any) -> bool:
         return False
 
 
-def _check_value(value: Any, kind: _Kind, where: str) -> Any:
+def _check_value(value: Any, param: Param, where: str) -> Any:
     """Validate one fixed value or choice; return it converted to the parameter's type."""
-    if kind.type is bool:
+    if param.kind is bool:
         if not isinstance(value, bool):
             raise SearchSpaceError(f"{where}: expected true or false, got {value!r}")
         return value
-    if kind.type is str:
+    if param.kind is str:
         if not isinstance(value, str):
             raise SearchSpaceError(f"{where}: expected a name, got {value!r}")
-    elif kind.type is int:
+    elif param.kind is int:
         if not (_is_number(value) and float(value).is_integer()):
             raise SearchSpaceError(f"{where}: expected an integer, got {value!r}")
         value = int(value)
@@ -298,57 +286,91 @@ def _check_value(value: Any, kind: _Kind, where: str) -> Any:
         if not _is_number(value):
             raise SearchSpaceError(f"{where}: expected a number, got {value!r}")
         value = float(value)
-    if kind.choices is not None and value not in kind.choices:
-        allowed = ", ".join(str(c) for c in kind.choices)
+    if param.choices is not None and value not in param.choices:
+        allowed = ", ".join(str(c) for c in param.choices)
         raise SearchSpaceError(f"{where}: {value!r} is not allowed; use one of {allowed}")
-    if kind.bounds is not None and not kind.bounds[0] <= value <= kind.bounds[1]:
+    if param.bounds is not None and not param.bounds[0] <= value <= param.bounds[1]:
         raise SearchSpaceError(
-            f"{where}: {value!r} is outside the possible range [{kind.bounds[0]}, {kind.bounds[1]}]"
+            f"{where}: {value!r} is outside the possible range [{param.bounds[0]}, "
+            f"{param.bounds[1]}]"
         )
     return value
 
 
-def _parse_dimension(name: str, raw: Any, kind: _Kind, where: str) -> Dimension:
+def _parse_range(name: str, raw: dict[Any, Any], param: Param, where: str) -> Dimension:
+    unknown = set(raw) - {"low", "high", "log", "step"}
+    if unknown:
+        raise SearchSpaceError(
+            f"{where}: unknown key {sorted(map(str, unknown))[0]!r} in a range; "
+            "use low, high, log, step"
+        )
+    if param.kind not in (int, float) or param.bounds is None:
+        raise SearchSpaceError(f"{where}: takes a value or a list of choices, not a range")
+    if "low" not in raw or "high" not in raw:
+        raise SearchSpaceError(f"{where}: a range needs both low and high")
+    low = _check_value(raw["low"], param, f"{where}.low")
+    high = _check_value(raw["high"], param, f"{where}.high")
+    log = raw.get("log", False)
+    if not isinstance(log, bool):
+        raise SearchSpaceError(f"{where}.log: expected true or false, got {log!r}")
+    step = raw.get("step")
+    if step is not None and not (_is_number(step) and step > 0):
+        raise SearchSpaceError(f"{where}.step: expected a positive number, got {step!r}")
+    if low > high:
+        raise SearchSpaceError(f"{where}: low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        raise SearchSpaceError(f"{where}: a log range needs low > 0, got {low}")
+    if log and step is not None:
+        raise SearchSpaceError(f"{where}: use either log or step, not both")
+    if step is not None:
+        if param.kind is int and not float(step).is_integer():
+            raise SearchSpaceError(f"{where}.step: an integer range needs an integer step")
+        if step > high - low and high > low:
+            raise SearchSpaceError(
+                f"{where}.step: {step} is larger than the range {high - low}; use a smaller step"
+            )
+        if (high - low) / step > 1e6:
+            raise SearchSpaceError(
+                f"{where}.step: {step} makes over a million values; use a larger step or none"
+            )
+    if low == high:
+        return Dimension(name, value=low)
+    return Dimension(name, low=low, high=high, log=log, step=step, is_int=param.kind is int)
+
+
+def _parse_dimension(name: str, raw: Any, param: Param, where: str) -> Dimension:
     if isinstance(raw, list):
         if not raw:
             raise SearchSpaceError(f"{where}: an empty list of choices; give at least one value")
-        choices = tuple(_check_value(v, kind, where) for v in raw)
+        choices = tuple(_check_value(v, param, where) for v in raw)
         if len(set(choices)) != len(choices):
             raise SearchSpaceError(f"{where}: choices {list(raw)} repeat a value")
-        if len(choices) == 1:
-            return Dimension(name, value=choices[0])
-        return Dimension(name, choices=choices)
+        return (
+            Dimension(name, value=choices[0])
+            if len(choices) == 1
+            else Dimension(name, choices=choices)
+        )
     if isinstance(raw, dict):
-        unknown = set(raw) - {"low", "high", "log", "step"}
-        if unknown:
+        return _parse_range(name, raw, param, where)
+    return Dimension(name, value=_check_value(raw, param, where))
+
+
+def _check_v1(document: dict[str, Any], source: str) -> None:
+    for key, value in document.items():
+        if key in ("format_version", "description"):
+            continue
+        if key not in _V1_KEYS:
             raise SearchSpaceError(
-                f"{where}: unknown key {sorted(unknown, key=str)[0]!r} in a range; "
-                "use low, high, log, step"
+                f"{source}: unknown key {key!r}; format 1 sections are {', '.join(_V1_KEYS)}"
             )
-        if kind.type not in (int, float) or kind.bounds is None:
-            raise SearchSpaceError(f"{where}: takes a value or a list of choices, not a range")
-        if "low" not in raw or "high" not in raw:
-            raise SearchSpaceError(f"{where}: a range needs both low and high")
-        low = _check_value(raw["low"], kind, f"{where}.low")
-        high = _check_value(raw["high"], kind, f"{where}.high")
-        log = raw.get("log", False)
-        if not isinstance(log, bool):
-            raise SearchSpaceError(f"{where}.log: expected true or false, got {log!r}")
-        step = raw.get("step")
-        if step is not None and not (_is_number(step) and step > 0):
-            raise SearchSpaceError(f"{where}.step: expected a positive number, got {step!r}")
-        if low > high:
-            raise SearchSpaceError(f"{where}: low ({low}) is greater than high ({high})")
-        if log and low <= 0:
-            raise SearchSpaceError(f"{where}: a log range needs low > 0, got {low}")
-        if log and step is not None:
-            raise SearchSpaceError(f"{where}: use either log or step, not both")
-        if kind.type is int and step is not None and not float(step).is_integer():
-            raise SearchSpaceError(f"{where}.step: an integer range needs an integer step")
-        if low == high:
-            return Dimension(name, value=low)
-        return Dimension(name, low=low, high=high, log=log, step=step, is_int=kind.type is int)
-    return Dimension(name, value=_check_value(raw, kind, where))
+        if value is not None and not isinstance(value, dict):
+            raise SearchSpaceError(f"{source}: {key} must be a mapping of parameters")
+        for sub in value or {}:
+            if sub not in _V1_KEYS[key]:
+                raise SearchSpaceError(
+                    f"{source}: unknown key {key}.{sub!s}; "
+                    f"{key} takes {', '.join(sorted(_V1_KEYS[key]))}"
+                )
 
 
 def parse_search_space(document: Any, source: str = "<space>", text: str = "") -> SearchSpace:
@@ -357,51 +379,72 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
     Raises:
         SearchSpaceError: One line naming the file and key at fault.
     """
+    sections = ", ".join(METHODS)
     if not isinstance(document, dict):
         raise SearchSpaceError(
-            f"{source}: a search space must be a mapping of sections "
-            f"({', '.join(_SCHEMA)}), got {type(document).__name__}"
+            f"{source}: a search space must be a mapping of method sections ({sections}), "
+            f"got {type(document).__name__}"
         )
-    for key in document:
-        if key not in _TOP_LEVEL:
-            raise SearchSpaceError(
-                f"{source}: unknown key {key!r}; sections are {', '.join(_SCHEMA)}"
-            )
     version = document.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in (1, FORMAT_VERSION):
         raise SearchSpaceError(
             f"{source}: format_version {version!r} is not supported; this autocompress reads "
-            f"format_version {FORMAT_VERSION}"
+            f"format_version 1 and {FORMAT_VERSION}"
         )
+    if version == 1:
+        from autocompress.legacy import space_from_v1
+
+        _check_v1(document, source)
+        document = space_from_v1(document)
+    description = document.get("description", "")
+    if not isinstance(description, str):
+        raise SearchSpaceError(f"{source}: description must be text")
+    for key in document:
+        if key not in ("format_version", "description") and key not in METHODS:
+            raise SearchSpaceError(
+                f"{source}: unknown key {key!s}; sections are the methods {sections}"
+            )
     dims: dict[str, Dimension] = {}
-    for section, params in _SCHEMA.items():
-        raw_section = document.get(section) or {}
+    methods = []
+    for method, cls in METHODS.items():
+        if method not in document:
+            continue
+        raw_section = document[method]
+        if raw_section is None:
+            raw_section = {}
         if not isinstance(raw_section, dict):
             raise SearchSpaceError(
-                f"{source}: {section} must be a mapping of parameters, "
+                f"{source}: {method} must be a mapping of parameters, "
                 f"got {type(raw_section).__name__}"
             )
+        params = {"enabled": ENABLED, **cls.SEARCH}
         for key in raw_section:
             if key not in params:
                 raise SearchSpaceError(
-                    f"{source}: unknown key {section}.{key!s}; {section} takes {', '.join(params)}"
+                    f"{source}: unknown key {method}.{key!s}; {method} takes {', '.join(params)}"
                 )
-        for key, (kind, default) in params.items():
-            name = f"{section}.{key}"
-            raw = raw_section.get(key, default)
-            dims[name] = _parse_dimension(name, raw, kind, f"{source}: {name}")
-    per_layer_off = dims["pruning.per_layer"].value is False
+        for key, param in params.items():
+            name = f"{method}.{key}"
+            raw = raw_section.get(key, param.default)
+            dims[name] = _parse_dimension(name, raw, param, f"{source}: {name}")
+        if dims[f"{method}.enabled"].allows(True):
+            methods.append(method)
     searched = [
         name
         for name, dim in dims.items()
-        if dim.searched and not (name == "pruning.layer_scale" and per_layer_off)
+        if dim.searched
+        and name.split(".", 1)[0] in methods
+        and not (
+            name.endswith(".layer_scale")
+            and dims[name.rsplit(".", 1)[0] + ".per_layer"].value is False
+        )
     ]
     if not searched:
         raise SearchSpaceError(
             f"{source}: the search space is empty (every parameter is fixed); "
             "give at least one list of choices or a low/high range"
         )
-    return SearchSpace(dims=dims, source=source, text=text)
+    return SearchSpace(dims=dims, methods=tuple(methods), source=source, text=text)
 
 
 def load_search_space(path: str | os.PathLike[str]) -> SearchSpace:
@@ -411,23 +454,21 @@ def load_search_space(path: str | os.PathLike[str]) -> SearchSpace:
         SearchSpaceError: The file is missing, not YAML, or not a valid space.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SearchSpaceError(f"cannot read search space {path}: {e.strerror}") from None
+    text = read_text(path, "search space", SearchSpaceError)
     return parse_search_space_text(text, str(path))
 
 
 def parse_search_space_text(text: str, source: str = "<space>") -> SearchSpace:
-    """Parse YAML text (safely) and validate it."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SearchSpaceError(f"{source}: malformed YAML{where}: {problem}") from None
-    except (ValueError, RecursionError) as e:  # e.g. a date like 2001-13-01, or deep nesting
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise SearchSpaceError(f"{source}: malformed YAML: {first}") from None
+    """Parse YAML text (safely: bounded aliases and nesting, no duplicate keys) and validate it."""
+    document = load_yaml(text, source, SearchSpaceError)
     return parse_search_space(document, source, text)
+
+
+__all__ = [
+    "Dimension",
+    "FORMAT_VERSION",
+    "SearchSpace",
+    "load_search_space",
+    "parse_search_space",
+    "parse_search_space_text",
+]

@@ -37,7 +37,7 @@ def test_round_trip_matches_fake_quantize(tmp_path, bits, granularity):
     size = save_packed(
         path,
         sd,
-        weight_bits=weight_bits,
+        plan=weight_bits,
         granularity=granularity,
         metadata={"bits": bits, "note": "x"},
     )
@@ -70,7 +70,7 @@ def test_odd_shapes_round_trip(tmp_path, shape, bits):
     torch.manual_seed(1)
     w = torch.randn(shape)
     for granularity in ("per_channel", "per_tensor"):
-        save_packed(tmp_path / "w.acpk", {"w": w}, weight_bits={"w": bits}, granularity=granularity)
+        save_packed(tmp_path / "w.acpk", {"w": w}, plan={"w": bits}, granularity=granularity)
         loaded, _ = load_packed(tmp_path / "w.acpk")
         assert loaded["w"].shape == w.shape
         assert torch.equal(loaded["w"], fake_quantize(w, bits, granularity))
@@ -95,7 +95,7 @@ def test_file_size_is_k_over_32(tmp_path):
         size = save_packed(
             tmp_path / f"m{k}.acpk",
             sd,
-            weight_bits=dict.fromkeys(weights, k),
+            plan=dict.fromkeys(weights, k),
             entropy_coding=False,
         )
         scales = sum(v.shape[0] * 4 for v in weights.values()) if k <= 8 else 0
@@ -113,8 +113,8 @@ def test_entropy_coding_shrinks_low_entropy_weights_and_loads_the_same(tmp_path)
     w = torch.randn(128, 256) * 0.01
     w[:, 0] = 1.0  # one large weight per channel: the other codes crowd around zero
     sd = {"w": w}
-    raw = save_packed(tmp_path / "raw", sd, weight_bits={"w": 8}, entropy_coding=False)
-    coded = save_packed(tmp_path / "coded", sd, weight_bits={"w": 8})
+    raw = save_packed(tmp_path / "raw", sd, plan={"w": 8}, entropy_coding=False)
+    coded = save_packed(tmp_path / "coded", sd, plan={"w": 8})
     assert coded < raw * 0.8
     assert torch.equal(
         load_packed(tmp_path / "raw")[0]["w"], load_packed(tmp_path / "coded")[0]["w"]
@@ -126,7 +126,7 @@ def test_sparse_is_smaller_and_exact(tmp_path):
     w = torch.randn(64, 128)
     w[torch.rand_like(w) < 0.9] = 0.0
     dense_bytes = math.ceil(w.numel() * 8 / 8) + 64 * 4
-    size = save_packed(tmp_path / "s.acpk", {"w": w}, weight_bits={"w": 8})
+    size = save_packed(tmp_path / "s.acpk", {"w": w}, plan={"w": 8})
     assert size < dense_bytes
     loaded, _ = load_packed(tmp_path / "s.acpk")
     assert torch.equal(loaded["w"], fake_quantize(w, 8, "per_channel"))
@@ -134,7 +134,7 @@ def test_sparse_is_smaller_and_exact(tmp_path):
     nnz = int((loaded["w"] != 0).sum())
     assert size <= math.ceil(w.numel() / 8) + nnz + 64 * 4 + 1024  # bitmap + nonzero codes
     for bits in (16, 32):  # sparse float encodings keep exact values
-        save_packed(tmp_path / "f.acpk", {"w": w}, weight_bits={"w": bits})
+        save_packed(tmp_path / "f.acpk", {"w": w}, plan={"w": bits})
         assert (tmp_path / "f.acpk").stat().st_size < w.numel() * bits / 8
         loaded, _ = load_packed(tmp_path / "f.acpk")
         assert torch.equal(loaded["w"], fake_quantize(w, bits, "per_channel"))
@@ -164,12 +164,12 @@ def test_fake_quantize_grid_and_validation():
     with pytest.raises(ValueError, match="granularity"):
         fake_quantize(w, 4, "per_row")
     with pytest.raises(ValueError):
-        save_packed("unused", {"w": w}, weight_bits={"missing": 4})
+        save_packed("unused", {"w": w}, plan={"missing": 4})
 
 
 def test_bad_files_raise_value_error_naming_path(tmp_path):
     good = tmp_path / "good.acpk"
-    save_packed(good, {"w": torch.randn(16, 16), "b": torch.randn(16)}, weight_bits={"w": 4})
+    save_packed(good, {"w": torch.randn(16, 16), "b": torch.randn(16)}, plan={"w": 4})
     data = good.read_bytes()
     cases = {
         "magic.acpk": b"NOPE" + data[4:],
@@ -211,7 +211,7 @@ def test_every_codec_and_layout_loads_back_exactly(tmp_path, monkeypatch, codec,
         "_layout",
         lambda s, b, g, byte_codes=False, forced=byte_codes: real_layout(s, b, g, forced),
     )
-    save_packed(tmp_path / "m", sd, weight_bits={"w": 3})
+    save_packed(tmp_path / "m", sd, plan={"w": 3})
     header = _header(tmp_path / "m")
     assert header["blob_codec"] == codec
     assert header["tensors"][0]["layout"] == ("bytes" if byte_codes else "packed")
@@ -223,8 +223,8 @@ def test_low_bit_codes_entropy_code_smaller_one_per_byte(tmp_path):
     """Bit-packed 3-bit codes hide their symbols from a byte-wise coder; bytes do not."""
     torch.manual_seed(6)
     w = torch.randn(300, 784) * (torch.rand(300, 784) > 0.92)  # Deep Compression's LeNet fc1
-    packed_only = save_packed(tmp_path / "a", {"w": w}, weight_bits={"w": 3}, entropy_coding=False)
-    coded = save_packed(tmp_path / "b", {"w": w}, weight_bits={"w": 3})
+    packed_only = save_packed(tmp_path / "a", {"w": w}, plan={"w": 3}, entropy_coding=False)
+    coded = save_packed(tmp_path / "b", {"w": w}, plan={"w": 3})
     assert coded < 0.8 * packed_only
     assert _header(tmp_path / "b")["tensors"][0]["layout"] == "bytes"
     assert torch.equal(load_packed(tmp_path / "b")[0]["w"], fake_quantize(w, 3, "per_channel"))
@@ -235,7 +235,7 @@ def test_corrupt_lzma_blob_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(artifact, "_COMPRESSORS", {"lzma": artifact._COMPRESSORS["lzma"]})
     path = tmp_path / "m"
-    save_packed(path, {"w": torch.zeros(64, 64)}, weight_bits={"w": 4})
+    save_packed(path, {"w": torch.zeros(64, 64)}, plan={"w": 4})
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -252,3 +252,65 @@ def _header(path) -> dict:
     data = open(path, "rb").read()
     _, _, length = _PREFIX.unpack_from(data)
     return json.loads(zlib.decompress(data[_PREFIX.size : _PREFIX.size + length]))
+
+
+@pytest.mark.parametrize("granularity", ["group32", "group64", "group128"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_group_granularity_round_trips_and_scales_per_group(tmp_path, bits, granularity):
+    from autocompress.grid import QuantSpec, absmax_scale, scale_shape
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 300)  # 300 features: the last group is short
+    spec = QuantSpec(bits, granularity)
+    group = spec.group_size
+    assert scale_shape(w.shape, spec) == [24, math.ceil(300 / group)]
+    w[3, :group] *= 50  # one loud group must not coarsen the others of its row
+    fq = fake_quantize(w, spec)
+    scale = absmax_scale(w, spec)
+    assert torch.allclose(scale[3, 1], w[3, group : 2 * group].abs().max() / spec.qmax)
+    assert scale[3, 0] > 10 * scale[3, 1:].max()
+    assert (fq[3, group:] - w[3, group:]).abs().max() <= scale[3, 1:].max() / 2 + 1e-6
+    save_packed(tmp_path / "g.acpk", {"w": w}, plan={"w": spec})
+    state, _ = load_packed(tmp_path / "g.acpk")
+    assert torch.equal(state["w"], fq)
+
+
+def test_channel_axis_one_scales_columns(tmp_path):
+    """transformers' Conv1D stores [in, out]: its output channels are columns."""
+    from autocompress.grid import QuantSpec, absmax_scale
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 8)
+    w[:, 2] *= 100
+    spec = QuantSpec(4, "per_channel", channel_axis=1)
+    scale = absmax_scale(w, spec)
+    assert scale.shape == (8,)
+    assert torch.allclose(scale, w.abs().amax(dim=0) / 7)
+    save_packed(tmp_path / "c.acpk", {"w": w}, plan={"w": spec})
+    assert torch.equal(load_packed(tmp_path / "c.acpk")[0]["w"], fake_quantize(w, spec))
+
+
+def test_given_scales_store_exactly_those_codes(tmp_path):
+    """A weight already on a grid (e.g. after GPTQ) is stored with that grid's scale."""
+    from autocompress.grid import QuantSpec, codes_for, dequantize
+
+    torch.manual_seed(0)
+    spec = QuantSpec(4, "group32")
+    scale = torch.rand(8, 2) + 0.1  # not the absmax scale of the codes below
+    codes = torch.randint(-5, 6, (8, 64), dtype=torch.int32)
+    w = dequantize(codes, scale, spec)
+    assert torch.equal(codes_for(w, scale, spec), codes)
+    save_packed(tmp_path / "s.acpk", {"w": w}, plan={"w": spec}, scales={"w": scale})
+    assert torch.equal(load_packed(tmp_path / "s.acpk")[0]["w"], w)
+
+
+def test_tied_tensors_are_stored_once(tmp_path):
+    emb = torch.randn(500, 64)
+    tied = {"embed.weight": emb, "head.weight": emb, "bias": torch.zeros(500)}
+    untied = {"embed.weight": emb, "head.weight": emb.clone(), "bias": torch.zeros(500)}
+    a = save_packed(tmp_path / "a", tied, plan={}, entropy_coding=False)
+    b = save_packed(tmp_path / "b", untied, plan={}, entropy_coding=False)
+    assert b - a >= emb.numel() * 4 * 0.99
+    state, _ = load_packed(tmp_path / "a")
+    assert torch.equal(state["head.weight"], emb)
+    assert state["head.weight"] is state["embed.weight"]

@@ -1,72 +1,150 @@
+"""The deployed forms: what is timed and evaluated is what ships, for every input form."""
+
 import onnx
 import pytest
 import torch
 
-from autocompress.deploy import deploy, export_onnx
+from autocompress.data import call_model, input_batches
+from autocompress.deploy import deploy, export_onnx, int8_supported
+from autocompress.errors import TrialFailure
+from autocompress.methods.int8 import Int8
+from autocompress.methods.structured import StructuredPruning
+from autocompress.methods.weights import WeightQuantization
 from autocompress.pipeline import CompressionConfig, compress
-from autocompress.steps.prune import PruneConfig
-from autocompress.steps.quantize import QuantizeConfig, int8_supported
 
-FLOAT = CompressionConfig(prune=PruneConfig("structured", 0.5))
-INT8 = CompressionConfig(
-    prune=PruneConfig("structured", 0.5), quantize=QuantizeConfig(8, int8_activations=True)
-)
+
+@pytest.fixture(scope="module")
+def pruned(tiny, tmp_path_factory):
+    config = CompressionConfig.of(structured=StructuredPruning(0.5), weights=WeightQuantization(8))
+    out = tmp_path_factory.mktemp("pruned")
+    return compress(
+        tiny.model,
+        config,
+        out / "m.acpk",
+        task=tiny.task,
+        train=tiny.train,
+        example_input=tiny.example_input,
+    ).model
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-@pytest.mark.parametrize("config", [FLOAT, INT8], ids=["fp32", "int8"])
-def test_each_target_artifact_matches_the_compressed_model(tiny, tmp_path, runtime, config):
-    if config is INT8 and runtime == "torch" and not int8_supported():
+@pytest.mark.parametrize("mode", [None, "static", "dynamic"])
+def test_each_target_runs_the_compressed_model(tiny, pruned, tmp_path, runtime, mode):
+    if mode and runtime == "torch" and not int8_supported():
         pytest.skip("no x86 int8 kernels in this torch build")
-    c = compress(tiny, config, tmp_path / "m.acpk")
-    int8 = config.quantize.int8_activations
+    int8 = Int8(mode=mode) if mode else None
     d = deploy(
-        c.model,
-        tiny.example_input,
+        pruned,
         tmp_path / "m",
+        example_input=tiny.example_input,
         runtime=runtime,
-        int8_module=c.deployable if int8 else None,
-        calibration_x=tiny.train.x[:128] if int8 and runtime == "onnxruntime" else None,
+        int8=int8,
+        calibration=input_batches(tiny.train, 128),
     )
-    assert (tmp_path / d.path).exists() and d.size_bytes > 0
+    assert (tmp_path / d.path).exists() and d.size_bytes == (tmp_path / d.path).stat().st_size
     x = tiny.val.x[:64]
     with torch.inference_mode():
-        expected = c.model(x)
+        expected = pruned(x)
     got = d.run(x)
     if int8:
-        # int8: outputs close, predictions nearly always the same
+        assert (
+            d.kind
+            == {
+                ("torch", "static"): "torchscript-fx-int8",
+                ("torch", "dynamic"): "torchscript-dynamic-int8",
+                ("onnxruntime", "static"): "onnx-qdq-int8",
+                ("onnxruntime", "dynamic"): "onnx-dynamic-int8",
+            }[runtime, mode]
+        )
         assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.9
-        assert torch.allclose(got, expected, atol=0.5)
     else:
         assert torch.allclose(got, expected, atol=1e-4)
-    assert d.predict(tiny.val.x, batch_size=50).shape == (len(tiny.val), 4)
+    if mode == "dynamic" and runtime == "torch":
+        assert any("dynamic int8 on" in n for n in d.notes)
 
 
-def test_onnx_round_trip(tiny, tmp_path):
+def test_int8_files_are_about_a_quarter_of_float(digits, tmp_path):
+    model, example = digits.model, digits.example_input
+    fp32 = deploy(model, tmp_path / "f", example_input=example, runtime="onnxruntime")
+    q = deploy(
+        model,
+        tmp_path / "q",
+        example_input=example,
+        runtime="onnxruntime",
+        int8=Int8(),
+        calibration=input_batches(digits.train, 64),
+    )
+    assert fp32.size_bytes > 4 * 4 * 80_000 / 4  # 90k float32 weights
+    assert q.size_bytes < 0.35 * fp32.size_bytes
+
+
+def test_onnx_export_names_inputs_and_keeps_batch_dynamic(tiny, tmp_path):
     export_onnx(tiny.model, tiny.example_input, tmp_path / "m.onnx")
     model = onnx.load(str(tmp_path / "m.onnx"))
     onnx.checker.check_model(model)
+    assert model.graph.input[0].name == "input"
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+class _DictModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(30, 8)
+        self.fc = torch.nn.Linear(8, 30)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids) * attention_mask[..., None]
+        return {"logits": self.fc(h)}  # token logits, like a language model
+
+
+def test_dict_inputs_get_named_inputs_and_a_dynamic_sequence_axis(tmp_path):
+    torch.manual_seed(0)
+    model = _DictModel().eval()
+    example = {
+        "input_ids": torch.randint(0, 30, (1, 6)),
+        "attention_mask": torch.ones(1, 6, dtype=torch.long),
+    }
+    other = {
+        "input_ids": torch.randint(0, 30, (3, 11)),
+        "attention_mask": torch.ones(3, 11, dtype=torch.long),
+    }
+    expected = call_model(model, other)["logits"]
+    for runtime in ("torch", "onnxruntime"):
+        d = deploy(model, tmp_path / runtime, example_input=example, runtime=runtime)
+        assert torch.allclose(d.run(other), expected, atol=1e-5), runtime
+    graph = onnx.load(str(tmp_path / "onnxruntime.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_param == "sequence"
 
 
 def test_unknown_runtime(tiny, tmp_path):
     with pytest.raises(ValueError, match="unknown runtime"):
-        deploy(tiny.model, tiny.example_input, tmp_path / "m", runtime="tflite")
+        deploy(tiny.model, tmp_path / "m", example_input=tiny.example_input, runtime="tflite")
+
+
+def test_dynamic_int8_on_a_model_without_linear_layers_fails_as_int8(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()).eval()
+    with pytest.raises(TrialFailure, match="int8 failed: dynamic int8 quantizes linear") as err:
+        deploy(
+            model, tmp_path / "m", example_input=torch.zeros(1, 1, 5, 5), int8=Int8(mode="dynamic")
+        )
+    assert err.value.method == "int8"
 
 
 def test_cpu_torch_keeps_the_faster_form_and_reloads_it(tiny, tmp_path, monkeypatch):
     """optimize_for_inference is kept only when timed faster, and the file says so."""
-    import autocompress.deploy as deploy_mod
+    import autocompress.deploy._torch as torch_deploy
+    from autocompress.deploy import load_torchscript
 
     x = tiny.val.x[:32]
     with torch.inference_mode():
         expected = tiny.model(x)
     for faster, kind in ((True, "torchscript-onednn"), (False, "torchscript")):
-        monkeypatch.setattr(deploy_mod, "faster_of", lambda a, b, x, faster=faster: faster)
-        d = deploy(tiny.model, tiny.example_input, tmp_path / kind, timing_input=x)
+        monkeypatch.setattr(torch_deploy, "faster_of", lambda a, b, x, faster=faster: faster)
+        d = deploy(tiny.model, tmp_path / kind, example_input=tiny.example_input, timing_input=x)
         assert d.kind == kind
         assert torch.allclose(d.run(x), expected, atol=1e-5)
-        loaded = deploy_mod.load_torchscript(d.path)
+        loaded = load_torchscript(d.path)
         with torch.inference_mode():
             assert torch.allclose(loaded(x), expected, atol=1e-5)
         assert ("mkldnn" in str(loaded.graph)) == (kind == "torchscript-onednn")
@@ -87,3 +165,82 @@ def test_faster_of_tells_a_slow_callable_from_a_fast_one():
     x = torch.zeros(1)
     assert faster_of(fast, slow, x, rounds=3, block_ms=2.0)
     assert not faster_of(slow, fast, x, rounds=3, block_ms=2.0)
+
+
+def test_low_bit_weights_deploy_as_matmulnbits_and_keep_the_file_small(tmp_path):
+    pytest.importorskip("transformers")
+    from autocompress.workload import prepare
+    from tests.model_families import bert_workload
+
+    torch.manual_seed(0)
+    wl = bert_workload()
+    model = wl.model_factory().eval()
+    for p in model.parameters():  # random biases (zero biases are deduplicated by the exporter)
+        if p.dim() == 1:
+            torch.nn.init.normal_(p, std=0.02)
+    loaded = prepare(type(wl)(train=wl.train, val=wl.val, test=wl.test, model=model))
+    config = CompressionConfig.of(weights=WeightQuantization(4, "group32"))
+    c = compress(
+        model,
+        config,
+        tmp_path / "m.acpk",
+        task=loaded.task,
+        train=loaded.train,
+        example_input=loaded.example_input,
+    )
+    fp32 = deploy(
+        c.model, tmp_path / "f", example_input=loaded.example_input, runtime="onnxruntime"
+    )
+    nbits = deploy(
+        c.model,
+        tmp_path / "q",
+        example_input=loaded.example_input,
+        runtime="onnxruntime",
+        weights=config.get("weights"),
+    )
+    assert nbits.kind == "onnx-matmulnbits-int4" and fp32.kind == "onnx-fp32"
+    assert nbits.size_bytes < 0.5 * fp32.size_bytes
+    x = loaded.example_input
+    close = torch.nn.functional.cosine_similarity(nbits.run(x), fp32.run(x)).min()
+    assert close > 0.98
+    torchscript = deploy(c.model, tmp_path / "t", example_input=x, weights=config.get("weights"))
+    assert torchscript.kind.startswith("torchscript")  # no low-bit kernel in PyTorch: float
+
+
+def test_multihead_attention_exports_with_a_dynamic_sequence_length(tmp_path):
+    class Seq(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.emb = torch.nn.Embedding(20, 16)
+
+        def forward(self, ids):
+            return self.encoder(self.emb(ids))
+
+    torch.manual_seed(0)
+    model = Seq().eval()
+    example = torch.randint(0, 20, (1, 6))
+    d = deploy(model, tmp_path / "m", example_input=example, runtime="onnxruntime")
+    for shape in ((1, 6), (3, 11), (2, 1)):
+        ids = torch.randint(0, 20, shape)
+        with torch.inference_mode():
+            assert torch.allclose(d.run(ids), model(ids), atol=1e-5), shape
+    assert type(model.encoder.layers[0].self_attn) is torch.nn.MultiheadAttention  # not changed
+
+
+def test_resident_memory_of_a_deployed_model_grows_with_its_weights(tmp_path):
+    from autocompress.measure import resident_memory_bytes
+
+    sizes = {}
+    for width in (256, 2048):
+        model = torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Linear(width, 4)).eval()
+        d = deploy(
+            model,
+            tmp_path / f"m{width}",
+            example_input=torch.zeros(1, width),
+            runtime="onnxruntime",
+        )
+        sizes[width] = resident_memory_bytes(d.path, torch.zeros(8, width))
+    weights = 2048 * 2048 * 4  # 16 MB more float32 weights in the larger model
+    assert sizes[2048] - sizes[256] > 0.8 * weights

@@ -1,39 +1,54 @@
+"""The search space: one section per method, validated before any work; conditional suggestion."""
+
 import optuna
 import pytest
 
+from autocompress.architecture import model_facts
 from autocompress.errors import SearchSpaceError
+from autocompress.methods import METHODS
 from autocompress.search_space import load_search_space, parse_search_space_text
-from tests.conftest import DEFAULT_SPACE, TINY_SPACE
+from tests.conftest import DEFAULT_SPACE, TINY_SPACE, tiny_cnn
 
 
-def test_shipped_spaces_load():
+@pytest.fixture(scope="module")
+def facts():
+    import torch
+
+    return model_facts(tiny_cnn().eval(), torch.zeros(1, 1, 8, 8))
+
+
+def test_shipped_spaces_load_and_name_only_known_methods():
     for path in sorted(DEFAULT_SPACE.parent.glob("*.yaml")):
-        load_search_space(path)
+        space = load_search_space(path)
+        assert set(space.methods) <= set(METHODS), path
     space = load_search_space(DEFAULT_SPACE)
-    assert space["quantization.weight_bits"].choices == (32, 16, 8, 6, 4, 3, 2)
+    assert space["weights.bits"].choices == (16, 8, 6, 4, 3, 2)
     assert space["distillation.temperature"].log is True
-    tiny = load_search_space(TINY_SPACE)
-    assert tiny["finetune.batch_size"].searched is False
+    assert load_search_space(TINY_SPACE)["finetune.batch_size"].searched is False
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("pruning: [", "malformed YAML at line"),
-        ("prunning: {}", "unknown key 'prunning'"),
-        ("pruning:\n  amout: 0.5", "unknown key pruning.amout"),
-        ("pruning:\n  amount: {low: 0.1, high: 1.5}", "outside the possible range"),
-        ("pruning:\n  amount: {low: 0.6, high: 0.2}", "low (0.6) is greater than high (0.2)"),
+        ("structured: [", "malformed YAML at line"),
+        ("structurd: {}", "unknown key structurd"),
+        ("structured:\n  amout: 0.5", "unknown key structured.amout"),
+        ("structured:\n  amount: {low: 0.1, high: 1.5}", "outside the possible range"),
+        ("structured:\n  amount: {low: 0.6, high: 0.2}", "low (0.6) is greater than high (0.2)"),
         ("finetune:\n  epochs: {low: 0, high: two}", "expected an integer"),
         ("finetune:\n  lr: {low: 0, high: 0.1, log: true}", "outside the possible range"),
-        ("quantization:\n  weight_bits: [32, 1]", "1 is not allowed"),
-        ("pruning:\n  method: [none, sparse]", "'sparse' is not allowed"),
+        ("weights:\n  bits: [32, 1]", "32 is not allowed"),
+        ("weights:\n  granularity: [per_channel, per_row]", "'per_row' is not allowed"),
         ("distillation:\n  enabled: yes-please", "expected true or false"),
-        ("format_version: 2\npruning:\n  method: [none, structured]", "format_version 2"),
-        ("pruning:\n  method: none", "the search space is empty"),
+        ("format_version: 3\nstructured: {}", "format_version 3"),
+        ("format_version: true\nstructured: {}", "format_version True"),
+        ("structured:\n  enabled: false", "the search space is empty"),
         ("- a\n- b", "must be a mapping"),
-        ("quantization:\n  weight_bits: []", "empty list of choices"),
-        ("pruning:\n  amount: {low: 0.1}", "needs both low and high"),
+        ("weights:\n  bits: []", "empty list of choices"),
+        ("structured:\n  amount: {low: 0.1}", "needs both low and high"),
+        ("structured:\n  amount: {low: 0.1, high: 0.5, step: 0.9}", "larger than the range"),
+        ("format_version: 1\nprunning: {}", "unknown key 'prunning'"),
+        ("format_version: 1\npruning:\n  amout: 0.5", "unknown key pruning.amout"),
     ],
 )
 def test_bad_spaces_name_the_key_and_file(text, message):
@@ -54,101 +69,161 @@ def test_exponent_without_dot_is_a_number():
     assert space["finetune.lr"].low == pytest.approx(1e-4)
 
 
-def test_suggest_is_conditional():
-    space = load_search_space(DEFAULT_SPACE)
-    study = optuna.create_study(
-        directions=["maximize"] * 1, sampler=optuna.samplers.RandomSampler(0)
-    )
-    seen_methods = set()
-    for _ in range(40):
+def test_a_method_without_a_section_is_never_applied(facts):
+    space = parse_search_space_text("structured:\n  amount: {low: 0.2, high: 0.5}")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    for _ in range(5):
         trial = study.ask()
-        config = space.suggest(trial)
-        params = trial.params
-        seen_methods.add(config.prune.method)
-        assert ("pruning.amount" in params) == (config.prune.method != "none")
-        assert ("quantization.granularity" in params) == (config.quantize.weight_bits <= 8)
-        if config.quantize.int8_activations:
-            assert config.quantize.weight_bits <= 8
-        assert ("finetune.lr" in params) == (config.finetune.epochs > 0)
-        assert ("distillation.temperature" in params) == (config.distill is not None)
+        config = space.suggest(trial, facts)
+        assert list(config.methods) == ["structured"]
+        assert set(trial.params) == {"structured.amount"}
         study.tell(trial, 0.0)
-    assert seen_methods == {"none", "unstructured", "structured"}
 
 
-def test_int8_activations_not_offered_without_kernel():
+def test_suggest_is_conditional(facts):
+    space = load_search_space(DEFAULT_SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    seen: set[str] = set()
+    for _ in range(60):
+        trial = study.ask()
+        config = space.suggest(trial, facts)
+        params = trial.params
+        seen.update(config.methods)
+        for name in space.methods:
+            on = params.get(f"{name}.enabled", False)
+            declared = [k for k in params if k.startswith(f"{name}.") and k != f"{name}.enabled"]
+            if not on:
+                assert not declared, (name, declared)
+        if "int8" in config.methods:
+            assert config.get("weights").bits <= 8
+        if "distillation" in config.methods:
+            assert config.get("finetune").epochs > 0
+        study.tell(trial, 0.0)
+    assert seen == set(METHODS) - (set(METHODS) - set(space.methods))
+
+
+def test_unavailable_methods_are_never_suggested(facts):
     space = load_search_space(DEFAULT_SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(1))
     for _ in range(20):
         trial = study.ask()
-        config = space.suggest(trial, int8_activations_supported=False)
-        assert not config.quantize.int8_activations
-        assert "quantization.int8_activations" not in trial.params
+        config = space.suggest(trial, facts, unavailable={"int8": "no kernels"})
+        assert "int8" not in config.methods
+        assert not any(p.startswith("int8.") for p in trial.params)
         study.tell(trial, 0.0)
 
 
-def test_per_layer_space_suggests_one_dimension_per_layer():
+def test_per_layer_space_suggests_one_dimension_per_layer(facts):
     space = parse_search_space_text(
-        "pruning:\n  method: structured\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
+        "structured:\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
         "  layer_scale: {low: 0.5, high: 1.5}\n"
-        "quantization:\n  weight_bits: [8, 4, 2]\n  per_layer: true\n"
+        "weights:\n  bits: [8, 4, 2]\n  per_layer: true\n"
     )
-    layers = ["conv1", "conv2", "fc1", "fc2"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
     trial = study.ask()
-    config = space.suggest(trial, layers=layers, prunable=layers[:-1])
-    assert {f"pruning.layer.{n}" for n in layers[:-1]} <= set(trial.params)
-    assert "pruning.layer.fc2" not in trial.params
-    assert {f"quantization.bits.{n}" for n in layers} <= set(trial.params)
-    assert set(config.prune.layer_amounts) == set(layers[:-1])
-    assert all(0 <= a <= 0.95 for a in config.prune.layer_amounts.values())
-    assert set(config.quantize.layer_bits.values()) <= {8, 4, 2}
+    config = space.suggest(trial, facts)
+    prunable = facts.prunable_layers()
+    assert {f"structured.layer_scale.{n}" for n in prunable} <= set(trial.params)
+    assert f"structured.layer_scale.{facts.output_layers[0]}" not in trial.params
+    assert {f"weights.bits.{n}.weight" for n in facts.layers} <= set(trial.params)
+    structured, weights = config.get("structured"), config.get("weights")
+    assert set(structured.layer_amounts) == set(prunable)
+    assert all(0 <= a <= 0.95 for a in structured.layer_amounts.values())
+    assert set(weights.layer_bits.values()) <= {8, 4, 2}
+    # the labels show what ran: per-layer ranges, not the global amount
+    assert "per layer" in config.describe()
 
 
-def test_per_layer_off_adds_no_dimensions():
+def test_per_layer_off_adds_no_dimensions(facts):
     space = load_search_space(DEFAULT_SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
     for _ in range(10):
         trial = study.ask()
-        space.suggest(trial, layers=["a", "b"], prunable=["a"])
-        assert not any(".layer." in p or ".bits." in p for p in trial.params)
+        space.suggest(trial, facts)
+        assert not any(p.count(".") > 1 for p in trial.params)
         study.tell(trial, 0.0)
 
 
-def test_warm_starts_are_allowed_by_the_space():
+def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts):
     space = load_search_space(DEFAULT_SPACE)
-    starts = space.warm_starts()
-    assert [s["pruning.method"] for s in starts] == ["none", "structured", "unstructured"]
-    assert starts[0]["quantization.int8_activations"] is True
-    tiny = parse_search_space_text(
-        "pruning:\n  method: [none, unstructured]\nfinetune:\n  epochs: {low: 0, high: 1}\n"
+    starts = space.warm_starts(facts)
+    assert [s.get("structured.enabled") for s in starts] == [False, True, False]
+    assert [s.get("unstructured.enabled") for s in starts] == [False, False, True]
+    assert starts[0]["int8.enabled"] is True and starts[0]["weights.bits"] == 8
+    for start in starts:
+        for name, value in start.items():
+            if name.count(".") == 1:
+                assert space[name].allows(value), (name, value)
+    tiny = parse_search_space_text("unstructured:\n  enabled: [false, true]\n")
+    assert all(s.get("structured.enabled") is not True for s in tiny.warm_starts())
+    per_layer = load_search_space(DEFAULT_SPACE.parent / "per_layer.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    for start in per_layer.warm_starts(facts):
+        study.enqueue_trial(start)
+    int8_start = per_layer.suggest(study.ask(), facts)
+    assert int8_start.get("weights").bits == 8 and not int8_start.get("weights").layer_bits
+    structured_start = per_layer.suggest(study.ask(), facts)
+    assert set(structured_start.get("structured").layer_amounts.values()) == {0.5}
+
+
+def test_warm_starts_switch_transformer_pruning_off_where_the_space_can():
+    text = "".join(
+        f"{m}:\n  enabled: [false, true]\n" for m in ("structured", "weights", "int8", "heads")
     )
-    for start in tiny.warm_starts():
-        assert start.get("pruning.method") != "structured"
-        assert start.get("finetune.epochs", 0) <= 1
+    starts = parse_search_space_text(text).warm_starts()
+    assert starts and all(s["heads.enabled"] is False for s in starts)
+    always_on = parse_search_space_text(text.replace("heads:\n  enabled: [false, true]", "depth:"))
+    starts = always_on.warm_starts()
+    assert starts and all("depth.enabled" not in s for s in starts)
 
 
-def test_keep_edges_and_quant_aware_are_offered_only_where_they_matter():
+def test_keep_edges_and_quant_aware_are_offered_only_where_they_matter(facts):
     space = parse_search_space_text(
         """
-format_version: 1
-quantization:
-  weight_bits: [32, 8, 4]
+weights:
+  enabled: [false, true]
+  bits: [16, 8, 4]
   keep_edges_8bit: [true, false]
 finetune:
-  epochs: [0, 1]
+  enabled: [false, true]
+  epochs: 1
   quant_aware: [false, true]
 """
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(2))
     seen = set()
-    for _ in range(40):
+    for _ in range(200):
         trial = study.ask()
-        config = space.suggest(trial)
-        bits, epochs = config.quantize.weight_bits, config.finetune.epochs
-        assert ("quantization.keep_edges_8bit" in trial.params) == (bits < 8)
-        assert ("finetune.quant_aware" in trial.params) == (bits < 16 and epochs > 0)
-        if bits == 32:
-            assert not config.finetune.quant_aware
-        seen.add((config.quantize.keep_edges_8bit, config.finetune.quant_aware))
+        config = space.suggest(trial, facts)
+        weights, finetune = config.get("weights"), config.get("finetune")
+        bits = weights.bits if weights else 32
+        assert ("weights.keep_edges_8bit" in trial.params) == (bits < 8)
+        assert ("finetune.quant_aware" in trial.params) == (bits < 16 and finetune is not None)
+        if finetune is not None:
+            seen.add((weights.keep_edges_8bit if weights else True, finetune.quant_aware))
         study.tell(trial, 0.0)
     assert seen == {(True, False), (True, True), (False, False), (False, True)}
+
+
+def test_format_1_spaces_are_read_as_the_same_search():
+    v1 = parse_search_space_text(
+        """
+format_version: 1
+pruning:
+  method: [none, structured]
+  amount: {low: 0.2, high: 0.6}
+quantization:
+  weight_bits: [32, 8, 4]
+  int8_activations: [false, true]
+finetune:
+  epochs: {low: 0, high: 2}
+distillation:
+  enabled: [false, true]
+"""
+    )
+    assert v1.methods == ("structured", "weights", "int8", "finetune", "distillation")
+    assert v1["structured.enabled"].choices == (False, True)
+    assert v1["structured.amount"].low == 0.2
+    assert v1["weights.bits"].choices == (8, 4)
+    assert v1["weights.enabled"].choices == (False, True)
+    assert v1["finetune.epochs"].high == 2

@@ -1,16 +1,24 @@
-"""Property tests: whatever a user writes, the loader succeeds or raises SearchSpaceError."""
+"""Property tests: whatever a user writes, the loader succeeds or raises SearchSpaceError; and a
+space it accepts can be searched (no "poisoned" space that validates, then crashes a study)."""
 
 from __future__ import annotations
 
+import optuna
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from autocompress.architecture import model_facts
 from autocompress.errors import SearchSpaceError
-from autocompress.search_space import _SCHEMA, parse_search_space, parse_search_space_text
+from autocompress.methods import METHODS
+from autocompress.search_space import parse_search_space, parse_search_space_text
+from tests.conftest import tiny_cnn
 
+_SCHEMA = {name: {"enabled": None, **cls.SEARCH} for name, cls in METHODS.items()}
 _KEYS = [*_SCHEMA, "format_version", "description", "low", "high", "log", "step"]
 _KEYS += [k for params in _SCHEMA.values() for k in params]
+_FACTS = model_facts(tiny_cnn().eval(), torch.zeros(1, 1, 8, 8))
 
 scalars = st.one_of(
     st.none(),
@@ -40,9 +48,15 @@ sections = st.fixed_dictionaries(
 
 def _loads_or_rejects(call) -> None:
     try:
-        call()
+        space = call()
     except SearchSpaceError as e:
         assert "\n" not in str(e)  # one line
+        return
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    for start in space.warm_starts(_FACTS):
+        study.enqueue_trial(start)
+    for _ in range(4):  # an accepted space can be searched: every suggestion is a valid config
+        space.suggest(study.ask(), _FACTS)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,0 +1,245 @@
+"""ONNX deployed forms: the float model exported, and ONNX Runtime's int8 quantizations.
+
+The export uses the TorchScript-based exporter with named inputs and dynamic batch and
+sequence axes. It runs with autograd on: under ``no_grad`` PyTorch takes the fused fast path
+of ``nn.MultiheadAttention`` (``aten::_native_multi_head_attention``), which has no ONNX form.
+int8 is ONNX Runtime's ``quantize_static`` (QDQ or QOperator; MinMax, Entropy or Percentile
+calibration on training data) or ``quantize_dynamic``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress.data import Inputs
+from autocompress.deploy._signature import Signature, flat
+
+OUTPUT_NAME = "output"
+
+
+def onnxruntime_available() -> bool:
+    """Whether onnxruntime is importable."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def exportable(model: nn.Module) -> nn.Module:
+    """``model``, or a copy whose ``nn.MultiheadAttention`` modules compute the same function
+    without a constant sequence length (their traced form bakes the example's length in,
+    pytorch/pytorch#117209), so the exported graph takes any length."""
+    from autocompress.attention import SlicedMultiheadAttention, unsupported
+
+    whole = [
+        m for m in model.modules()
+        if type(m) is nn.MultiheadAttention and m.batch_first and unsupported(m) is None
+    ]  # fmt: skip
+    if not whole:
+        return model
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if (
+            type(module) is nn.MultiheadAttention
+            and module.batch_first
+            and unsupported(module) is None
+        ):
+            SlicedMultiheadAttention.convert(module)
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder):
+            module.use_nested_tensor = False
+    return model
+
+
+def export_onnx(model: nn.Module, example: Inputs, path: str | os.PathLike[str]) -> Signature:
+    """Export ``model`` to ONNX with named inputs and dynamic batch (and sequence) axes.
+
+    Returns:
+        The signature: the ONNX graph's inputs are ``signature.names``, its output ``output``.
+    """
+    wrapped, signature, args = flat(exportable(model), example)
+    sequence = signature.sequence_inputs(example)
+    axes: dict[str, dict[int, str]] = {
+        name: ({0: "batch", 1: "sequence"} if name in sequence else {0: "batch"})
+        for name in signature.names
+    }
+    with torch.inference_mode(False), torch.enable_grad():
+        out = wrapped(*args)
+        axes[OUTPUT_NAME] = (
+            {0: "batch", 1: "sequence"} if sequence and out.dim() >= 3 else {0: "batch"}
+        )
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                args,
+                str(path),
+                dynamo=False,
+                input_names=list(signature.names),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes=axes,
+                opset_version=17,
+            )
+    return signature
+
+
+def feeds(signature: Signature, inputs: Inputs) -> dict[str, np.ndarray]:
+    """ONNX Runtime's input feed for ``inputs``."""
+    return {
+        name: t.detach().cpu().numpy()
+        for name, t in zip(signature.names, signature.flatten(inputs), strict=True)
+    }
+
+
+class CalibrationReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over batches of model inputs."""
+
+    def __init__(self, signature: Signature, batches: list[Inputs]) -> None:
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter([feeds(signature, b) for b in batches])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    # ORT's quantizer logs advice on the root logger at WARNING; our record says what ran.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_static_int8(
+    fp32_path: Path,
+    path: Path,
+    signature: Signature,
+    calibration: list[Inputs],
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+    quant_format: str,
+    calibration_method: str,
+) -> None:
+    """ONNX Runtime static int8 (activations uint8, weights int8 symmetric)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    extra: dict[str, Any] = {}
+    if calibration_method != "minmax":
+        # Histogram calibration needs batches of one shape, and fails on tensors carrying an
+        # attention mask's -3.4e38: calibrate the layers with weights only.
+        calibration = _same_shape(calibration, signature)
+        extra["op_types_to_quantize"] = ["Conv", "MatMul", "Gemm"]
+    with _quiet_quantizer():
+        quantize_static(
+            str(fp32_path),
+            str(path),
+            CalibrationReader(signature, calibration),
+            quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[calibration_method],
+            **extra,
+        )
+
+
+def _same_shape(batches: list[Inputs], signature: Signature) -> list[Inputs]:
+    """The calibration batches of the most common shape."""
+    shapes = [tuple(tuple(t.shape) for t in signature.flatten(b)) for b in batches]
+    common = max(set(shapes), key=shapes.count)
+    return [b for b, shape in zip(batches, shapes, strict=True) if shape == common]
+
+
+def quantize_dynamic_int8(
+    fp32_path: Path, path: Path, *, per_channel: bool, reduce_range: bool
+) -> None:
+    """ONNX Runtime dynamic int8: int8 weights, activation ranges measured per batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_quantizer():
+        quantize_dynamic(
+            str(fp32_path),
+            str(path),
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def quantize_weights_nbits(
+    fp32_path: Path, path: Path, *, bits: int, block_size: int | None, embeddings: bool
+) -> int:
+    """ONNX Runtime's ``MatMulNBits`` (and, for 4 bits, ``GatherBlockQuantized`` embeddings):
+    weight-only low-bit MatMul, so the deployed file keeps low-bit weights.
+
+    The weights are already on autocompress's grid; ONNX Runtime rounds them again to its own
+    symmetric grid (``bits``, blocks of ``block_size`` input features, or one scale per output
+    channel when ``block_size`` is ``None``). What is measured is that file.
+
+    Returns:
+        How many nodes were quantized (0: the file is left as float; nothing to quantize).
+    """
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    ops = ("MatMul", "Gather") if embeddings and bits == 4 else ("MatMul",)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size or 128,
+        is_symmetric=True,
+        bits=bits,
+        quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=ops,
+        channel_wised_quantize=block_size is None,
+    )
+    with _quiet_quantizer():
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    count = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in model.graph.node)
+    if count:
+        onnx.save(model, str(path))
+    return count
+
+
+def session(path: Path, threads: int, device: str = "cpu") -> Any:
+    """An ONNX Runtime session with all graph optimisations, pinned to ``threads``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda":
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), options, providers=providers)

@@ -1,0 +1,196 @@
+"""What every compression method shares: declared parameters, the stage, the context it runs in.
+
+A method is a frozen dataclass whose fields are its settings, validated in ``__post_init__``.
+It declares its searchable parameters in ``SEARCH`` (kind, default, allowed choices or
+bounds, help), the ``stage`` of the pipeline it belongs to, how it applies to a model
+(:meth:`Method.apply`, which writes what it decided to ``ctx.records`` so that a recipe can
+replay it exactly) and a one-line description. The one dict of methods is
+:data:`autocompress.methods.METHODS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+from autocompress.data import Inputs, Split
+from autocompress.tasks import Task
+
+if TYPE_CHECKING:
+    from autocompress.architecture import ModelFacts
+    from autocompress.pipeline import CompressionConfig
+
+STAGES = ("prune", "train", "quantize", "deploy")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable parameter of a method.
+
+    Attributes:
+        kind: ``bool``, ``int``, ``float`` or ``str``.
+        default: What a search space that omits the parameter gets: a value, a list of
+            choices or a ``{"low", "high"}`` range.
+        help: One line for users.
+        choices: The values allowed, when the parameter is categorical by nature.
+        bounds: The closed range allowed, for numbers.
+    """
+
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    bounds: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (bool, int, float, str):
+            raise TypeError(f"a parameter's kind is bool, int, float or str, not {self.kind}")
+        if self.kind is bool and self.choices is None:
+            object.__setattr__(self, "choices", (False, True))
+
+
+@dataclass
+class Context:
+    """What a method may read while it applies, and where it writes what it decided.
+
+    Attributes:
+        task: The workload's task (loss, distillation loss, metric).
+        example_input: One batch of inputs the model accepts.
+        train: The training split (fine-tuning, calibration); never validation or test.
+        facts: Architecture facts of the baseline (layers, output layers, blocks, heads).
+        config: The whole configuration, so a method can see the others (e.g. fine-tuning
+            reads the distillation and the weight plan).
+        teacher: The uncompressed model, for distillation.
+        calibration: Calibration inputs from the training split (built on first use).
+        replay: Records of an earlier run to reproduce exactly (a recipe, a stored artifact);
+            empty in a new trial.
+        records: What each method decided, by method name (written by ``apply``).
+        notes: Facts a user should know about the result (what gave no speed-up, what was
+            left whole).
+        seed: Seed of every random choice.
+        on_epoch: Called after each fine-tuning epoch with ``(epoch, mean loss, model)``.
+        teacher_outputs: Cache of the teacher's outputs on the training split.
+        scales: Scales of the weights the quantize stage put on a grid, by parameter name
+            (the packed artifact stores exactly those codes).
+        renamed: Modules of the baseline that now have another name, or none (``None``), by
+            their baseline name: depth pruning removes blocks and renumbers the rest. Methods
+            that read names from ``facts`` map them with :meth:`current_name`.
+    """
+
+    task: Task
+    example_input: Inputs
+    train: Split | None
+    facts: ModelFacts
+    config: CompressionConfig
+    teacher: nn.Module | None = None
+    calibration_rows: int = 256
+    replay: Mapping[str, Any] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    seed: int = 0
+    on_epoch: Callable[[int, float, nn.Module], None] | None = None
+    teacher_outputs: Any = None
+    scales: dict[str, Any] = field(default_factory=dict)
+    renamed: dict[str, str | None] = field(default_factory=dict)
+    _calibration: list[Inputs] | None = None
+
+    @property
+    def calibration(self) -> list[Inputs]:
+        """Input batches of the training split's first ``calibration_rows`` examples."""
+        if self._calibration is None:
+            from autocompress.data import input_batches
+
+            if self.train is None:
+                raise ValueError("calibration needs the training split")
+            self._calibration = input_batches(self.train, self.calibration_rows)
+        return self._calibration
+
+    def current_name(self, name: str) -> str | None:
+        """The name in the model being compressed of the baseline's module or parameter
+        ``name``, or ``None`` when it was removed."""
+        for old, new in self.renamed.items():
+            if name == old or name.startswith(old + "."):
+                return None if new is None else new + name[len(old) :]
+        return name
+
+
+class Suggester:
+    """What a method's :meth:`Method.suggest` asks: the values of its parameters in a trial.
+
+    Implemented by :class:`autocompress.search_space.SearchSpace` for one trial.
+
+    Attributes:
+        facts: The baseline's architecture facts (layer names, transformer parts).
+        chosen: Methods already chosen for this trial, by name (earlier in ``METHODS``).
+        runtime: The target's runtime (``torch`` or ``onnxruntime``): a method may ask only
+            for the settings that runtime uses.
+    """
+
+    facts: ModelFacts
+    chosen: dict[str, Method]
+    runtime: str = "torch"
+
+    def __call__(self, param: str) -> Any:
+        """The value of the method's parameter ``param`` (suggested, or fixed by the space)."""
+        raise NotImplementedError
+
+    def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
+        """A value of ``param``'s dimension suggested separately for ``layer`` (its choices
+        filtered by ``keep`` when given)."""
+        raise NotImplementedError
+
+
+class Method:
+    """Base of the method dataclasses: parameter plumbing shared by all of them."""
+
+    stage: ClassVar[str] = "prune"
+    SEARCH: ClassVar[dict[str, Param]] = {}
+
+    def apply(self, model: nn.Module, ctx: Context) -> None:
+        """Apply the method to ``model`` in place; record decisions in ``ctx.records``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One short phrase for tables, e.g. ``heads -50%``."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The method's settings as plain values (its recipe form)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Method:
+        """Inverse of :meth:`params`; unknown names are an error.
+
+        Raises:
+            ValueError: An unknown or invalid setting.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ValueError(f"unknown setting {unknown[0]!r}; known: {', '.join(sorted(names))}")
+        return cls(**params)
+
+    @classmethod
+    def suggest(cls, s: Suggester) -> Method | None:
+        """This method's settings for one trial (``None``: not applied in this trial).
+
+        By default, one value per declared parameter that is a field.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: s(k) for k in cls.SEARCH if k in names})
+
+    @classmethod
+    def unavailable(cls, facts: ModelFacts) -> str | None:
+        """Why this method cannot apply to the model, or ``None`` when it can."""
+        return None
+
+
+def fraction(value: float, name: str, high: float = 0.95) -> None:
+    """Raise unless ``0 <= value <= high``."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0.0 <= value <= high:
+        raise ValueError(f"{name} must be a number in [0, {high}], got {value!r}")

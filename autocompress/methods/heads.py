@@ -1,0 +1,274 @@
+"""Head pruning: remove whole attention heads, the least important first.
+
+Every attention module loses the same share of its heads (rounded down, never all of them).
+A head's importance is the L2 norm of its query, key and value rows and its output-projection
+columns (``magnitude``), or its mean absolute output on calibration data (``activation``).
+The projections are sliced, so the model really gets smaller and faster. Recognised: Hugging
+Face BERT-style (separate ``query``/``key``/``value``) and GPT-2-style (fused ``c_attn``)
+attention, and ``nn.MultiheadAttention``, which ties its head count to its width and is
+therefore turned into a :class:`~autocompress.attention.SlicedMultiheadAttention` (same
+parameter names, same results, fewer heads).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch_pruning.utils import op_counter
+
+from autocompress.attention import SlicedMultiheadAttention, head_outputs, unsupported
+from autocompress.methods._base import Context, Method, Param, fraction
+from autocompress.methods._transformer import (
+    calibration_batches,
+    keep_inputs,
+    keep_outputs,
+    out_width,
+    parts_of,
+    rows,
+    run_batches,
+    share,
+)
+from autocompress.transformer_parts import Attention
+
+IMPORTANCE = ("magnitude", "activation")
+_MHA_CALL = inspect.signature(nn.MultiheadAttention.forward)
+
+
+@dataclass(frozen=True)
+class HeadPruning(Method):
+    """Remove the least important heads of every attention module.
+
+    Attributes:
+        amount: Share of each attention module's heads removed (rounded down; one head always
+            stays).
+        importance: ``magnitude`` (weights) or ``activation`` (mean absolute output on
+            calibration data).
+    """
+
+    amount: float = 0.25
+    importance: str = "magnitude"
+
+    stage: ClassVar[str] = "prune"
+    SEARCH: ClassVar[dict[str, Param]] = {
+        "amount": Param(float, {"low": 0.1, "high": 0.75},
+                        "share of each attention module's heads removed", bounds=(0.0, 0.75)),
+        "importance": Param(str, list(IMPORTANCE),
+                            "how heads are ranked: weight norm, or mean |output| on training data",
+                            choices=IMPORTANCE),
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        fraction(self.amount, "head pruning amount", high=0.75)
+        if self.importance not in IMPORTANCE:
+            raise ValueError(
+                f"head importance must be one of {', '.join(IMPORTANCE)}, got {self.importance!r}"
+            )
+
+    @classmethod
+    def unavailable(cls, facts: Any) -> str | None:
+        parts = facts.transformer
+        if parts is None or not parts.attention:
+            return "no attention heads found"
+        modules = dict(facts.model.named_modules())
+        reasons = [_whole_reason(modules, a) for a in parts.attention]
+        if all(reasons):
+            return f"no attention module whose heads can be removed ({reasons[0]})"
+        return None
+
+    def describe(self) -> str:
+        suffix = " by activation" if self.importance == "activation" else ""
+        return f"heads -{self.amount:.0%}{suffix}"
+
+    def apply(self, model: nn.Module, ctx: Context) -> None:
+        parts = parts_of(model)
+        if parts is None:
+            raise ValueError("head pruning found no attention heads in this model")
+        modules = dict(model.named_modules())
+        attention = {a.name: a for a in parts.attention}
+        whole = {a.name: r for a in parts.attention if (r := _whole_reason(modules, a))}
+        replay = ctx.replay.get("heads")
+        if replay is not None:
+            plan = {str(n): sorted(int(h) for h in heads) for n, heads in replay.items()}
+            _check_plan(plan, attention, whole)
+        else:
+            eligible = [a for a in parts.attention if a.name not in whole]
+            if self.importance == "activation":
+                batches = calibration_batches(ctx, "head pruning by activation")
+                scores = activation_scores(model, eligible, batches)
+            else:
+                scores = {a.name: magnitude_scores(modules, a) for a in eligible}
+            plan = {}
+            for a in eligible:
+                count = min(share(self.amount, a.num_heads), a.num_heads - 1)
+                order = sorted(range(a.num_heads), key=lambda h, s=scores[a.name]: (float(s[h]), h))
+                plan[a.name] = sorted(order[:count])
+        for name, heads in plan.items():
+            if heads:
+                remove_heads(modules, attention[name], heads)
+        _unfuse_encoders(model)
+        ctx.records["heads"] = plan
+        if whole:
+            listed = "; ".join(f"{n} ({r})" for n, r in whole.items())
+            ctx.notes.append(f"head pruning left {len(whole)} attention modules whole: {listed}")
+        if not any(plan.values()):
+            ctx.notes.append(f"head pruning of {self.amount:.0%} removed no head (rounded down)")
+        elif any(attention[n].kind == "mha" for n, h in plan.items() if h):
+            ctx.notes.append(
+                "nn.MultiheadAttention with heads removed runs PyTorch's unfused attention path"
+            )
+
+
+def _whole_reason(modules: dict[str, nn.Module], a: Attention) -> str | None:
+    """Why the heads of ``a`` cannot be removed, or ``None``."""
+    if a.num_heads < 2:
+        return "a single head"
+    module = modules[a.name]
+    if a.kind == "bert":
+        if len(a.projections) != 4:
+            return "no output projection found"
+        return None
+    if a.kind == "gpt2":
+        if getattr(module, "is_cross_attention", False):
+            return "cross-attention"
+        if out_width(module.c_attn) != 3 * a.num_heads * a.head_dim:
+            return "unexpected projection width"
+        return None
+    reason = unsupported(module)
+    return f"nn.MultiheadAttention with {reason}" if reason else None
+
+
+def _check_plan(plan: dict[str, list[int]], attention: dict[str, Attention], whole: dict) -> None:
+    for name, heads in plan.items():
+        a = attention.get(name)
+        if a is None or (heads and name in whole):
+            raise ValueError(f"the recorded heads name attention this model has not: {name!r}")
+        if heads and (heads[0] < 0 or heads[-1] >= a.num_heads or len(heads) >= a.num_heads):
+            raise ValueError(f"cannot remove heads {heads} of {name!r} ({a.num_heads} heads)")
+
+
+def _in_out(modules: dict[str, nn.Module], a: Attention) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights read by each head, ``[3, heads * head_dim, in]`` (q, k, v), and written,
+    ``[heads * head_dim, out]`` (the output projection's columns)."""
+    module = modules[a.name]
+    if a.kind == "bert":
+        q, k, v, o = (modules[p] for p in a.projections)
+        return torch.stack([q.weight, k.weight, v.weight]), o.weight.t()
+    if a.kind == "gpt2":
+        qkv = rows(module.c_attn)
+        return qkv.unflatten(0, (3, -1)), module.c_proj.weight
+    return module.in_proj_weight.unflatten(0, (3, -1)), module.out_proj.weight.t()
+
+
+def magnitude_scores(modules: dict[str, nn.Module], a: Attention) -> torch.Tensor:
+    """L2 norm of each head's query, key and value rows and output-projection columns."""
+    with torch.no_grad():
+        qkv, out = _in_out(modules, a)
+        per_head = torch.cat(
+            [qkv.unflatten(1, (a.num_heads, -1)).transpose(0, 1).flatten(1),
+             out.unflatten(0, (a.num_heads, -1)).flatten(1)], dim=1,
+        )  # fmt: skip
+        return per_head.norm(dim=1)
+
+
+def activation_scores(
+    model: nn.Module, attention: list[Attention], batches: list[Any]
+) -> dict[str, torch.Tensor]:
+    """Mean absolute output of each head (before the output projection) over ``batches``."""
+    modules = dict(model.named_modules())
+    sums = {a.name: torch.zeros(a.num_heads, dtype=torch.float64) for a in attention}
+    counts = dict.fromkeys(sums, 0)
+
+    def add(a: Attention, context: torch.Tensor) -> None:
+        per_head = context.detach().reshape(-1, a.num_heads, a.head_dim).abs()
+        sums[a.name] += per_head.sum(dim=(0, 2)).double()
+        counts[a.name] += per_head.shape[0] * a.head_dim
+
+    handles = []
+    for a in attention:
+        if a.kind == "mha":
+
+            def mha_hook(m: nn.Module, args: tuple, kwargs: dict, a: Attention = a) -> None:
+                call = _MHA_CALL.bind(m, *args, **kwargs)
+                call.apply_defaults()
+                p = call.arguments
+                context, _ = head_outputs(
+                    m, p["query"], p["key"], p["value"], p["key_padding_mask"],
+                    p["attn_mask"], p["is_causal"],
+                )  # fmt: skip
+                add(a, context)
+
+            handles.append(modules[a.name].register_forward_pre_hook(mha_hook, with_kwargs=True))
+        else:
+            # The output projection's input is the heads' outputs side by side.
+            out = modules[a.projections[-1]]
+
+            def proj_hook(_m: nn.Module, args: tuple, a: Attention = a) -> None:
+                add(a, args[0])
+
+            handles.append(out.register_forward_pre_hook(proj_hook))
+    try:
+        run_batches(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise ValueError(f"calibration never ran attention {missing[0]!r}")
+    return {n: (sums[n] / counts[n]).float() for n in sums}
+
+
+def remove_heads(modules: dict[str, nn.Module], a: Attention, heads: list[int]) -> None:
+    """Remove the heads ``heads`` of ``a`` from the model whose modules are ``modules``."""
+    keep = [h for h in range(a.num_heads) if h not in set(heads)]
+    d = a.head_dim
+    index = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
+    module = modules[a.name]
+    if a.kind == "bert":
+        q, k, v, o = (modules[p] for p in a.projections)
+        for layer in (q, k, v):
+            keep_outputs(layer, index)
+        keep_inputs(o, index)
+        # attention_head_size and the cached scaling stay: each kept head is unchanged.
+        module.num_attention_heads = len(keep)
+        module.all_head_size = len(keep) * d
+    elif a.kind == "gpt2":
+        width = module.split_size
+        keep_outputs(module.c_attn, torch.cat([index, index + width, index + 2 * width]))
+        keep_inputs(module.c_proj, index)
+        module.num_heads = len(keep)
+        module.split_size = len(keep) * d
+    else:
+        SlicedMultiheadAttention.convert(module, keep)
+
+
+def _unfuse_encoders(model: nn.Module) -> None:
+    """Keep ``nn.TransformerEncoder`` from packing inputs into nested tensors for its fused
+    kernel, which a sliced attention does not take."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoder) and any(
+            isinstance(m, SlicedMultiheadAttention) for m in module.modules()
+        ):
+            module.use_nested_tensor = False
+
+
+def _count_sliced_mha(module: SlicedMultiheadAttention, inputs: tuple, _output: Any) -> None:
+    """torch-pruning's MAC count of a sliced attention (its own counter assumes whole width)."""
+    if len(inputs) < 3:
+        return
+    q, k = inputs[0], inputs[1]
+    if q.dim() == 2:  # unbatched
+        batch, lq, lk = 1, q.shape[0], k.shape[0]
+    elif module.batch_first:
+        batch, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    else:
+        batch, lq, lk = q.shape[1], q.shape[0], k.shape[0]
+    inner, width = module.num_heads * module.head_dim, module.embed_dim
+    macs = (lq + 2 * lk) * width * inner + 2 * lq * lk * inner + lq * inner * width
+    module.__flops__ += int(macs * batch)
+
+
+op_counter.MODULES_MAPPING.setdefault(SlicedMultiheadAttention, _count_sliced_mha)

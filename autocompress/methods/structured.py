@@ -1,0 +1,151 @@
+"""Structured pruning: remove whole output channels of conv and linear layers (torch-pruning).
+
+The model really gets smaller and faster on dense kernels. torch-pruning's dependency graph
+keeps coupled layers consistent (batch norms, residual additions, grouped and depthwise
+convolutions). The layers that make the model's output keep their width. In transformers,
+attention projections and the layers writing back to the residual stream are left whole
+(heads and MLP width have their own methods), and the notes say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch_pruning as tp
+from torch import nn
+
+from autocompress.architecture import out_features
+from autocompress.data import as_output, call_model
+from autocompress.methods._base import Context, Method, Param, Suggester, fraction
+
+
+def _forward(model: nn.Module, inputs: Any) -> Any:
+    return call_model(model, inputs)
+
+
+def layer_widths(model: nn.Module, names: list[str]) -> dict[str, int]:
+    """Output channels of the named layers."""
+    modules = dict(model.named_modules())
+    return {n: out_features(modules[n]) for n in names if n in modules}
+
+
+@dataclass(frozen=True)
+class StructuredPruning(Method):
+    """Remove the lowest-L2-norm output channels of each conv and linear layer.
+
+    Attributes:
+        amount: Share of each layer's channels removed.
+        layer_amounts: Per-layer shares by layer name, overriding ``amount``.
+    """
+
+    amount: float = 0.5
+    layer_amounts: dict[str, float] = field(default_factory=dict)
+
+    stage: ClassVar[str] = "prune"
+    SEARCH: ClassVar[dict[str, Param]] = {
+        "amount": Param(float, {"low": 0.1, "high": 0.9}, "share of each layer's channels removed",
+                        bounds=(0.0, 0.95)),
+        "per_layer": Param(bool, False, "search one multiplier of the amount per layer"),
+        "layer_scale": Param(float, {"low": 0.5, "high": 1.5},
+                             "range of the per-layer multipliers", bounds=(0.0, 4.0)),
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        fraction(self.amount, "structured pruning amount")
+        for name, value in self.layer_amounts.items():
+            fraction(value, f"structured pruning amount of {name!r}")
+
+    @classmethod
+    def suggest(cls, s: Suggester) -> Method:
+        amount = s("amount")
+        layer_amounts = {}
+        if s("per_layer"):
+            for name in _roots(s.facts):
+                factor = s.per_layer("layer_scale", name)
+                layer_amounts[name] = round(min(0.95, amount * factor), 4)
+        return cls(amount=amount, layer_amounts=layer_amounts)
+
+    def describe(self) -> str:
+        if self.layer_amounts:
+            lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
+            span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+            return f"structured {span} per layer"
+        return f"structured {self.amount:.0%}"
+
+    def apply(self, model: nn.Module, ctx: Context) -> None:
+        roots = _roots(ctx.facts)
+        modules = dict(model.named_modules())
+        unknown = set(self.layer_amounts) - set(roots)
+        if unknown:
+            raise ValueError(f"per-layer pruning names layers it cannot prune: {sorted(unknown)}")
+        # The facts name the baseline's layers; depth pruning may have renamed or removed some.
+        now = {n: ctx.current_name(n) for n in ctx.facts.layers}
+        replay = ctx.replay.get("structured")
+        if replay is not None:
+            history = replay["history"]
+            replay_history(model, history, ctx.example_input)
+        else:
+            ignored = [
+                modules[now[n]] for n in ctx.facts.layers if n not in roots and now[n] in modules
+            ]
+            ratios = {
+                modules[now[n]]: a for n, a in self.layer_amounts.items() if now[n] in modules
+            }
+            pruner = tp.pruner.MagnitudePruner(
+                model,
+                example_inputs=ctx.example_input,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=self.amount,
+                pruning_ratio_dict=ratios or None,
+                ignored_layers=ignored,
+                global_pruning=False,
+                forward_fn=_forward,
+                output_transform=as_output,
+            )
+            pruner.step()
+            history = [
+                [str(name), bool(is_out), [int(i) for i in idx]]
+                for name, is_out, idx in pruner.pruning_history()
+            ]
+        widths = layer_widths(model, [c for c in now.values() if c is not None])
+        ctx.records["structured"] = {
+            "history": history,
+            "channels": {n: widths[c] for n, c in now.items() if c in widths},
+        }
+        whole = [n for n in ctx.facts.layers if n not in roots and now[n] is not None]
+        parts = ctx.facts.transformer
+        if parts is not None and whole:
+            ctx.notes.append(
+                f"structured pruning left {len(whole)} attention, residual and output layers "
+                "whole (heads, MLP width and depth have their own methods)"
+            )
+
+
+def _roots(facts: Any) -> list[str]:
+    """Layers whose output channels this method removes."""
+    roots = facts.prunable_layers()
+    parts = facts.transformer
+    if parts is not None:
+        downs = {m.down for m in parts.mlps}
+        roots = [n for n in roots if n not in downs]
+    return roots
+
+
+def replay_history(model: nn.Module, history: list[list[Any]], example_input: Any) -> None:
+    """Remove exactly the channels in torch-pruning's ``history`` from ``model``, in place.
+
+    Raises:
+        ValueError: The history names layers or channels this model does not have.
+    """
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_input, forward_fn=_forward, output_transform=as_output
+        )
+        graph.load_pruning_history(
+            [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in history]
+        )
+    except (AttributeError, IndexError, KeyError, RuntimeError) as e:
+        raise ValueError(
+            f"the recorded pruning history does not fit this model: {type(e).__name__}: {e}"
+        ) from None

@@ -1,1 +1,0 @@
-"""Compression steps: each a frozen config dataclass plus one function that applies it."""

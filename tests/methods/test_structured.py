@@ -1,0 +1,104 @@
+import pytest
+import torch
+from torch import nn
+
+from autocompress.methods.structured import StructuredPruning, replay_history
+from autocompress.models import digits_cnn, lenet5
+from tests.methods.helpers import apply, conv_params
+
+
+@pytest.mark.parametrize("factory, shape", [(digits_cnn, (1, 1, 8, 8)), (lenet5, (1, 1, 28, 28))])
+def test_half_cuts_conv_params_3_to_4x_and_keeps_output(factory, shape):
+    torch.manual_seed(0)
+    model = factory().eval()
+    x = torch.randn(*shape)
+    before = conv_params(model)
+    ctx = apply("structured", StructuredPruning(0.5), model, x)
+    assert 3.0 <= before / conv_params(model) <= 4.2
+    assert model(x).shape == (1, 10)
+    assert ctx.records["structured"]["history"], "torch-pruning's history replays the pruning"
+
+
+def test_history_replays_to_the_same_model():
+    torch.manual_seed(0)
+    model, copy = digits_cnn().eval(), digits_cnn().eval()
+    copy.load_state_dict(model.state_dict())
+    x = torch.randn(1, 1, 8, 8)
+    ctx = apply("structured", StructuredPruning(0.6), model, x)
+    replay_history(copy, ctx.records["structured"]["history"], x)
+    assert copy.state_dict().keys() == model.state_dict().keys()
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(copy.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+
+
+def test_untraceable_model_raises():
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 3)
+
+        def forward(self, x):
+            if torch.is_grad_enabled() and self.fc1._forward_hooks:  # torch-pruning is tracing
+                raise TypeError("dynamic control flow this tracer cannot follow")
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    with pytest.raises(TypeError, match="cannot follow"):
+        apply("structured", StructuredPruning(0.5), Untraceable().eval(), torch.randn(1, 8))
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match=r"\[0, 0.95\]"):
+        StructuredPruning(0.99)
+    with pytest.raises(ValueError, match=r"of 'x'"):
+        StructuredPruning(0.5, {"x": -0.1})
+
+
+def test_per_layer_amounts_are_applied():
+    torch.manual_seed(0)
+    model = digits_cnn().eval()
+    ctx = apply("structured", StructuredPruning(0.5, {"0": 0.25, "3": 0.75}), model,
+                torch.randn(1, 1, 8, 8))  # fmt: skip
+    channels = ctx.records["structured"]["channels"]
+    assert channels["0"] == 24 and channels["3"] == 16
+    assert channels["7"] == 32  # the global amount elsewhere
+    assert channels["14"] == 10  # the output layer, found by tracing, keeps its classes
+
+
+def test_the_output_layer_is_found_by_tracing_not_definition_order():
+    class HeadFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(32, 10)  # defined first, runs last
+            self.body = nn.Linear(16, 32)
+            self.mid = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.mid(torch.relu(self.body(x)))))
+
+    model = HeadFirst().eval()
+    x = torch.randn(2, 16)
+    ctx = apply("structured", StructuredPruning(0.5), model, x)
+    assert model(x).shape == (2, 10)
+    assert ctx.records["structured"]["channels"]["head"] == 10
+    assert ctx.records["structured"]["channels"]["body"] == 16
+
+
+def test_depthwise_residual_cnn_stays_consistent_and_reloads():
+    from autocompress.architecture import model_facts
+    from autocompress.pipeline import CompressionConfig, compress, load_compressed
+    from autocompress.tasks import Classification
+    from tests.model_families import depthwise_cnn
+
+    torch.manual_seed(0)
+    model = depthwise_cnn().eval()
+    x = torch.randn(4, 3, 16, 16)
+    config = CompressionConfig.of(structured=StructuredPruning(0.5))
+    c = compress(model, config, "m.acpk", task=Classification(), train=None, example_input=x[:1],
+                 facts=model_facts(model, x[:1]))  # fmt: skip
+    depthwise = [m for m in c.model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    loaded, _ = load_compressed("m.acpk", model, x[:1], Classification())
+    with torch.no_grad():
+        assert torch.equal(loaded(x), c.model(x))

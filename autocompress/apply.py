@@ -1,16 +1,14 @@
 """Apply a recipe: rebuild the compressed model from the original one, export it, re-measure it.
 
 The rebuild is :func:`autocompress.pipeline.compress` with the recipe's configuration and seed,
-so it runs the very code the study ran. Structured pruning is checked against the recipe: if
-torch-pruning's magnitude choice removes other channels than the recipe recorded (another
-torch-pruning version, other baseline weights), the recorded history is replayed instead.
+replaying what each method decided in the study (the channels structured pruning removed,
+...), so it runs the very code the study ran and reproduces the same weights. A recipe never
+runs code: the workload it names is loaded only when it is built in, or when the user names it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import io
 import os
 import re
@@ -21,19 +19,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
-from autocompress.artifact import load_packed, save_packed
-from autocompress.data import TensorData, predict_logits
+from autocompress.data import Split, TensorData, as_split, gather_inputs
 from autocompress.errors import RecipeError
-from autocompress.measure import deploy_for_target, measure_trial
-from autocompress.pipeline import CompressedModel, CompressionConfig, compress
+from autocompress.measure import (
+    deploy_for_target,
+    measure_deployed,
+    resident_memory_bytes,
+    timing_input,
+)
+from autocompress.objective import CALIBRATION_ROWS, TRIAL_LATENCY
+from autocompress.pipeline import CompressedModel, compress
 from autocompress.recipe import Recipe, environment_warnings, load_recipe, weights_sha256
-from autocompress.steps.prune import PruneConfig, prunable_layers
-from autocompress.steps.quantize import weight_bit_plan
-from autocompress.study import TRIAL_LATENCY, Target
-from autocompress.workload import Workload
+from autocompress.settings import Target
+from autocompress.tasks import Task, as_task
+from autocompress.training import TeacherOutputs
+from autocompress.workload import LoadedWorkload
 
 
 class RecipeWarning(UserWarning):
@@ -45,103 +47,42 @@ class Rebuilt:
     """A recipe applied to a workload.
 
     Attributes:
-        compressed: The compressed model, its deployable form and packed artifact.
-        pruning: How structured pruning was reproduced: ``magnitude`` (recomputed, identical
-            to the recipe), ``history`` (replayed from the recipe) or ``none``.
+        compressed: The compressed model and its packed artifact.
         warnings: Why the numbers may differ from the recipe's.
     """
 
     compressed: CompressedModel
-    pruning: str
     warnings: list[str]
 
 
-def kept_channels(model: nn.Module) -> dict[str, int]:
-    """Output channels (or features) of every conv/linear layer, by layer name."""
-    return {
-        name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
-        for name, m in prunable_layers(model)
-    }
-
-
-def replay_pruning(model: nn.Module, history: list[list[Any]], example: torch.Tensor) -> None:
-    """Remove exactly the channels in torch-pruning's ``history`` from ``model``, in place.
-
-    Raises:
-        RecipeError: The history names layers or channels this model does not have.
-    """
-    try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-        graph.load_pruning_history(
-            [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in history]
-        )
-    except (AttributeError, IndexError, KeyError, RuntimeError, ValueError) as e:
-        raise RecipeError(
-            f"the recipe's pruning history does not fit this model: {type(e).__name__}: {e}"
-        ) from None
-
-
-def _check_channels(model: nn.Module, recipe: Recipe) -> None:
-    if recipe.kept_channels is None:
-        return
-    got = kept_channels(model)
-    if got != recipe.kept_channels:
-        diff = [
-            f"{name}: {got.get(name)} != {want}"
-            for name, want in recipe.kept_channels.items()
-            if got.get(name) != want
-        ] or [f"layers {sorted(got)} != {sorted(recipe.kept_channels)}"]
-        raise RecipeError(f"replayed layer shapes differ from the recipe's: {'; '.join(diff)}")
-
-
-def _compress_replaying(
-    workload: Workload,
-    config: CompressionConfig,
-    recipe: Recipe,
-    path: Path,
-    teacher: torch.Tensor | None,
-) -> CompressedModel:
-    pruned = copy.deepcopy(workload.model).eval()
-    replay_pruning(pruned, recipe.pruning_history or [], workload.example_input)
-    _check_channels(pruned, recipe)
-    unpruned = dataclasses.replace(config, prune=PruneConfig())
-    compressed = compress(
-        dataclasses.replace(workload, model=pruned), unpruned, path, teacher_logits=teacher
-    )
-    # Rewrite the artifact with the recipe's own config in its metadata, as the study wrote it.
-    _, metadata = load_packed(path)
-    metadata["config"] = config.to_dict()
-    compressed.size_bytes = save_packed(
-        path,
-        compressed.model.state_dict(),
-        weight_bits=weight_bit_plan(compressed.model, config.quantize),
-        granularity=config.quantize.granularity,
-        metadata=metadata,
-    )
-    compressed.report["channels"] = kept_channels(compressed.model)
-    compressed.report["pruning_history"] = recipe.pruning_history
-    return compressed
+def _check_records(recipe: Recipe, compressed: CompressedModel) -> None:
+    """What the rebuild decided must be what the recipe recorded."""
+    got = compressed.report["records"]
+    for name, want in recipe.records.items():
+        if name == "structured":
+            channels = want.get("channels")
+            if channels and got.get(name, {}).get("channels") != channels:
+                diff = [
+                    f"{k}: {got.get(name, {}).get('channels', {}).get(k)} != {v}"
+                    for k, v in channels.items()
+                    if got.get(name, {}).get("channels", {}).get(k) != v
+                ]
+                raise RecipeError(
+                    f"replayed layer shapes differ from the recipe's: {'; '.join(diff[:5])}"
+                )
+        elif name == "weights" and got.get(name, {}).get("plan") != want.get("plan"):
+            raise RecipeError(
+                "the rebuilt model's weight plan differs from the recipe's (another model?)"
+            )
 
 
 def rebuild(
-    workload: Workload,
-    recipe: Recipe,
-    artifact_path: str | os.PathLike[str],
-    *,
-    replay_history: bool = False,
+    workload: LoadedWorkload, recipe: Recipe, artifact_path: str | os.PathLike[str]
 ) -> Rebuilt:
     """Rebuild the recipe's compressed model from ``workload``'s baseline.
 
-    Args:
-        workload: The original model and its data (training split for fine-tuning and
-            calibration).
-        recipe: The recipe to apply.
-        artifact_path: Where the packed model is written.
-        replay_history: Replay structured pruning from the recipe's history without first
-            trying torch-pruning's magnitude choice.
-
     Raises:
-        RecipeError: The pruning does not fit the model or replays to other layer shapes.
+        RecipeError: The recipe does not fit the model, or replays to other shapes.
     """
     notes = environment_warnings(recipe)
     if weights_sha256(workload.model) != recipe.baseline_sha256:
@@ -150,30 +91,35 @@ def rebuild(
             f"{recipe.baseline_sha256[:12]}...): the rebuilt model will not match its metrics"
         )
     config = recipe.config
-    teacher = predict_logits(workload.model, workload.train.x) if config.distill else None
+    teacher = TeacherOutputs(workload.model, workload.train) if config.get("distillation") else None
     path = Path(artifact_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    structured = recipe.pruning_history is not None
     threads = torch.get_num_threads()
     # Same thread count as the study: float sums in fine-tuning then round the same way.
     torch.set_num_threads(int(recipe.target.get("threads", threads)))
     try:
-        if structured and replay_history:
-            return Rebuilt(
-                _compress_replaying(workload, config, recipe, path, teacher), "history", notes
-            )
-        compressed = compress(workload, config, path, teacher_logits=teacher)
-        if not structured:
-            return Rebuilt(compressed, "none", notes)
-        same = compressed.report.get("pruning_history") == recipe.pruning_history
-        if same and compressed.report.get("channels") == recipe.kept_channels:
-            return Rebuilt(compressed, "magnitude", notes)
-        notes.append("torch-pruning chose other channels here: replayed the recipe's history")
-        return Rebuilt(
-            _compress_replaying(workload, config, recipe, path, teacher), "history", notes
+        compressed = compress(
+            workload.model,
+            config,
+            path,
+            task=workload.task,
+            train=workload.train,
+            example_input=workload.example_input,
+            teacher_outputs=teacher,
+            replay=recipe.records,
+            calibration_rows=CALIBRATION_ROWS,
         )
+    except RecipeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a recipe that does not fit is the user's to know
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RecipeError(
+            f"the recipe does not apply to this model: {type(e).__name__}: {text}"
+        ) from None
     finally:
         torch.set_num_threads(threads)
+    _check_records(recipe, compressed)
+    return Rebuilt(compressed, notes)
 
 
 def recipe_target(recipe: Recipe) -> Target:
@@ -187,60 +133,83 @@ def recipe_target(recipe: Recipe) -> Target:
     )
 
 
+def _calibration(workload: LoadedWorkload, recipe: Recipe) -> list[Any] | None:
+    if recipe.config.get("int8") is None:
+        return None
+    from autocompress.data import input_batches
+
+    return input_batches(workload.train, CALIBRATION_ROWS)
+
+
 def remeasure(
-    workload: Workload,
+    workload: LoadedWorkload,
     compressed: CompressedModel,
     recipe: Recipe,
     out_dir: str | os.PathLike[str],
 ) -> dict[str, Any]:
-    """Deploy on the recipe's target; accuracy, size on disk, latency against the baseline."""
+    """Deploy on the recipe's target; metric, sizes on disk, latency against the baseline."""
     out = Path(out_dir)
     target = recipe_target(recipe)
     baseline = deploy_for_target(workload, workload.model, out / "baseline", target)
-    deployed, measured = measure_trial(
-        workload, compressed, recipe.config, target, baseline, out / "model", TRIAL_LATENCY
+    deployed = deploy_for_target(
+        workload,
+        compressed.model,
+        out / "model",
+        target,
+        int8=recipe.config.get("int8"),
+        weights=recipe.config.get("weights"),
+        calibration=_calibration(workload, recipe),
     )
-    (out / Path(baseline.path).name).unlink(missing_ok=True)
+    measured = measure_deployed(workload, deployed, target, baseline, TRIAL_LATENCY)
+    resident = resident_memory_bytes(
+        deployed.path, timing_input(workload, target.batch_size), target.threads
+    )
+    Path(baseline.path).unlink(missing_ok=True)
     lat = measured["latency"]
+    name = recipe.source.get("metric", "accuracy")
     return {
-        "validation_accuracy": measured["accuracy"],
-        "test_accuracy": measured["test_accuracy"],
-        "size_bytes": Path(compressed.artifact_path).stat().st_size,
+        f"validation_{name}": measured["metric"],
+        f"test_{name}": measured["test_metric"],
+        "packed_bytes": Path(compressed.artifact_path).stat().st_size,
+        "deployed_bytes": deployed.size_bytes,
+        "deployed_kind": deployed.kind,
         "deployed": deployed.path,
         "latency_ratio_to_baseline": lat.ratio_to_reference,
         "latency_measured_median_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
+        "deployed_resident_memory_bytes": resident,
     }
 
 
 def export_deployables(
-    workload: Workload,
+    workload: LoadedWorkload,
     compressed: CompressedModel,
-    config: CompressionConfig,
+    recipe: Recipe,
     out_dir: str | os.PathLike[str],
 ) -> dict[str, str]:
     """Write the TorchScript (``model.pt``) and ONNX (``model.onnx``) deployable forms.
 
-    int8 models are written as the FX int8 module (TorchScript) and as ORT static QDQ int8
-    (ONNX), calibrated like the study's.
+    With int8 in the recipe, each is the runtime's int8 form (FX static or dynamic int8 for
+    TorchScript; ORT static or dynamic for ONNX), calibrated like the study's.
 
     Returns:
-        For each format, the written path or ``skipped: <reason>``.
+        For each format, the written path with its kind and size, or ``skipped: <reason>``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, str] = {}
+    threads = int(recipe.target.get("threads", 1))
     for fmt, runtime in (("torchscript", "torch"), ("onnx", "onnxruntime")):
         try:
-            # The ONNX exporter is chatty on stdout; its outcome is reported instead.
             with contextlib.redirect_stdout(io.StringIO()):
                 deployed = deploy_for_target(
                     workload,
                     compressed.model,
                     out / "model",
-                    Target(runtime=runtime),
-                    config=config,
-                    int8_module=compressed.deployable,
+                    Target(runtime=runtime, threads=threads),
+                    int8=recipe.config.get("int8"),
+                    weights=recipe.config.get("weights"),
+                    calibration=_calibration(workload, recipe),
                 )
             results[fmt] = f"{deployed.path} ({deployed.kind}, {deployed.size_bytes:,} bytes)"
         except Exception as e:  # noqa: BLE001 - export fails in many ways; the reason is reported
@@ -253,16 +222,21 @@ def export_deployables(
 def apply_recipe(
     model: nn.Module,
     recipe: Recipe | str | os.PathLike[str],
-    data: Workload | TensorData | tuple[torch.Tensor, torch.Tensor],
+    train: Split | tuple[torch.Tensor, torch.Tensor] | Any,
     *,
+    task: Task | str = "classification",
+    example_input: Any = None,
     artifact_path: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
-    """Compress ``model`` as ``recipe`` says and return the deployable model.
+    """Compress ``model`` as ``recipe`` says and return the compressed float model.
 
     Args:
         model: The original (uncompressed, trained) model.
         recipe: A :class:`Recipe` or the path of a recipe file.
-        data: The training data fine-tuning and calibration use: a workload or an (x, y) pair.
+        train: The training data fine-tuning and calibration use: an ``(x, y)`` pair,
+            TensorData, a DataLoader or a list of batches.
+        task: The model's task (as in the workload).
+        example_input: One batch of inputs (default: the first training example).
         artifact_path: Where to write the packed model (default: a temporary file).
 
     Warns:
@@ -278,11 +252,9 @@ def apply_recipe(
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
-    if isinstance(data, Workload):
-        workload = dataclasses.replace(data, model=model.eval())
-    else:
-        train = data if isinstance(data, TensorData) else TensorData(*data)
-        workload = Workload(train=train, val=train, test=train, model=model.eval())
+    split = train if isinstance(train, TensorData) else as_split(train, "train")
+    example = example_input if example_input is not None else gather_inputs(split, 1)
+    workload = LoadedWorkload("python", model.eval(), split, split, split, as_task(task), example)
     with contextlib.ExitStack() as stack:
         if artifact_path is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory())
@@ -290,4 +262,4 @@ def apply_recipe(
         result = rebuild(workload, recipe, artifact_path)
     for note in result.warnings:
         warnings.warn(note, RecipeWarning, stacklevel=2)
-    return result.compressed.deployable
+    return result.compressed.model

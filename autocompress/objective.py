@@ -1,9 +1,13 @@
-"""The objective: compress, fine-tune, quantize and measure one trial, and record it.
+"""The objective: compress, fine-tune, quantize, deploy and measure one trial, and record it.
 
 Latency: each trial times its deployed model interleaved with the baseline's (A B A B ...), and
 the objective is ``ratio x baseline latency recorded at creation``: machine drift cancels out of
 the ratio, so trials measured hours apart, or by different workers, stay comparable. The raw
 median is recorded beside it.
+
+A trial never takes the study down: whatever it raises (but an interrupt or an order to stop)
+ends it FAILED with the exception's type and first line as its reason, and a method that has
+failed :data:`FAILURES_BEFORE_WITHDRAWAL` times on this model is no longer offered.
 """
 
 from __future__ import annotations
@@ -16,77 +20,126 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.trial import TrialState
 
-from autocompress.dashboard import record_constraint, save_trial_note
-from autocompress.data import predict_logits
+from autocompress.architecture import model_facts
+from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import TrialFailure
 from autocompress.latency import LatencySettings
-from autocompress.measure import deploy_for_target, measure_trial
+from autocompress.measure import deploy_for_target, measure_deployed
+from autocompress.methods import METHODS
+from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
+from autocompress.record import allowed_worsening, worsening
 from autocompress.settings import StudySettings, Target
-from autocompress.steps.prune import output_layers, prunable_layers
-from autocompress.steps.quantize import int8_supported, weight_bit_plan
-from autocompress.workers import structured_failures
-from autocompress.workload import Workload
+from autocompress.training import TeacherOutputs
+from autocompress.trial_notes import record_constraint, save_trial_note
+from autocompress.workload import LoadedWorkload, finite
 
-EARLY_STOP_MARGINS = (0.10, 0.03)  # after the first epoch, after later ones
-STRUCTURED_FAILURES_LIMIT = 2  # structured-pruning failures after which it is no longer offered
+EARLY_STOP_MARGINS = (0.10, 0.03)  # x |baseline metric|: after the first epoch, after later ones
+FAILURES_BEFORE_WITHDRAWAL = 2  # failures of one method after which it is no longer offered
+CALIBRATION_ROWS = 256
 TRIAL_LATENCY = LatencySettings(min_block_seconds=0.025, min_blocks=5, max_blocks=30, max_cv=0.1)
 
 
-def _int8_on(target: Target) -> bool:
-    """Whether the target has real int8 kernels: ORT's QDQ on CPU, or PyTorch's x86 ones."""
-    if target.runtime == "onnxruntime":
-        return target.device == "cpu"
-    return target.device == "cpu" and int8_supported()
+def _warm_imports() -> None:
+    """Import once, before the first trial, what trials import lazily (optuna-dashboard for the
+    notes, torch's compiler stack for the optimisers): seconds that belong to no trial."""
+    import optuna_dashboard  # noqa: F401
+    import torch._dynamo  # noqa: F401
+
+
+def target_unavailable(target: Target) -> dict[str, str]:
+    """Methods a target cannot run, with the reason."""
+    from autocompress.deploy import int8_supported
+
+    if target.device != "cpu":
+        return {"int8": f"no int8 kernels are used on {target.device}"}
+    if target.runtime == "torch" and not int8_supported():
+        return {"int8": "this PyTorch build has no x86 int8 kernels"}
+    return {}
+
+
+def method_failures(study: optuna.Study) -> dict[str, int]:
+    """Failed trials of ``study`` by the method that failed."""
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        method = t.user_attrs.get("failed_method")
+        if method is None and str(t.user_attrs.get("fail_reason", "")).startswith(
+            "structured pruning failed"
+        ):
+            method = "structured"  # recorded by earlier versions
+        if method:
+            counts[method] = counts.get(method, 0) + 1
+    return counts
+
+
+def withdrawn_methods(study: optuna.Study) -> dict[str, str]:
+    """Methods no longer offered because they kept failing on this model."""
+    return {
+        name: f"failed {count} times on this model"
+        for name, count in method_failures(study).items()
+        if count >= FAILURES_BEFORE_WITHDRAWAL
+    }
 
 
 class Objective:
-    """Compress, fine-tune, quantize and measure one trial; record everything on it.
+    """Compress, fine-tune, quantize, deploy and measure one trial; record everything on it.
 
-    Work done once per process, not per trial: loading the data, the baseline, the teacher's
-    logits on the training split (for distillation).
+    Work done once per process, not per trial: the baseline's architecture facts, its
+    deployed form, the teacher's outputs (for distillation) and calibration batches.
     """
 
     def __init__(
         self,
-        workload: Workload,
+        workload: LoadedWorkload,
         settings: StudySettings,
-        baseline: dict[str, Any],
+        info: dict[str, Any],
         artifact_dir: Path,
         reporter: Any | None = None,
     ) -> None:
         self.workload = workload
         self.settings = settings
+        self.info = info
         self.space = settings.space()
-        self.baseline = baseline
-        self.artifact_dir = artifact_dir
+        self.artifact_dir = Path(artifact_dir)
         self.reporter = reporter
-        self._teacher_logits: torch.Tensor | None = None
-        self._baseline_deployed: Deployed | None = None
+        self.facts = model_facts(workload.model, workload.example_input)
         self.latency = replace(TRIAL_LATENCY, threads=settings.target.threads)
-        kept_whole = output_layers(workload.model, workload.example_input)
-        self.layers = [name for name, _ in prunable_layers(workload.model)]
-        self.prunable = [n for n, m in prunable_layers(workload.model) if m not in kept_whole]
+        self.unavailable = dict(target_unavailable(settings.target))
+        for name in self.space.methods:
+            reason = METHODS[name].unavailable(self.facts)
+            if reason:
+                self.unavailable[name] = reason
+        _warm_imports()
+        self._teacher: TeacherOutputs | None = None
+        self._calibration: list[Inputs] | None = None
+        self._baseline_deployed: Deployed | None = None
+        self._widths: dict[str, int] | None = None
 
     @property
-    def teacher_logits(self) -> torch.Tensor:
-        """The baseline's logits on the training split, computed on first use."""
-        if self._teacher_logits is None:
-            self._teacher_logits = predict_logits(self.workload.model, self.workload.train.x)
-        return self._teacher_logits
+    def teacher(self) -> TeacherOutputs:
+        """The baseline's outputs on the training split (cached when they fit)."""
+        if self._teacher is None:
+            self._teacher = TeacherOutputs(self.workload.model, self.workload.train)
+        return self._teacher
+
+    @property
+    def calibration(self) -> list[Inputs]:
+        """Calibration batches from the training split (int8)."""
+        if self._calibration is None:
+            self._calibration = input_batches(self.workload.train, CALIBRATION_ROWS)
+        return self._calibration
 
     @property
     def baseline_deployed(self) -> Deployed:
         """The baseline in its deployed form on the target, built once per process."""
         if self._baseline_deployed is None:
             self._baseline_deployed = deploy_for_target(
-                self.workload,
-                self.workload.model,
-                self.artifact_dir / "baseline",
+                self.workload, self.workload.model, self.artifact_dir / "baseline",
                 self.settings.target,
-            )
+            )  # fmt: skip
         return self._baseline_deployed
 
     def _stage(self, name: str) -> None:
@@ -94,18 +147,19 @@ class Objective:
             self.reporter.stage(name)
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, float, float]:
-        space = self.space
-        if structured_failures(trial.study) >= STRUCTURED_FAILURES_LIMIT:
-            # torch-pruning cannot handle this model: stop spending trials on it.
-            space = space.without_choice("pruning.method", "structured")
-            if space is not self.space:
-                trial.set_user_attr("note", "structured pruning disabled: failed on this model")
-        config = space.suggest(
+        withdrawn = withdrawn_methods(trial.study)
+        offered = [m for m in self.space.methods if m not in self.unavailable]
+        gone = sorted(m for m in withdrawn if m in offered)
+        if gone:
+            trial.set_user_attr(
+                "note", "no longer offered (kept failing on this model): " + ", ".join(gone)
+            )
+        config = self.space.suggest(
             trial,
-            int8_activations_supported=_int8_on(self.settings.target),
+            self.facts,
             seed=self.settings.seed + trial.number,
-            layers=self.layers,
-            prunable=self.prunable,
+            unavailable={**self.unavailable, **withdrawn},
+            runtime=self.settings.target.runtime,
         )
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())
@@ -113,44 +167,57 @@ class Objective:
             self.reporter.trial_started(trial.number, config)
         try:
             return self._run(trial, config)
-        except TrialFailure as e:
-            trial.set_user_attr("fail_reason", str(e))
+        except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
+        except TrialFailure as e:
+            self._record_failure(trial, str(e), getattr(e, "method", None))
+            raise
+        except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except (RuntimeError, ValueError, MemoryError) as e:
-            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
-            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+        except Exception as e:  # noqa: BLE001 - whatever a user's model raises fails the trial
+            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reason = f"{type(e).__name__}: {text}"
+            if isinstance(e, MemoryError) or "out of memory" in text.lower():
                 reason = f"out of memory: {reason}"
-            trial.set_user_attr("fail_reason", reason)
+            self._record_failure(trial, reason, getattr(e, "method", None))
             raise TrialFailure(reason) from e
 
+    @staticmethod
+    def _record_failure(trial: optuna.Trial, reason: str, method: str | None) -> None:
+        trial.set_user_attr("fail_reason", reason[:2000])
+        if method:
+            trial.set_user_attr("failed_method", method)
+
     def _stop_if_hopeless(self, trial: optuna.Trial, epoch: int, model: torch.nn.Module) -> None:
-        """End a trial whose validation accuracy cannot plausibly reach the budget.
+        """End a trial whose validation metric cannot plausibly come back within the budget.
 
         Multi-objective studies cannot use Optuna's pruners (``trial.report`` raises), so the
-        check is ours: after the first epoch the model as fine-tuning sees it (float, or
-        rounded to its grid under quantization-aware fine-tuning) must be within
-        ``EARLY_STOP_MARGINS[0]`` of the lowest feasible accuracy, and within
-        ``EARLY_STOP_MARGINS[1]`` at later epochs. The trial ends PRUNED with its reason.
+        check is ours: after the first epoch the model as fine-tuning sees it must be within
+        ``EARLY_STOP_MARGINS[0] x |baseline metric|`` of the worst feasible metric, and within
+        ``EARLY_STOP_MARGINS[1] x |baseline metric|`` at later epochs. The trial ends PRUNED.
         """
-        floor = self.baseline["accuracy"] - self.settings.max_accuracy_drop
         margin = EARLY_STOP_MARGINS[0] if epoch == 1 else EARLY_STOP_MARGINS[1]
-        accuracy = self.workload.evaluate(model, "val")
-        if accuracy < floor - margin:
+        margin *= abs(float(self.info["baseline"]["metric"]))
+        value = self.workload.evaluate(model, "val")
+        allowed = allowed_worsening(self.info)
+        worse = worsening(self.info, value)
+        if not finite(value) or worse > allowed + margin:
+            base = float(self.info["baseline"]["metric"])
+            limit = base - allowed if self.info["task"]["higher_is_better"] else base + allowed
             reason = (
-                f"stopped early after epoch {epoch}: validation accuracy {accuracy:.4f} is more "
-                f"than {margin:.2f} below the lowest feasible accuracy {floor:.4f}"
+                f"stopped early after epoch {epoch}: validation {self.info['task']['metric']} "
+                f"{value:.4f} is more than {margin:.4g} beyond the budget's limit {limit:.4f}"
             )
-            trial.set_user_attr("partial_accuracy", accuracy)
+            trial.set_user_attr("partial_metric", value if finite(value) else None)
             trial.set_user_attr("stopped_reason", reason)
             raise optuna.TrialPruned(reason)
 
     def _run(self, trial: optuna.Trial, config: CompressionConfig) -> tuple[float, float, float]:
         wl, target = self.workload, self.settings.target
         started = time.perf_counter()
-        epochs = config.finetune.epochs
+        finetune = config.get("finetune")
+        epochs = getattr(finetune, "epochs", 0)
 
         def on_epoch(epoch: int, loss: float, model: torch.nn.Module) -> None:
             if self.reporter is not None:
@@ -159,62 +226,89 @@ class Objective:
                 self._stop_if_hopeless(trial, epoch, model)
 
         compressed = compress(
-            wl,
+            wl.model,
             config,
             self.artifact_dir / f"trial-{trial.number}.acpk",
-            teacher_logits=self.teacher_logits if config.distill else None,
+            task=wl.task,
+            train=wl.train,
+            example_input=wl.example_input,
+            facts=self.facts,
+            teacher_outputs=self.teacher if config.get("distillation") else None,
+            calibration_rows=CALIBRATION_ROWS,
             on_stage=self._stage,
             on_epoch=on_epoch,
         )
         self._stage("measure")
-        deployed, measured = measure_trial(
+        int8 = config.get("int8")
+        deployed = deploy_for_target(
             wl,
-            compressed,
-            config,
-            target,
-            self.baseline_deployed,
+            compressed.model,
             self.artifact_dir / f"trial-{trial.number}",
-            self.latency,
+            target,
+            int8=int8,
+            weights=config.get("weights"),
+            calibration=self.calibration if int8 is not None else None,
         )
-        accuracy, test_accuracy, lat = (
-            measured["accuracy"],
-            measured["test_accuracy"],
-            measured["latency"],
+        measured = measure_deployed(wl, deployed, target, self.baseline_deployed, self.latency)
+        value, test_value, lat = measured["metric"], measured["test_metric"], measured["latency"]
+        if not finite(value):
+            raise TrialFailure(
+                f"the validation {self.info['task']['metric']} is {value} (the compressed model's "
+                "outputs are NaN or infinite)"
+            )
+        latency_ms = lat.ratio_to_reference * float(self.info["baseline"]["latency_ms"])
+        size_bytes = (
+            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
         )
-        latency_ms = lat.ratio_to_reference * self.baseline["latency_ms"]
-        size_kb = compressed.size_bytes / 1000
-        drop = self.baseline["accuracy"] - accuracy
-        record_constraint(trial, "accuracy_drop", drop - self.settings.max_accuracy_drop)
+        worse = worsening(self.info, value)
+        record_constraint(trial, "metric_budget", worse - allowed_worsening(self.info))
         report = compressed.report
+        notes = list(report["notes"]) + list(deployed.notes) + _runtime_notes(config, deployed)
         attrs = {
-            "test_accuracy": test_accuracy,
-            "accuracy_drop": drop,
+            "test_metric": test_value if finite(test_value) else None,
+            "worsening": worse,
             "latency_ratio": lat.ratio_to_reference,
             "latency_measured_ms": lat.median_ms,
             "latency_p90_ms": lat.p90_ms,
             "latency_cv": lat.cv,
             "latency_stable": lat.stable,
             "latency_contended": lat.contended,
-            "size_bytes": compressed.size_bytes,
+            "packed_bytes": compressed.size_bytes,
             "deployed_kind": deployed.kind,
             "deployed_bytes": deployed.size_bytes,
-            "compression_ratio": self.baseline["size_bytes"] / compressed.size_bytes,
             "params": report["params"],
             "macs": report["macs"],
             "sparsity": report["sparsity"],
             "effective_bits": report["effective_bits"],
-            "channels": report["channels"],
-            "weight_bits": weight_bit_plan(compressed.model, config.quantize),
-            "notes": report["notes"],
+            "float32_bytes": report["float32_bytes"],
+            "records": report["records"],
+            "notes": notes,
             "artifact": compressed.artifact_path,
+            "fidelity": "full",
             "seconds": time.perf_counter() - started,
         }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        if report.get("pruning_history"):
-            trial.set_user_attr("pruning_history", report["pruning_history"])
-        if not math.isfinite(accuracy):
-            raise TrialFailure("validation accuracy is not finite")
-        values = (accuracy, latency_ms, size_kb)
-        save_trial_note(trial, values, self.baseline, self.settings.max_accuracy_drop, wl.model)
+        for key, item in attrs.items():
+            trial.set_user_attr(key, item)
+        values = (value, latency_ms, size_bytes / 1000)
+        if self._widths is None:
+            self._widths = layer_widths(wl.model, self.facts.layers)
+        save_trial_note(trial, values, self.info, self._widths)
         return values
+
+
+def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:
+    """What the deployed form does with low-bit weights."""
+    weights = config.get("weights")
+    if weights is None or config.get("int8") is not None:
+        return []
+    bits = getattr(weights, "bits", 32)
+    if bits < 16 and not any(k in deployed.kind for k in ("int8", "matmulnbits")):
+        return [
+            f"{bits}-bit weights run as float32 on {deployed.kind}: smaller artifact, not faster"
+        ]
+    return []
+
+
+def finite_values(values: tuple[float, ...]) -> bool:
+    """Whether every objective value is a finite number."""
+    return all(math.isfinite(v) for v in values)

@@ -7,14 +7,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-_STAGES = ("prune", "finetune", "quantize", "measure")
+from autocompress.record import is_feasible
+
+_STAGES = ("prune", "train", "quantize", "measure")
 
 
 class RichReporter:
     """Receives the objective's events and drives two rich progress bars."""
 
-    def __init__(self, n_trials: int | None, console: Console | None = None) -> None:
+    def __init__(
+        self, n_trials: int | None, console: Console | None = None, metric: str = "accuracy"
+    ) -> None:
         self.console = console or Console(stderr=True)
+        self.metric = metric
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -35,7 +40,8 @@ class RichReporter:
         self.progress.stop()
 
     def trial_started(self, number: int, config: Any) -> None:
-        self._epochs = config.finetune.epochs
+        finetune = config.get("finetune")
+        self._epochs = getattr(finetune, "epochs", 0) if finetune is not None else 0
         self.progress.reset(
             self.trial_task,
             total=len(_STAGES) - 1 + self._epochs,
@@ -44,8 +50,11 @@ class RichReporter:
         )
 
     def stage(self, name: str) -> None:
-        if name != "finetune":
+        if name != "train":
             self.progress.advance(self.trial_task)
+        trial = self.progress.tasks[self.trial_task]
+        text = str(trial.description).split("  [", 1)[0]
+        self.progress.update(self.trial_task, description=f"{text}  [{name}]")
 
     def epoch(self, epoch: int, total: int, loss: float) -> None:
         self.progress.advance(self.trial_task)
@@ -54,11 +63,10 @@ class RichReporter:
         self.progress.update(self.trial_task, visible=False)
         self.progress.advance(self.study_task)
         if trial.state.name == "COMPLETE":
-            acc, lat, size = trial.values
-            feasible = all(v <= 0 for v in trial.constraints.values())
-            mark = "" if feasible else "  [yellow](over the accuracy budget)[/]"
+            value, lat, size = trial.values
+            mark = "" if is_feasible(trial) else "  [yellow](over the budget)[/]"
             self.console.print(
-                f"trial {trial.number}: accuracy {acc:.4f}  latency {lat:.3f} ms  "
+                f"trial {trial.number}: {self.metric} {value:.4f}  latency {lat:.3f} ms  "
                 f"size {size:.1f} KB{mark}"
             )
         elif trial.state.name == "PRUNED":

@@ -5,7 +5,9 @@ PNG image. The hypervolume is Optuna's own (``optuna._hypervolume.compute_hyperv
 the feasible trials, in minimisation form (accuracy negated), with a reference point fixed by
 the baseline: accuracy = baseline - budget, latency and size = 1.1 x baseline. It is also shown
 as a fraction of the box between that reference and the ideal point (accuracy 1, latency 0,
-size 0), which is easier to read than accuracy x ms x KB.
+size 0), which is easier to read than accuracy x ms x KB. The figures are drawn by
+:mod:`autocompress.report_figures`; the settings and the target are written in words
+(:func:`autocompress.record.settings_rows`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.study import FRONT_COLUMNS, METRIC_NAMES, feasible_front, front_rows, study_info
+from autocompress.record import (
+    allowed_worsening,
+    as_losses,
+    budget_words,
+    feasible_front,
+    front_columns,
+    front_rows,
+    is_feasible,
+    objective_names,
+    settings_rows,
+    study_info,
+    target_words,
+)
+from autocompress.report_figures import draw_hypervolume, report_figure
 
 FORMATS = ("html", "png")
-LABELS = {"accuracy": "accuracy", "latency_ms": "latency (ms)", "size_kb": "size (KB)"}
-# (x, y) objective indices of the three projections
-PROJECTIONS = ((1, 0), (2, 0), (1, 2))
 
 
 @dataclass
@@ -51,39 +63,50 @@ class ReportData:
         return self.info["baseline"]
 
     @property
-    def budget(self) -> float:
-        """The largest allowed accuracy drop."""
-        return self.info["settings"]["max_accuracy_drop"]
+    def names(self) -> list[str]:
+        """The objectives' names."""
+        return objective_names(self.info)
 
 
 def _is_feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in trial.constraints.values())
+    return is_feasible(trial)
 
 
-def reference_point(baseline: dict[str, Any], max_accuracy_drop: float) -> np.ndarray:
-    """The hypervolume reference, in minimisation form: (-accuracy, latency, size)."""
-    return np.array(
-        [
-            -(baseline["accuracy"] - max_accuracy_drop),
-            1.1 * baseline["latency_ms"],
-            1.1 * baseline["size_kb"],
-        ]
-    )
+def reference_point(info: dict[str, Any]) -> np.ndarray:
+    """The hypervolume reference, in minimisation form: the metric at the budget's limit,
+    latency and size at 1.1 x the baseline's."""
+    base = info["baseline"]
+    limit = as_losses(info, [float(base["metric"]), 0.0, 0.0])[0] + allowed_worsening(info)
+    return np.array([limit, 1.1 * base["latency_ms"], 1.1 * base["size_kb"]])
+
+
+def ideal_metric_loss(info: dict[str, Any]) -> float:
+    """The metric's best value, in minimisation form: 1 for a higher-is-better metric of at most
+    1 (accuracy, recall), twice the baseline for another; 0 for a lower-is-better one."""
+    base = float(info["baseline"]["metric"])
+    if info["task"]["higher_is_better"]:
+        return -(1.0 if base <= 1.0 else 2.0 * base)
+    return 0.0
 
 
 def hypervolume_history(
-    trials: list[FrozenTrial], reference: np.ndarray
+    trials: list[FrozenTrial], reference: np.ndarray, info: dict[str, Any]
 ) -> list[tuple[int, float, float]]:
     """After each completed trial: (number, hypervolume, fraction of the reference box).
 
     Only feasible trials count; a trial worse than the reference in any objective adds nothing.
     """
-    ideal_box = float(np.prod(reference - np.array([-1.0, 0.0, 0.0])))
+    ideal = ideal_metric_loss(info)
+    ideal_box = float(np.prod(reference - np.array([min(ideal, reference[0] - 1e-12), 0.0, 0.0])))
     points: list[list[float]] = []
     history = []
     for t in sorted(trials, key=lambda t: t.number):
-        loss = [-t.values[0], t.values[1], t.values[2]]
-        if _is_feasible(t) and np.all(np.array(loss) <= reference):
+        if not _is_feasible(t):  # failed, stopped or over budget: adds nothing
+            history.append((t.number, history[-1][1] if history else 0.0,
+                            history[-1][2] if history else 0.0))  # fmt: skip
+            continue
+        loss = as_losses(info, list(t.values))
+        if np.all(np.array(loss) <= reference):
             points.append(loss)
         hv = compute_hypervolume(np.array(points), reference) if points else 0.0
         history.append((t.number, float(hv), float(hv) / ideal_box if ideal_box > 0 else 0.0))
@@ -107,7 +130,7 @@ def param_importances(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for i, metric in enumerate(METRIC_NAMES):
+            for i, metric in enumerate(objective_names(study_info(study))):
                 imp = optuna.importance.get_param_importances(
                     study, evaluator=evaluator, target=lambda t, i=i: t.values[i]
                 )
@@ -131,7 +154,7 @@ def collect(
     """
     info = study_info(study)
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    ref = reference_point(info["baseline"], info["settings"]["max_accuracy_drop"])
+    ref = reference_point(info)
     imp, note = param_importances(study, importance_evaluator) if importances else ({}, "")
     return ReportData(
         study_name=study.study_name,
@@ -140,87 +163,10 @@ def collect(
         feasible={t.number for t in trials if _is_feasible(t)},
         front=feasible_front(study) if trials else [],
         reference=ref,
-        hypervolume=hypervolume_history(trials, ref),
+        hypervolume=hypervolume_history(trials, ref, info),
         importances=imp,
         importance_note=note,
     )
-
-
-def _draw_projection(ax: Any, data: ReportData, xi: int, yi: int) -> None:
-    base = [data.baseline[m] for m in METRIC_NAMES]
-    front = {t.number for t in data.front}
-    groups = [
-        ([t for t in data.trials if t.number not in data.feasible], "infeasible", "#bbbbbb", "x"),
-        (
-            [t for t in data.trials if t.number in data.feasible and t.number not in front],
-            "feasible",
-            "#4c78a8",
-            "o",
-        ),
-        (data.front, "feasible front", "#e45756", "o"),
-    ]
-    for trials, label, color, marker in groups:
-        if trials:
-            ax.scatter(
-                [t.values[xi] for t in trials],
-                [t.values[yi] for t in trials],
-                c=color,
-                marker=marker,
-                s=40 if label == "feasible front" else 22,
-                label=label,
-                zorder=3 if label == "feasible front" else 2,
-            )
-    for t in data.front:
-        ax.annotate(
-            str(t.number), (t.values[xi], t.values[yi]), fontsize=7, xytext=(3, 3),
-            textcoords="offset points",
-        )  # fmt: skip
-    ax.scatter(
-        [base[xi]], [base[yi]], marker="*", s=160, facecolors="none", edgecolors="black",
-        label="baseline", zorder=4,
-    )  # fmt: skip
-    if yi == 0:
-        ax.axhline(base[0] - data.budget, color="#888888", ls="--", lw=1, label="budget")
-    if xi == 2 or yi == 2:
-        (ax.set_xscale if xi == 2 else ax.set_yscale)("log")
-    ax.set_xlabel(LABELS[METRIC_NAMES[xi]])
-    ax.set_ylabel(LABELS[METRIC_NAMES[yi]])
-    ax.grid(alpha=0.3)
-
-
-def _draw_hypervolume(ax: Any, data: ReportData) -> None:
-    if data.hypervolume:
-        numbers = [n for n, _, _ in data.hypervolume]
-        ax.step(numbers, [f for _, _, f in data.hypervolume], where="post", color="#4c78a8")
-        ax.plot(numbers, [f for _, _, f in data.hypervolume], "o", ms=3, color="#4c78a8")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("hypervolume (fraction of reference box)")
-    ax.set_title("feasible hypervolume over trials", fontsize=10)
-    ax.grid(alpha=0.3)
-
-
-def _figure(data: ReportData, *, with_hypervolume: bool) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    if with_hypervolume:
-        fig = Figure(figsize=(11, 9), layout="constrained")
-        axes = list(fig.subplots(2, 2).flat)
-    else:
-        fig = Figure(figsize=(15, 4.6), layout="constrained")
-        axes = list(fig.subplots(1, 3))
-    for ax, (xi, yi) in zip(axes, PROJECTIONS, strict=False):
-        _draw_projection(ax, data, xi, yi)
-    axes[0].legend(fontsize=8, loc="best")
-    if with_hypervolume:
-        _draw_hypervolume(axes[3], data)
-    fig.suptitle(
-        f"{data.study_name}: {len(data.trials)} trials, {len(data.feasible)} feasible, "
-        f"front {len(data.front)} (accuracy drop <= {data.budget})"
-    )
-    return fig
 
 
 def _png_bytes(fig: Any, dpi: int = 100) -> bytes:
@@ -231,7 +177,7 @@ def _png_bytes(fig: Any, dpi: int = 100) -> bytes:
 
 def write_png(data: ReportData, path: Path) -> Path:
     """One image: the three projections and the hypervolume history."""
-    path.write_bytes(_png_bytes(_figure(data, with_hypervolume=True)))
+    path.write_bytes(_png_bytes(report_figure(data, with_hypervolume=True)))
     return path
 
 
@@ -255,8 +201,9 @@ def _importance_html(data: ReportData) -> str:
         return f"<p>{html.escape(data.importance_note)}</p>"
     params = sorted({p for imp in data.importances.values() for p in imp})
     params.sort(key=lambda p: -max(imp.get(p, 0.0) for imp in data.importances.values()))
-    rows = [[p] + [f"{data.importances[m].get(p, 0.0):.3f}" for m in METRIC_NAMES] for p in params]
-    return _table("importances", ["parameter", *METRIC_NAMES], rows) + (
+    names = data.names
+    rows = [[p] + [f"{data.importances[m].get(p, 0.0):.3f}" for m in names] for p in params]
+    return _table("importances", ["parameter", *names], rows) + (
         "<p>fANOVA importances over completed trials; parameters set only in some trials "
         "(conditional ones) are left out by Optuna.</p>"
     )
@@ -268,50 +215,55 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "td:last-child,th:last-child{text-align:left}"
     "#importances td:first-child{text-align:left}"
+    "#settings td{text-align:left}#settings th{text-align:left}"
 )
+
+
+def _figure_caption(data: ReportData) -> str:
+    name = html.escape(data.names[0])
+    better = "higher" if data.info["task"]["higher_is_better"] else "lower"
+    direction = "" if better == "higher" else " (its axis is inverted, so better is up)"
+    return (
+        f"<p>Red: the feasible Pareto front, numbered by trial; blue: other feasible trials; "
+        f"grey crosses: trials over the budget; star: the baseline; dashed line: the budget's "
+        f"limit on {name}, {better} is better{direction}. Diamonds are warm-start trials; hollow "
+        "markers are trials whose latency was unstable or measured on a contended CPU (the "
+        "flags column below). Each projection is zoomed to the feasible trials and the "
+        "baseline; trials outside that view are counted above it.</p>"
+    )
 
 
 def write_html(data: ReportData, path: Path) -> Path:
     """A self-contained HTML report (no network needed to open it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     info, b = data.info, data.baseline
-    settings, hw = info["settings"], info.get("hardware", {})
     ref = data.reference
     hv_rows = [[str(n), f"{hv:.6g}", f"{frac:.4f}"] for n, hv, frac in data.hypervolume]
     final = data.hypervolume[-1] if data.hypervolume else (None, 0.0, 0.0)
+    fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_hypervolume(fig.subplots(), data)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>autocompress report: {html.escape(data.study_name)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Study {html.escape(data.study_name)}</h1>",
-        f"<p>Workload {html.escape(str(settings['workload']))}; {len(data.trials)} completed "
-        f"trials, {len(data.feasible)} within the accuracy budget (drop &le; {data.budget}), "
-        f"{len(data.front)} on the feasible Pareto front. Target: "
-        f"{html.escape(str(settings['target']))}; hardware: "
-        f"{html.escape(str(hw.get('cpu', hw.get('device', '?'))))}.</p>",
+        f"<p>{len(data.trials)} completed trials, {len(data.feasible)} within the budget "
+        f"({html.escape(budget_words(info))}), {len(data.front)} on the feasible Pareto front. "
+        f"Measured on {html.escape(target_words(info))}.</p>",
+        _table("settings", ["setting", "value"], [list(row) for row in settings_rows(info)]),
         "<h2>Pareto front, 2-D projections</h2>",
-        _img(_png_bytes(_figure(data, with_hypervolume=False)), "Pareto front projections"),
-        "<p>Red: the feasible Pareto front (trial numbers); blue: other feasible trials; grey "
-        "crosses: trials over the accuracy budget; star: the baseline.</p>",
+        _img(_png_bytes(report_figure(data, with_hypervolume=False)), "Pareto front projections"),
+        _figure_caption(data),
         "<h2>Feasible Pareto front</h2>",
-        _table(
-            "front",
-            list(FRONT_COLUMNS),
-            front_rows(data.baseline, data.front),
-        ),
+        _table("front", list(front_columns(info)), front_rows(info, data.front)),
         "<h2>Hypervolume over trials</h2>",
-        f"<p>Reference point: accuracy {-ref[0]:.4f} (baseline {b['accuracy']:.4f} - budget "
-        f"{data.budget}), latency {ref[1]:.3f} ms, size {ref[2]:.1f} KB (1.1 x baseline). "
-        f"Final hypervolume {final[1]:.6g} (accuracy x ms x KB), {final[2]:.4f} of the box "
+        f"<p>Reference point: {html.escape(data.names[0])} at the budget's limit (baseline "
+        f"{b['metric']:.4f}), latency {ref[1]:.3f} ms, size {ref[2]:.1f} KB (1.1 x baseline). "
+        f"Final hypervolume {final[1]:.6g}, {final[2]:.4f} of the box "
         "between the reference and the ideal point.</p>",
-    ]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 3.6), layout="constrained")
-    _draw_hypervolume(fig.subplots(), data)
-    parts += [
         _img(_png_bytes(fig), "hypervolume history"),
         "<details><summary>hypervolume series</summary>",
         _table("hypervolume", ["trial", "hypervolume", "fraction"], hv_rows),

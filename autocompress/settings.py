@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,7 +55,10 @@ class Target:
         if self.device not in ("cpu", "cuda"):
             raise AutocompressError(f"--device {self.device!r}: use cpu or cuda")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise AutocompressError("--device cuda: no CUDA GPU is visible; use --device cpu")
+            raise AutocompressError(
+                f"--target {self.name}: this machine has no CUDA GPU that PyTorch can see; "
+                "use --target cpu-torch or cpu-onnxruntime"
+            )
         if self.threads < 1:
             raise AutocompressError(f"--threads {self.threads}: use 1 or more")
         if self.batch_size < 1:
@@ -63,26 +67,76 @@ class Target:
 
 @dataclass(frozen=True)
 class StudySettings:
-    """What a study searches and how; stored with the study so a resume uses the same."""
+    """What a study searches and how; stored with the study so a resume uses the same.
+
+    Attributes:
+        workload: Built-in name or ``package.module:function``.
+        space_text: The search space's YAML.
+        space_source: Where it came from.
+        target: Runtime, device, threads, batch size.
+        max_metric_drop: The budget in the metric's own units (a worsening: accuracy lost,
+            perplexity gained). ``None`` with ``max_relative_drop`` unset means the task's
+            default: 0.01 for classification, 5% relative otherwise.
+        max_relative_drop: The budget as a share of the baseline's metric (0.05: 5% worse).
+        sampler: Optuna sampler's short name.
+        seed: Seed of the sampler, the baseline and fine-tuning.
+        data_dir: Where a built-in workload's data is.
+        early_stop: Stop hopeless trials after a fine-tuning epoch.
+        warm_start: Enqueue the known-good starts when the study is created.
+        size: The size objective: the ``deployed`` file the runtime loads, or the ``packed``
+            artifact.
+    """
 
     workload: str = "digits"
     space_text: str = ""
     space_source: str = "search_spaces/default.yaml"
     target: Target = field(default_factory=Target)
-    max_accuracy_drop: float = 0.01
+    max_metric_drop: float | None = None
+    max_relative_drop: float | None = None
     sampler: str = "tpe"
     seed: int = 0
     data_dir: str | None = None
     early_stop: bool = True
     warm_start: bool = True
+    size: str = "deployed"
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise AutocompressError(f"--sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
-        if not 0.0 <= self.max_accuracy_drop <= 1.0:
+        if self.max_metric_drop is not None and self.max_relative_drop is not None:
             raise AutocompressError(
-                f"--max-accuracy-drop {self.max_accuracy_drop}: use a fraction in [0, 1], e.g. 0.01"
+                "give --max-metric-drop (or --max-accuracy-drop) or --max-relative-drop, not both"
             )
+        if self.max_metric_drop is not None and not (
+            isinstance(self.max_metric_drop, int | float) and 0.0 <= self.max_metric_drop < math.inf
+        ):
+            raise AutocompressError(
+                f"--max-metric-drop {self.max_metric_drop}: use a finite number >= 0, e.g. 0.01"
+            )
+        if self.max_relative_drop is not None and not (
+            isinstance(self.max_relative_drop, int | float) and 0.0 <= self.max_relative_drop <= 10
+        ):
+            raise AutocompressError(
+                f"--max-relative-drop {self.max_relative_drop}: use a fraction >= 0, e.g. 0.05"
+            )
+        if self.size not in ("deployed", "packed"):
+            raise AutocompressError(f"--size {self.size!r}: use deployed or packed")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < 2**32
+        ):
+            raise AutocompressError(f"--seed {self.seed}: use a whole number in [0, 2**32)")
+
+    def budget(self, task_name: str) -> dict[str, float | None]:
+        """The budget stored with the study: ``{"absolute": x}`` or ``{"relative": r}``."""
+        if self.max_relative_drop is not None:
+            return {"absolute": None, "relative": self.max_relative_drop}
+        if self.max_metric_drop is not None:
+            return {"absolute": self.max_metric_drop, "relative": None}
+        if task_name == "classification":
+            return {"absolute": 0.01, "relative": None}
+        return {"absolute": None, "relative": 0.05}
 
     def space(self) -> SearchSpace:
         """The validated search space."""
@@ -94,5 +148,9 @@ class StudySettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StudySettings:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (settings of earlier versions are read too)."""
+        d = dict(d)
+        if "max_accuracy_drop" in d:
+            d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
+            d.setdefault("size", "packed")  # earlier studies optimised the packed size
         return cls(**{**d, "target": Target(**d["target"])})

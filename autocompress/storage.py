@@ -11,6 +11,13 @@ import optuna
 import sqlalchemy.exc
 
 from autocompress.errors import AutocompressError, StorageError
+from autocompress.storage_checks import (
+    check_sqlite_writable,
+    prepare_sqlite_file,
+    schema_error,
+    sqlite_error,
+    sqlite_path,
+)
 
 STUDIES_DIR = Path("studies")
 DEFAULT_STORAGE = f"sqlite:///{STUDIES_DIR / 'autocompress.db'}"
@@ -31,7 +38,9 @@ def _env_seconds(name: str, default: int) -> int:
     return value
 
 
-def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
+def open_storage(
+    url: str = DEFAULT_STORAGE, create: bool = True, write: bool = True
+) -> optuna.storages.RDBStorage:
     """An RDB storage on ``url`` (SQLite file, PostgreSQL, MySQL), with heartbeats.
 
     A worker that dies mid-trial stops its heartbeat; the trial is then marked FAILED and
@@ -39,25 +48,35 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
     heartbeat interval (30 s) and grace period (90 s) can be changed with the environment
     variables ``AUTOCOMPRESS_HEARTBEAT_INTERVAL`` and ``AUTOCOMPRESS_GRACE_PERIOD``.
 
+    Args:
+        url: SQLAlchemy URL of the database. In-memory SQLite is refused: trials record from
+            other threads and everything is lost when the process ends.
+        create: Create a missing SQLite file and its folders. Verbs that only read a study
+            or join one pass False, so a mistyped path is an error, not a new empty database.
+        write: Check before any work that an SQLite database can be written (False for the
+            verbs that only read).
+
     Raises:
-        StorageError: The URL is malformed or the database cannot be reached.
+        StorageError: The URL is malformed or in memory, the database cannot be reached, is
+            missing (``create=False``), is not a database, is read-only (``write=True``) or
+            was written by another Optuna schema.
     """
     heartbeat_interval = _env_seconds(HEARTBEAT_ENV, 30)
     grace_period = _env_seconds(GRACE_ENV, max(90, 3 * heartbeat_interval))
     engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        prepare_sqlite_file(path, create)
         # Several local processes share one file: wait for locks instead of failing at once.
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif url.startswith(("postgresql", "mysql")):
         engine_kwargs["pool_pre_ping"] = True
+    where = f"study database {path}" if path is not None else f"storage {url!r}"
     try:
         with warnings.catch_warnings():
             # Heartbeats and retries are marked experimental; they are what we rely on.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
+            storage = optuna.storages.RDBStorage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,
@@ -72,6 +91,8 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
             "use e.g. sqlite:///studies/autocompress.db or postgresql://user@host/db"
         ) from None
     except sqlalchemy.exc.SQLAlchemyError as e:
+        if path is not None:
+            raise sqlite_error(path, e) from None
         reason = str(getattr(e, "orig", e) or e).strip().splitlines()[0]
         raise StorageError(f"cannot reach storage {url!r}: {reason}") from None
     except ImportError as e:
@@ -80,3 +101,11 @@ def open_storage(url: str = DEFAULT_STORAGE) -> optuna.storages.RDBStorage:
             f"storage {url!r} needs a database driver that is not installed ({driver}); "
             "pip install 'autocompress[postgres]' or 'autocompress[mysql]'"
         ) from None
+    except RuntimeError as e:  # Optuna's schema check
+        mapped = schema_error(where, url, e)
+        if mapped is None:
+            raise
+        raise mapped from None
+    if path is not None and write:
+        check_sqlite_writable(storage, path)
+    return storage

@@ -1,17 +1,22 @@
-"""The Optuna study: creation with its baseline, resume, running trials, the front, summaries.
+"""The Optuna study: atomic creation with its baseline, resume, running trials, summaries.
 
-Objectives, in order: maximize validation accuracy, minimize latency (ms of one batch of the
-deployed form on the target), minimize size (KB of the packed artifact on disk). The accuracy
-budget is a hard constraint (``trial.set_constraint``). The baseline is measured once, when the
-study is created, and stored with it. The trial itself is run by
-:class:`autocompress.objective.Objective`; the storage is opened by
-:func:`autocompress.storage.open_storage`.
+Objectives, in order: the workload's metric on the validation split (its direction is the
+task's), latency (ms of one batch of the deployed form on the target), size (KB of the
+deployed file, or of the packed artifact). The budget on the metric is a hard constraint
+(``trial.set_constraint``). The baseline is measured once, when the study is created, and
+stored with it; every process uses the stored record. The trial itself is run by
+:class:`autocompress.objective.Objective`, the trials by
+:func:`autocompress.workers.run_worker`, and the record is read through
+:mod:`autocompress.record`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
+import re
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,67 +26,74 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress import __version__
-from autocompress.errors import AutocompressError, StorageError, TrialFailure
+from autocompress.architecture import model_facts
+from autocompress.errors import AutocompressError, StorageError, WorkloadError
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import measure_latency
-from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate
-from autocompress.objective import (
-    EARLY_STOP_MARGINS,
-    STRUCTURED_FAILURES_LIMIT,
-    TRIAL_LATENCY,
-    Objective,
-)
+from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate, timing_input
+from autocompress.objective import TRIAL_LATENCY, Objective, method_failures, withdrawn_methods
 from autocompress.pipeline import save_baseline_artifact
-from autocompress.settings import SAMPLERS, TARGETS, StudySettings, Target
-from autocompress.storage import (
-    DEFAULT_STORAGE,
-    GRACE_ENV,
-    HEARTBEAT_ENV,
-    STUDIES_DIR,
-    open_storage,
+from autocompress.record import (
+    ATTR,
+    directions,
+    feasible_front,
+    is_feasible,
+    objective_names,
+    study_info,
 )
-from autocompress.workers import failure_reasons, structured_failures
-from autocompress.workload import Workload, load_workload
+from autocompress.settings import SAMPLERS, TARGETS, StudySettings, Target
+from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
+from autocompress.trial_notes import save_study_note
+from autocompress.workers import WorkerResult, budget_lock, failure_reasons, run_worker
+from autocompress.workload import LoadedWorkload, finite, load_workload, state_sha256
 
 __all__ = [
-    # Defined here.
-    "ATTR",
-    "DIRECTIONS",
-    "FRONT_COLUMNS",
-    "METRIC_NAMES",
+    "DEFAULT_STORAGE",
+    "SAMPLERS",
+    "STUDIES_DIR",
+    "TARGETS",
+    "StudySettings",
+    "Target",
+    "artifact_dir",
     "create_or_resume",
-    "feasible_front",
-    "front_rows",
     "load_study",
     "make_sampler",
     "measure_baseline",
-    "prepare_objective",
-    "run_study",
-    "study_info",
-    "summarize",
-    # Re-exported: they were defined here before the split, and callers import them from here.
-    "DEFAULT_STORAGE",
-    "EARLY_STOP_MARGINS",
-    "GRACE_ENV",
-    "HEARTBEAT_ENV",
-    "SAMPLERS",
-    "STRUCTURED_FAILURES_LIMIT",
-    "STUDIES_DIR",
-    "TARGETS",
-    "TRIAL_LATENCY",
-    "Objective",
-    "StudySettings",
-    "Target",
     "open_storage",
+    "prepare_objective",
+    "run_trials",
+    "summarize",
+    "validate_study_name",
 ]
 
-METRIC_NAMES = ["accuracy", "latency_ms", "size_kb"]
-DIRECTIONS = ["maximize", "minimize", "minimize"]
-ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def validate_study_name(name: str) -> str:
+    """A study name that is safe as a folder name.
+
+    Raises:
+        AutocompressError: Empty, too long, or with characters other than letters, digits,
+            ``.``, ``_`` and ``-`` (or starting with one of the last three).
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise AutocompressError(
+            f"study name {shown!r} is not allowed: use 1 to 128 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit"
+        )
+    return name
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """Optuna's own samplers by short name."""
+    with warnings.catch_warnings():
+        # multivariate/group TPE and GPSampler are marked experimental; they are what we use.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(name, seed)
+
+
+def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=8
@@ -91,14 +103,6 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
     return optuna.samplers.RandomSampler(seed=seed)
-
-
-def study_info(study: optuna.Study) -> dict[str, Any]:
-    """The settings, baseline and hardware stored with an autocompress study."""
-    info = study.user_attrs.get(ATTR)
-    if info is None:
-        raise StorageError(f"study {study.study_name!r} was not created by autocompress")
-    return info
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage | str) -> optuna.Study:
@@ -113,125 +117,251 @@ def load_study(name: str, storage: optuna.storages.BaseStorage | str) -> optuna.
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
-        known = ", ".join(names) if names else "none"
+        known = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+        shown = name if len(name) <= 60 else name[:60] + "..."
         raise StorageError(
-            f"no study named {name!r} in this storage (studies there: {known}); "
+            f"no study named {shown!r} in this storage (studies there: {known}); "
             "start one with `autocompress study run --study NAME`"
         ) from None
     study_info(study)
     return study
 
 
-def measure_baseline(workload: Workload, target: Target, artifact_dir: Path) -> dict[str, Any]:
-    """Accuracy, latency and size of the uncompressed model, deployed and measured like a trial."""
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    size = save_baseline_artifact(workload.model, artifact_dir / "baseline.acpk")
-    deployed = deploy_for_target(workload, workload.model, artifact_dir / "baseline", target)
-    x = workload.val.x[: target.batch_size].to(deployed.device)
-    settings = replace(TRIAL_LATENCY, threads=target.threads)
-    lat = measure_latency(lambda: deployed.run(x), settings, synchronize=deployed.synchronize())
+def artifact_dir(studies_dir: Path, study: optuna.Study) -> Path:
+    """Where a study's files live: ``<studies>/<name>-<uid>``, keyed by the study's own id
+    (so the same name in two storages never shares files)."""
+    info = study_info(study)
+    uid = info.get("uid")
+    if uid:
+        return Path(studies_dir) / f"{study.study_name}-{uid}"
+    validate_study_name(study.study_name)  # studies of earlier versions used the bare name
+    return Path(studies_dir) / study.study_name
+
+
+def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) -> dict[str, Any]:
+    """Metric, latency and sizes of the uncompressed model, deployed and measured like a trial.
+
+    Raises:
+        WorkloadError: The baseline cannot be deployed or run on the target, or its metric is
+            not finite.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    packed = save_baseline_artifact(workload.model, out_dir / "baseline.acpk")
+    try:
+        deployed = deploy_for_target(workload, workload.model, out_dir / "baseline", target)
+        x = timing_input(workload, target.batch_size)
+        settings = replace(TRIAL_LATENCY, threads=target.threads)
+        lat = measure_latency(lambda: deployed.run(x), settings, synchronize=deployed.synchronize())
+        value = evaluate(workload, deployed, "val")
+        test_value = evaluate(workload, deployed, "test")
+    except (KeyboardInterrupt, SystemExit, AutocompressError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model on the user's target
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        other = "cpu-torch" if target.name != "cpu-torch" else "cpu-onnxruntime"
+        raise WorkloadError(
+            f"the baseline cannot be deployed or run on {target.name} ({type(e).__name__}: "
+            f"{text}); try --target {other}"
+        ) from None
+    if not finite(value):
+        raise WorkloadError(
+            f"the baseline's validation {workload.task.metric_name} on {target.name} is {value}; "
+            "check that the deployed model gives finite outputs"
+        )
     return {
-        "accuracy": evaluate(workload, deployed, "val"),
-        "test_accuracy": evaluate(workload, deployed, "test"),
+        "metric": value,
+        "test_metric": test_value,
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
         "latency_cv": lat.cv,
-        "latency_eager_ms": eager_latency_ms(workload.model, x.cpu(), settings),
+        "latency_stable": lat.stable,
+        "latency_eager_ms": eager_latency_ms(workload.model, x, settings),
         "deployed_kind": deployed.kind,
-        "size_kb": size / 1000,
-        "size_bytes": size,
+        "deployed_bytes": deployed.size_bytes,
+        "packed_bytes": packed,
         "params": sum(p.numel() for p in workload.model.parameters()),
+        "weights_sha256": state_sha256(workload.model.state_dict()),
     }
+
+
+# Options a resume compares with the stored ones; data_dir is where this machine keeps data.
+_COMPARED = ("workload", "space_text", "target", "max_metric_drop", "max_relative_drop",
+             "sampler", "seed", "early_stop", "warm_start", "size")  # fmt: skip
+_FLAGS = {"space_text": "--space", "max_metric_drop": "--max-metric-drop",
+          "max_relative_drop": "--max-relative-drop", "early_stop": "--early-stop",
+          "warm_start": "--warm-start"}  # fmt: skip
+
+
+def _differences(given: Mapping[str, Any], stored: StudySettings) -> list[str]:
+    out = []
+    for key in _COMPARED:
+        if key not in given or given[key] is None:
+            continue
+        want, have = given[key], getattr(stored, key)
+        if key == "target":
+            for part in ("runtime", "device", "threads", "batch_size"):
+                if part in want and want[part] != getattr(have, part):
+                    flag = (
+                        "--target"
+                        if part in ("runtime", "device")
+                        else f"--{part.replace('_', '-')}"
+                    )
+                    shown = have.name if part in ("runtime", "device") else getattr(have, part)
+                    out.append(f"{flag} (study: {shown})")
+            continue
+        if want != have:
+            flag = _FLAGS.get(key, f"--{key.replace('_', '-')}")
+            shown = stored.space_source if key == "space_text" else have
+            out.append(f"{flag} (study: {shown})")
+    return sorted(set(out))
+
+
+def _settings_from(given: Mapping[str, Any]) -> StudySettings:
+    names = {f.name for f in fields(StudySettings)}
+    values = {k: v for k, v in given.items() if k in names and v is not None and k != "target"}
+    target = dict(given.get("target") or {})
+    return StudySettings(**values, target=Target(**target))
+
+
+def _baseline_matches(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
+    stored = info["baseline"].get("weights_sha256")
+    if stored and stored != state_sha256(workload.model.state_dict()):
+        raise WorkloadError(
+            f"the baseline of workload {workload.name!r} is not the one study {name!r} was "
+            f"created with (weights sha256 {stored[:12]}...): a cached baseline may be corrupt "
+            "or the data changed; delete studies/baselines/ to retrain it, or use another --study"
+        )
 
 
 def create_or_resume(
     name: str,
-    storage: optuna.storages.BaseStorage,
-    settings: StudySettings,
+    storage: optuna.storages.RDBStorage,
+    given: Mapping[str, Any] | StudySettings,
     *,
     studies_dir: Path = STUDIES_DIR,
     on_baseline: Callable[[], None] | None = None,
-    workload: Workload | None = None,
-) -> tuple[optuna.Study, StudySettings, Workload, dict[str, Any]]:
+    workload: LoadedWorkload | None = None,
+) -> tuple[optuna.Study, StudySettings, LoadedWorkload, dict[str, Any]]:
     """Create the study (measuring the baseline once), or resume it with its stored settings.
 
-    ``workload`` may be passed already loaded (it must be the one ``settings.workload`` names).
+    Creation is all-or-nothing, under the same database lock as the trial budget: processes
+    started together on a new study create it once, and all of them use the stored baseline.
+
+    Args:
+        name: The study's name.
+        storage: Its storage.
+        given: The settings the user gave (a mapping of :class:`StudySettings` fields; a
+            missing or ``None`` value means "not given": the default on creation, the stored
+            value on resume), or whole settings.
+        studies_dir: Where studies keep their files.
+        on_baseline: Called before the baseline is measured.
+        workload: The workload already loaded (it must be the one the settings name).
 
     Returns:
         The study, the settings in force (the stored ones on resume), the loaded workload and
-        the baseline record.
+        the study's record (:func:`autocompress.record.study_info`).
 
     Raises:
-        AutocompressError: On resume, the given workload differs from the study's.
+        AutocompressError: A given option differs from the study's (all are listed), the
+            baseline does not match the stored one, or the name is not allowed.
     """
-    existing = set(optuna.get_all_study_names(storage))
-    if name in existing:
-        study = load_study(name, storage)
-        info = study_info(study)
-        stored = StudySettings.from_dict(info["settings"])
-        if settings.workload != stored.workload:
-            raise AutocompressError(
-                f"study {name!r} compresses workload {stored.workload!r}, not "
-                f"{settings.workload!r}; use another --study name for a new search"
-            )
-        if settings.space_text and settings.space_text != stored.space_text:
-            raise AutocompressError(
-                f"study {name!r} was created with another search space ({stored.space_source}); "
-                "resume without --space or use another --study name"
-            )
+    if isinstance(given, StudySettings):
+        given = {f.name: getattr(given, f.name) for f in fields(StudySettings)} | {
+            "target": vars(given.target)
+        }
+    with budget_lock(storage, name):
+        existing = set(optuna.get_all_study_names(storage))
+        if name in existing:
+            study = optuna.load_study(study_name=name, storage=storage)
+            if ATTR not in study.user_attrs and not study.get_trials(deepcopy=False):
+                # A creation killed before its record was written: nothing to keep.
+                optuna.delete_study(study_name=name, storage=storage)
+                existing.discard(name)
+        if name in existing:
+            study = load_study(name, storage)
+            info = study_info(study)
+            stored = StudySettings.from_dict(info["settings"])
+            diffs = _differences(given, stored)
+            if diffs:
+                raise AutocompressError(
+                    f"study {name!r} was created with other settings: {'; '.join(diffs)}; "
+                    "resume without those options, or use another --study for a new search"
+                )
+            # The thread count changes float sums: a baseline trained here must match the
+            # stored one.
+            torch.set_num_threads(stored.target.threads)
+            if workload is None:
+                workload = load_workload(
+                    stored.workload,
+                    data_dir=given.get("data_dir") or stored.data_dir,
+                    seed=stored.seed,
+                    cache_dir=studies_dir / "baselines",
+                )
+            _baseline_matches(workload, info, name)
+            return study, stored, workload, info
+        validate_study_name(name)
+        settings = _settings_from(given)
+        space = settings.space()  # validate before any work
+        torch.set_num_threads(settings.target.threads)
         if workload is None:
             workload = load_workload(
-                stored.workload,
-                data_dir=settings.data_dir or stored.data_dir,
-                seed=stored.seed,
+                settings.workload,
+                data_dir=settings.data_dir,
+                seed=settings.seed,
                 cache_dir=studies_dir / "baselines",
             )
-        return study, stored, workload, info["baseline"]
-    settings.space()  # validate before any work
-    if workload is None:
-        workload = load_workload(
-            settings.workload,
-            data_dir=settings.data_dir,
-            seed=settings.seed,
-            cache_dir=studies_dir / "baselines",
+        if on_baseline is not None:
+            on_baseline()
+        uid = uuid.uuid4().hex[:12]
+        out_dir = Path(studies_dir) / f"{name}-{uid}"
+        baseline = measure_baseline(workload, settings.target, out_dir)
+        task = workload.task
+        size_key = "deployed_bytes" if settings.size == "deployed" else "packed_bytes"
+        baseline["size_kb"] = baseline[size_key] / 1000
+        info = {
+            "version": __version__,
+            "uid": uid,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "settings": settings.to_dict(),
+            "task": {
+                "name": task.name,
+                "metric": task.metric_name,
+                "higher_is_better": task.higher_is_better,
+            },  # fmt: skip
+            "budget": settings.budget(task.name),
+            "size": settings.size,
+            "baseline": baseline,
+            "hardware": hardware_fingerprint(settings.target.device, settings.target.threads),
+            "workload_info": workload.info,
+        }
+        study = optuna.create_study(
+            study_name=name, storage=storage, directions=directions(task.higher_is_better)
         )
-    if on_baseline is not None:
-        on_baseline()
-    torch.set_num_threads(settings.target.threads)
-    baseline = measure_baseline(workload, settings.target, studies_dir / name)
-    study = optuna.create_study(
-        study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True
-    )
-    if ATTR not in study.user_attrs:
-        if settings.warm_start:
-            # Enqueued once, at creation, by the creating process; workers pop WAITING trials
-            # under their budget lock, so two never take the same one.
-            for params in settings.space().warm_starts():
-                study.enqueue_trial(params, user_attrs={"warm_start": True})
-        study.set_metric_names(METRIC_NAMES)
-        study.set_user_attr(
-            ATTR,
-            {
-                "version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "settings": settings.to_dict(),
-                "baseline": baseline,
-                "hardware": hardware_fingerprint(settings.target.device, settings.target.threads),
-            },
-        )
-    info = study_info(study)
-    return study, StudySettings.from_dict(info["settings"]), workload, info["baseline"]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objective_names(info))
+            if settings.warm_start:
+                facts = model_facts(workload.model, workload.example_input)
+                for params in space.warm_starts(facts):
+                    study.enqueue_trial(params, user_attrs={"warm_start": True})
+            study.set_user_attr(ATTR, info)  # a study without it is a failed creation
+            save_study_note(study)  # the settings in words, in optuna-dashboard
+        except BaseException:
+            optuna.delete_study(study_name=name, storage=storage)
+            raise
+        return study, settings, workload, study_info(study)
 
 
 def prepare_objective(
     study: optuna.Study,
     settings: StudySettings,
-    workload: Workload,
-    baseline: dict[str, Any],
+    workload: LoadedWorkload,
+    info: dict[str, Any],
     studies_dir: Path = STUDIES_DIR,
     reporter: Any | None = None,
-) -> Callable[[optuna.Trial], tuple[float, float, float]]:
-    """The objective this process runs trials with (``study run`` and ``worker`` alike).
+) -> Objective:
+    """The objective this process runs trials with (``study run``, ``worker``, ``demo``).
 
     Also gives the study a fresh sampler (seeded past the trials already there: a sampler
     seeded as before would replay the same startup points on resume) and pins the threads.
@@ -239,103 +369,50 @@ def prepare_objective(
     n_done = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(settings.sampler, settings.seed + n_done)
     torch.set_num_threads(settings.target.threads)
-    artifact_dir = studies_dir / study.study_name
-    artifact_dir.mkdir(parents=True, exist_ok=True)
-    objective = Objective(workload, settings, baseline, artifact_dir, reporter)
-    from autocompress.recipe import RecipeArtifacts  # here: recipe imports this module
-
-    # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
-    return RecipeArtifacts(objective, workload.model, artifact_dir)
+    out_dir = artifact_dir(studies_dir, study)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return Objective(workload, settings, info, out_dir, reporter)
 
 
-def run_study(
+def run_trials(
     study: optuna.Study,
     settings: StudySettings,
-    workload: Workload,
-    baseline: dict[str, Any],
+    workload: LoadedWorkload,
+    info: dict[str, Any],
     *,
-    n_trials: int | None,
+    n_trials: int | None = None,
+    total: int | None = None,
     timeout: float | None = None,
     studies_dir: Path = STUDIES_DIR,
     reporter: Any | None = None,
-    callbacks: list[Callable] | None = None,
-) -> None:
-    """Run trials in this process; failed trials are recorded with their reason and skipped."""
-    objective = prepare_objective(study, settings, workload, baseline, studies_dir, reporter)
-    all_callbacks = list(callbacks or [])
-    if reporter is not None:
-        all_callbacks.append(lambda s, t: reporter.trial_finished(t))
-    study.optimize(
-        objective,
+    wrap: Callable[[Objective], Callable[[optuna.Trial], Any]] | None = None,
+) -> WorkerResult:
+    """Run trials of ``study`` in this process (the loop every verb uses; see
+    :func:`autocompress.workers.run_worker` for the budget rules).
+
+    Args:
+        wrap: Wraps the objective (the CLI adds recipe artifacts this way).
+    """
+    objective = prepare_objective(study, settings, workload, info, studies_dir, reporter)
+    callbacks = [] if reporter is None else [lambda s, t: reporter.trial_finished(t)]
+    return run_worker(
+        study,
+        wrap(objective) if wrap is not None else objective,
         n_trials=n_trials,
+        total=total,
         timeout=timeout,
-        catch=(TrialFailure,),
-        callbacks=all_callbacks,
-        gc_after_trial=True,
+        callbacks=callbacks,
     )
 
 
-def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The Pareto front of completed trials that meet the accuracy budget, most accurate first."""
-    front = [
-        t
-        for t in study.best_trials
-        if t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
-    ]
-    return sorted(front, key=lambda t: (-t.values[0], t.values[1], t.values[2]))
-
-
-FRONT_COLUMNS = (
-    "trial",
-    "accuracy",
-    "test acc",
-    "latency ms",
-    "speed-up",
-    "size KB",
-    "smaller",
-    "config",
-)
-
-
-def front_rows(baseline: dict[str, Any], front: list[optuna.trial.FrozenTrial]) -> list[list[str]]:
-    """The front as table rows (``FRONT_COLUMNS``), the baseline first for reference."""
-    rows = [
-        [
-            "baseline",
-            f"{baseline['accuracy']:.4f}",
-            f"{baseline['test_accuracy']:.4f}",
-            f"{baseline['latency_ms']:.3f}",
-            "1.00x",
-            f"{baseline['size_kb']:.1f}",
-            "1.0x",
-            "uncompressed fp32",
-        ]
-    ]
-    for t in front:
-        acc, lat, size = t.values
-        rows.append(
-            [
-                str(t.number),
-                f"{acc:.4f}",
-                f"{t.user_attrs.get('test_accuracy', float('nan')):.4f}",
-                f"{lat:.3f}",
-                f"{baseline['latency_ms'] / lat:.2f}x",
-                f"{size:.1f}",
-                f"{baseline['size_kb'] / size:.1f}x",
-                t.user_attrs.get("summary", ""),
-            ]
-        )
-    return rows
-
-
 def summarize(study: optuna.Study) -> dict[str, Any]:
-    """Trials by state, best feasible values and time spent."""
+    """Trials by state, best feasible values, time spent, failures and withdrawn methods."""
+    info = study_info(study)
     trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in TrialState}
     for t in trials:
         counts[t.state.name] += 1
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
-    feasible = [t for t in done if all(v <= 0 for v in t.constraints.values())]
+    feasible = [t for t in trials if is_feasible(t)]
     seconds = sum(
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
@@ -343,12 +420,12 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     )
     best = {}
     if feasible:
+        pick = max if info["task"]["higher_is_better"] else min
         best = {
-            "accuracy": max(t.values[0] for t in feasible),
+            "metric": pick(t.values[0] for t in feasible),
             "latency_ms": min(t.values[1] for t in feasible),
             "size_kb": min(t.values[2] for t in feasible),
         }
-    failed = list(failure_reasons(trials).items())
     stopped = [
         (t.number, t.user_attrs.get("stopped_reason", ""))
         for t in trials
@@ -362,7 +439,8 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         "front_size": len(feasible_front(study)) if feasible else 0,
         "best": best,
         "seconds": seconds,
-        "failed": failed,
+        "failed": list(failure_reasons(trials).items()),
         "stopped": stopped,
-        "structured_failures": structured_failures(study),
+        "method_failures": method_failures(study),
+        "withdrawn": withdrawn_methods(study),
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import threading
 import time
 import warnings
@@ -29,28 +30,34 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import TrialFailure
 
-STRUCTURED_FAILURE_PREFIX = "structured pruning failed"
 _process_lock = threading.Lock()
+
+
+STOP_REASONS = ("budget", "total", "timeout", "failures", "bound")
 
 
 @dataclass(frozen=True)
 class WorkerResult:
-    """What one worker did.
+    """What one run of trials did.
 
     Attributes:
-        completed: Trials this worker completed.
-        failed: Trials this worker ran that failed (their reasons are stored with them).
-        study_completed: Completed trials in the whole study when the worker stopped.
-        stopped_because: ``budget``, ``timeout`` or ``failures``.
+        completed: Trials this process completed.
+        failed: Trials this process ran that failed (their reasons are stored with them).
+        pruned: Trials this process stopped early.
+        study_completed: Completed trials in the whole study when the run stopped.
+        stopped_because: ``budget`` (this process's ``n_trials``), ``total`` (the study's),
+            ``timeout``, ``failures`` (too many in a row) or ``bound`` (too many trials of any
+            state for the budget).
     """
 
     completed: int
     failed: int
     study_completed: int
     stopped_because: str
+    pruned: int = 0
 
     def __post_init__(self) -> None:
-        if self.stopped_because not in ("budget", "timeout", "failures"):
+        if self.stopped_because not in STOP_REASONS:
             raise ValueError(f"unknown stop reason {self.stopped_because!r}")
 
 
@@ -115,15 +122,6 @@ def count_states(study: optuna.Study) -> dict[str, int]:
     for t in study.get_trials(deepcopy=False):
         counts[t.state.name] += 1
     return counts
-
-
-def structured_failures(study: optuna.Study) -> int:
-    """Trials of ``study`` that failed because torch-pruning could not prune the model."""
-    return sum(
-        1
-        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-        if str(t.user_attrs.get("fail_reason", "")).startswith(STRUCTURED_FAILURE_PREFIX)
-    )
 
 
 def failure_reasons(trials: list[FrozenTrial], grace_period: int | None = None) -> dict[int, str]:
@@ -192,12 +190,12 @@ def _fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _next_trial(study: optuna.Study, n_trials: int | None) -> tuple[optuna.Trial | None, int]:
+def _next_trial(study: optuna.Study, total: int | None) -> tuple[optuna.Trial | None, int]:
     """Under the budget lock: a new (or re-queued) trial, or ``None`` when none may start."""
     _fail_stale(study)
     counts = count_states(study)
     complete, running = counts["COMPLETE"], counts["RUNNING"]
-    if n_trials is not None and complete + running >= n_trials:
+    if total is not None and complete + running >= total:
         return None, complete
     with warnings.catch_warnings():
         # Optuna warns that heartbeats are meant for optimize(); this loop beats itself.
@@ -209,53 +207,71 @@ def run_worker(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], tuple[float, ...]],
     *,
-    n_trials: int | None,
+    n_trials: int | None = None,
+    total: int | None = None,
     timeout: float | None = None,
     callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] | None = None,
     poll_seconds: float | None = None,
     max_consecutive_failures: int = 10,
 ) -> WorkerResult:
-    """Run trials until the study has ``n_trials`` completed ones, or ``timeout`` seconds pass.
+    """Run trials of ``study`` in this process: the one trial loop of every verb.
+
+    Stops when this process has completed ``n_trials`` trials, when the study as a whole has
+    ``total`` completed ones (an exact budget shared by every process: trials are created
+    under a lock held by the database), after ``timeout`` seconds, after
+    ``max_consecutive_failures`` trials in a row that did not complete, or after
+    ``3 x budget + 20`` trials of any state (so a space whose trials are all stopped early
+    cannot spin forever).
 
     Args:
         study: A study on an RDB storage with heartbeats (see ``open_storage``).
         objective: Returns the trial's values; raises :class:`TrialFailure` for a failed trial.
-        n_trials: Completed trials the study as a whole should have; shared by all workers.
+        n_trials: Completed trials this process should add.
+        total: Completed trials the study as a whole should have; shared by all workers.
         timeout: Start no trial after this many seconds.
-        callbacks: Called with (study, frozen trial) after each trial this worker finishes.
+        callbacks: Called with (study, frozen trial) after each trial this process finishes.
         poll_seconds: How long to wait when the budget is taken by running trials (default:
             the heartbeat interval, at most 5 s).
-        max_consecutive_failures: Stop after this many failed trials in a row, so a broken
-            workload cannot spin forever.
+        max_consecutive_failures: Stop after this many trials in a row that failed or were
+            stopped early.
 
     Raises:
+        ValueError: No budget (``n_trials``, ``total`` or ``timeout``) was given.
         KeyboardInterrupt: After recording the trial in flight as FAILED ("interrupted").
     """
-    if n_trials is None and timeout is None:
-        raise ValueError("give n_trials or timeout")
+    if n_trials is None and total is None and timeout is None:
+        raise ValueError("give n_trials, total or timeout")
     storage = _rdb(study)
     if poll_seconds is None:
         poll_seconds = min(5.0, float(storage.get_heartbeat_interval() or 5))
+    budget = min(b for b in (n_trials, total) if b is not None) if n_trials or total else None
+    bound = 3 * budget + 20 if budget is not None else None
     started = time.monotonic()
-    completed = failed = in_a_row = 0
+    completed = failed = pruned = in_a_row = ran = 0
     study_completed = 0
     while True:
+        if n_trials is not None and completed >= n_trials:
+            return WorkerResult(completed, failed, study_completed, "budget", pruned)
         if timeout is not None and time.monotonic() - started >= timeout:
-            return WorkerResult(completed, failed, study_completed, "timeout")
+            return WorkerResult(completed, failed, study_completed, "timeout", pruned)
         if in_a_row >= max_consecutive_failures:
-            return WorkerResult(completed, failed, study_completed, "failures")
+            return WorkerResult(completed, failed, study_completed, "failures", pruned)
+        if bound is not None and ran >= bound:
+            return WorkerResult(completed, failed, study_completed, "bound", pruned)
         with budget_lock(storage, study.study_name):
-            trial, study_completed = _next_trial(study, n_trials)
+            trial, study_completed = _next_trial(study, total)
         if trial is None:
-            if n_trials is not None and study_completed >= n_trials:
-                return WorkerResult(completed, failed, study_completed, "budget")
+            if total is not None and study_completed >= total:
+                return WorkerResult(completed, failed, study_completed, "total", pruned)
             time.sleep(poll_seconds)  # the rest of the budget is running elsewhere
             continue
+        ran += 1
         frozen = _run_one(study, trial, objective)
         if frozen.state == TrialState.COMPLETE:
             completed, in_a_row = completed + 1, 0
+            study_completed += 1
         elif frozen.state == TrialState.PRUNED:
-            in_a_row = 0
+            pruned, in_a_row = pruned + 1, in_a_row + 1
         else:
             failed, in_a_row = failed + 1, in_a_row + 1
         for callback in callbacks or []:
@@ -277,13 +293,20 @@ def _run_one(
                 return study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             except optuna.exceptions.UpdateFinishedTrialError:
                 raise
-            except BaseException as e:
-                # Interrupted, or a bug: record the trial as failed, never leave it RUNNING.
+            except Exception as e:  # noqa: BLE001 - a failing trial never ends the run
                 if "fail_reason" not in trial.user_attrs:
-                    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else repr(e)
-                    trial.set_user_attr("fail_reason", reason)
+                    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {text}"[:2000])
+                return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+            except BaseException:
+                # Interrupted or told to stop: record the trial as failed, never RUNNING.
+                if "fail_reason" not in trial.user_attrs:
+                    trial.set_user_attr("fail_reason", "interrupted")
                 study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
                 raise
+        if not all(math.isfinite(v) for v in values):
+            trial.set_user_attr("fail_reason", f"objective values are not finite: {values}")
+            return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return study.tell(trial, values, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker saw no heartbeat in time and failed (and re-queued) this trial while

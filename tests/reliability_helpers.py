@@ -75,3 +75,13 @@ def snapshot(name: str, url: str) -> list[tuple]:
         (t.number, t.state.name, t.values, t.params, sorted(t.user_attrs))
         for t in study.get_trials(deepcopy=False)
     ]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CliRunner result that is one ``error:`` line with ``fragments``, exit code 2."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    for fragment in fragments:
+        assert fragment in " ".join(result.output.split()), result.output

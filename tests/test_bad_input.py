@@ -4,6 +4,7 @@ stored study untouched. Trial-level faults: the trial fails with its reason, the
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -14,18 +15,13 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.study import (
-    ATTR,
-    STRUCTURED_FAILURES_LIMIT,
-    Objective,
-    StudySettings,
-    create_or_resume,
-    load_study,
-    open_storage,
-)
+from autocompress.objective import FAILURES_BEFORE_WITHDRAWAL, Objective
+from autocompress.record import ATTR, study_info
+from autocompress.study import StudySettings, create_or_resume, load_study, open_storage
 from autocompress.workers import run_worker
 from autocompress.workload import load_workload
 from tests.reliability_helpers import SPACE, create_study, snapshot
+from tests.reliability_helpers import assert_one_line_error as _assert_one_line_error
 
 GOOD = "good"
 
@@ -36,9 +32,10 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-input")
     url = f"sqlite:///{root / 'studies.db'}"
     study = create_study(root, GOOD, url)
-    settings = StudySettings.from_dict(study.user_attrs[ATTR]["settings"])
+    info = study_info(study)
+    settings = StudySettings.from_dict(info["settings"])
     wl = load_workload(settings.workload, cache_dir=None)
-    objective = Objective(wl, settings, study.user_attrs[ATTR]["baseline"], root / "studies")
+    objective = Objective(wl, settings, info, root / "studies")
     run_worker(study, objective, n_trials=1)
     return root, url
 
@@ -48,24 +45,15 @@ def _invoke(monkeypatch, root: Path, args: list[str]):
     return CliRunner().invoke(app, args)
 
 
-def _assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in " ".join(result.output.split()), result.output
-
-
 SPACES = {
-    "malformed-yaml": ("pruning: [none, structured\n", ["bad.yaml", "malformed YAML at line"]),
-    "unknown-key": ("pruning:\n  methd: [none]\n", ["bad.yaml", "unknown key pruning.methd"]),
+    "malformed-yaml": ("structured: [none, structured\n", ["bad.yaml", "malformed YAML at line"]),
+    "unknown-key": ("structured:\n  methd: [none]\n", ["bad.yaml", "unknown key structured.methd"]),
     "wrong-type": ("finetune:\n  epochs: [one, 2]\n", ["finetune.epochs", "expected an integer"]),
     "impossible-range": (
         "finetune:\n  lr: {low: 0.1, high: 0.01}\n",
         ["finetune.lr", "low (0.1) is greater than high (0.01)"],
     ),
-    "empty-space": ("pruning:\n  method: none\n", ["bad.yaml", "the search space is empty"]),
+    "empty-space": ("structured:\n  enabled: false\n", ["bad.yaml", "the search space is empty"]),
 }
 
 
@@ -116,14 +104,27 @@ def test_bad_workload(monkeypatch, store, case):
 
 def test_debug_shows_the_traceback(monkeypatch, store):
     root, url = store
-    result = _invoke(
-        monkeypatch,
-        root,
-        ["--debug", "study", "run", "--study", "new", "--storage", url, "--workload", "nope"]
-        + ["--n-trials", "1"],
-    )
+    args = [
+        "study",
+        "run",
+        "--study",
+        "new",
+        "--storage",
+        url,
+        "--workload",
+        "nope",
+        "--n-trials",
+        "1",
+    ]
+    result = _invoke(monkeypatch, root, ["--debug", *args])
     assert result.exit_code != 0
     assert type(result.exception).__name__ == "WorkloadError"
+    import traceback
+
+    shown = "".join(traceback.format_exception(result.exception))
+    assert "Traceback" in shown and "load_workload" in shown  # the whole stack, for a bug report
+    plain = _invoke(monkeypatch, root, args)
+    assert "Traceback" not in plain.output and plain.exception.__class__.__name__ == "SystemExit"
 
 
 @pytest.mark.parametrize(
@@ -183,37 +184,38 @@ def _objective_study(tmp_path: Path, workload: str) -> tuple[optuna.Study, Objec
         sampler="random",
         warm_start=False,
     )
-    study, settings, wl, baseline = create_or_resume(
+    study, settings, wl, info = create_or_resume(
         "faults", open_storage(url), settings, studies_dir=tmp_path / "studies"
     )
-    return study, Objective(wl, settings, baseline, tmp_path / "studies")
+    return study, Objective(wl, settings, info, tmp_path / "studies")
 
 
-def test_untraceable_model_fails_then_structured_is_disabled(tmp_path):
+def test_untraceable_model_fails_then_structured_is_withdrawn(tmp_path):
     study, objective = _objective_study(tmp_path, "tests.tiny_workloads:untraceable")
-    for _ in range(STRUCTURED_FAILURES_LIMIT):
-        study.enqueue_trial({"pruning.method": "structured"})
+    for _ in range(FAILURES_BEFORE_WITHDRAWAL):
+        study.enqueue_trial({"structured.enabled": True})
     result = run_worker(study, objective, n_trials=4)
     trials = study.get_trials(deepcopy=False)
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [0, 1]
     for t in failed:
-        assert t.user_attrs["fail_reason"].startswith("structured pruning failed")
+        assert t.user_attrs["fail_reason"].startswith("structured failed: TypeError")
         assert "cannot follow (simulated)" in t.user_attrs["fail_reason"]
-    later = trials[STRUCTURED_FAILURES_LIMIT:]
+        assert t.user_attrs["failed_method"] == "structured"
+    later = trials[FAILURES_BEFORE_WITHDRAWAL:]
     assert result.completed == 4 and len(later) == 4
-    assert all(t.user_attrs["config"]["prune"]["method"] != "structured" for t in later)
-    assert all("structured pruning disabled" in t.user_attrs["note"] for t in later)
+    assert all("structured" not in t.user_attrs["config"]["methods"] for t in later)
+    assert all("no longer offered" in t.user_attrs["note"] for t in later)
 
 
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path):
     study, objective = _objective_study(tmp_path, "tests.tiny_workloads:out_of_memory")
-    study.enqueue_trial({"finetune.batch_size": 64, "pruning.method": "none"})
-    study.enqueue_trial({"finetune.batch_size": 16, "pruning.method": "none"})
+    study.enqueue_trial({"finetune.batch_size": 64, "structured.enabled": False})
+    study.enqueue_trial({"finetune.batch_size": 16, "structured.enabled": False})
     run_worker(study, objective, n_trials=1)
     first, second = study.get_trials(deepcopy=False)
     assert first.state == TrialState.FAIL
-    assert first.user_attrs["fail_reason"].startswith("out of memory: OutOfMemoryError")
+    assert first.user_attrs["fail_reason"].startswith("out of memory in finetune: OutOfMemoryError")
     assert second.state == TrialState.COMPLETE
 
 
@@ -221,7 +223,7 @@ def test_nan_loss_fails_trials_and_a_worker_gives_up(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     create_study(tmp_path, "nan", url, workload="tests.tiny_workloads:nan_loss")
     result = _invoke(monkeypatch, tmp_path, ["worker", "nan", "--storage", url, "--n-trials", "2"])
-    _assert_one_line_error(result, "stopped after 10 failed trials in a row", "study status nan")
+    _assert_one_line_error(result, "did not complete in a row", "study status nan")
     trials = load_study("nan", url).get_trials(deepcopy=False)
     assert len(trials) == 10 and all(t.state == TrialState.FAIL for t in trials)
     assert all("fine-tuning loss became nan" in t.user_attrs["fail_reason"] for t in trials)
@@ -254,3 +256,96 @@ def test_corrupt_baseline_cache_is_retrained(tmp_path, content):
     for key, value in first.model.state_dict().items():
         assert torch.equal(again.model.state_dict()[key], value), key
     assert torch.load(path, weights_only=True).keys() == first.model.state_dict().keys()
+
+
+CORES = os.cpu_count() or 1
+RUN = ["study", "run", "--study", "new", "--workload", "tests.tiny_workloads:tiny"]
+NUMBERS = {
+    "n-trials-0": (RUN + ["--n-trials", "0"], "--n-trials 0: use 1 or more"),
+    "n-trials-negative": (RUN + ["--n-trials", "-3"], "--n-trials -3: use 1 or more"),
+    "timeout-0": (RUN + ["--timeout", "0"], "--timeout 0.0: use a positive number of seconds"),
+    "timeout-negative": (RUN + ["--timeout", "-5"], "--timeout -5.0: use a positive number"),
+    "timeout-nan": (RUN + ["--timeout", "nan"], "--timeout nan: use a positive number"),
+    "timeout-inf": (RUN + ["--timeout", "inf"], "--timeout inf: use a positive number"),
+    "seed-negative": (RUN + ["--n-trials", "1", "--seed", "-1"], "--seed -1: use a whole"),
+    "seed-2**32": (RUN + ["--n-trials", "1", "--seed", str(2**32)], "from 0 to 4294967295"),
+    "threads-0": (RUN + ["--n-trials", "1", "--threads", "0"], f"has {CORES} cores; use 1 to"),
+    "threads-too-many": (
+        RUN + ["--n-trials", "1", "--threads", str(CORES + 1)],
+        f"--threads {CORES + 1}: this machine has {CORES} cores; use 1 to {CORES}",
+    ),
+    "batch-size-0": (RUN + ["--n-trials", "1", "--batch-size", "0"], "--batch-size 0: use 1"),
+    "worker-n-trials-0": (["worker", "good", "--n-trials", "0"], "--n-trials 0: use 1 or more"),
+    "worker-timeout-nan": (["worker", "good", "--timeout", "nan"], "--timeout nan: use a"),
+    "demo-total-0": (["demo", "--total", "0"], "--total 0: use 1 or more"),
+    "demo-threads-too-many": (["demo", "--threads", str(CORES + 1)], f"has {CORES} cores"),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMBERS))
+def test_impossible_numbers_are_refused_before_anything_is_written(monkeypatch, tmp_path, case):
+    args, fragment = NUMBERS[case]
+    db = tmp_path / "studies.db"
+    result = _invoke(monkeypatch, tmp_path, [*args, "--storage", f"sqlite:///{db}"])
+    _assert_one_line_error(result, fragment)
+    assert list(tmp_path.iterdir()) == []  # no database, no study, no baseline cache
+
+
+OUT_VERBS = {
+    "report": (["report", GOOD], "report"),
+    "export": (["export", GOOD, "--trial", "0"], "recipe"),
+}
+
+
+def _out_directory(tmp_path: Path, make_read_only) -> tuple[Path, str]:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder, "it is a directory; give a file path with --out"
+
+
+def _out_dev_full(tmp_path: Path, make_read_only) -> tuple[Path, str]:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    return Path("/dev/full"), "No space left on device; choose another --out"
+
+
+def _out_read_only_folder(tmp_path: Path, make_read_only) -> tuple[Path, str]:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    make_read_only(locked)
+    return locked / "missing" / "out.file", "; choose another --out"
+
+
+OUTS = {
+    "directory": _out_directory,
+    "dev-full": _out_dev_full,
+    "read-only-folder": _out_read_only_folder,
+}
+
+
+@pytest.mark.parametrize("where", list(OUTS))
+@pytest.mark.parametrize("verb", list(OUT_VERBS))
+def test_an_output_that_cannot_be_written_is_one_line(
+    monkeypatch, store, tmp_path, make_read_only, verb, where
+):
+    root, url = store
+    args, what = OUT_VERBS[verb]
+    out, fragment = OUTS[where](tmp_path, make_read_only)
+    result = _invoke(monkeypatch, root, [*args, "--storage", url, "--out", str(out)])
+    _assert_one_line_error(result, f"cannot write {what} to {out}", fragment)
+    assert not list(tmp_path.rglob("*.tmp"))  # no temporary left behind
+
+
+@pytest.mark.parametrize("verb", list(OUT_VERBS))
+def test_an_output_replaces_the_old_file_whole(monkeypatch, store, tmp_path, verb):
+    root, url = store
+    args, _ = OUT_VERBS[verb]
+    out = tmp_path / "sub" / "out.file"
+    out.parent.mkdir()
+    out.write_text("old")
+    out.chmod(0o640)
+    result = _invoke(monkeypatch, root, [*args, "--storage", url, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() != "old" and len(out.read_text()) > 100
+    assert [p.name for p in out.parent.iterdir()] == ["out.file"]  # the temporary is gone
+    assert out.stat().st_mode & 0o777 == 0o640

@@ -1,65 +1,125 @@
-import shutil
-import uuid
+"""The command line: every verb's help and example, runs, resumes, one-line errors."""
 
 import pytest
 from typer.testing import CliRunner
 
+from autocompress import __version__
 from autocompress.cli import app
-from tests.conftest import REPO, TINY_SPACE
+from autocompress.storage import open_storage
+from tests.conftest import BASELINE_CACHE, TINY_SPACE
 
 runner = CliRunner()
+VERBS = [
+    ["study", "run"],
+    ["study", "list"],
+    ["study", "status"],
+    ["worker"],
+    ["pareto"],
+    ["dashboard"],
+    ["report"],
+    ["demo"],
+    ["export"],
+    ["apply"],
+]
 
 
-@pytest.fixture
-def study_name():
-    name = f"cli-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    shutil.rmtree(REPO / "studies" / name, ignore_errors=True)
+@pytest.mark.parametrize("verb", VERBS, ids=[" ".join(v) for v in VERBS])
+def test_every_verb_has_help_with_a_whole_example(verb):
+    result = runner.invoke(app, [*verb, "--help"], terminal_width=80)
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == "Example:")
+    example = next(line.strip() for line in lines[at + 1 :] if line.strip())
+    assert example.startswith(f"autocompress {verb[0]}")
+    assert not example.endswith(("-", "\\")), "the example is cut, not wrapped"
 
 
-def test_every_verb_has_help_with_an_example():
-    for verb in (["study", "run"], ["study", "list"], ["study", "status"], ["pareto"], ["demo"]):
-        result = runner.invoke(app, [*verb, "--help"])
-        assert result.exit_code == 0
-        assert "Example: autocompress" in result.output
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"autocompress {__version__}"
 
 
-def test_run_status_list_pareto(digits, tmp_path, study_name, monkeypatch):
-    monkeypatch.chdir(REPO)
+def _seed_cache(root):
+    (root / "studies" / "baselines").mkdir(parents=True, exist_ok=True)
+    for f in BASELINE_CACHE.glob("digits-*"):
+        (root / "studies" / "baselines" / f.name).write_bytes(f.read_bytes())
+
+
+def test_run_status_list_pareto_and_resume(digits, tmp_path):
+    _seed_cache(tmp_path)  # the tests' cwd is tmp_path (conftest)
     url = f"sqlite:///{tmp_path / 'cli.db'}"
+    run = [
+        "study",
+        "run",
+        "--study",
+        "c",
+        "--storage",
+        url,
+        "--space",
+        str(TINY_SPACE),
+        "--batch-size",
+        "8",
+        "--max-accuracy-drop",
+        "0.05",
+        "--no-warm-start",
+    ]
+    result = runner.invoke(app, [*run, "--n-trials", "2"])
+    assert result.exit_code == 0, result.output
+    assert "feasible Pareto front" in result.output and "baseline" in result.output
+    assert "packed KB" in result.output and "deployed KB" in result.output
+
+    result = runner.invoke(app, ["study", "status", "c", "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "COMPLETE 2" in result.output
+
+    result = runner.invoke(app, ["study", "list", "--storage", url])
+    assert "c" in result.output
+
+    # --n-trials adds that many; --total tops up to that many; the same meaning in every verb
+    result = runner.invoke(
+        app, ["study", "run", "--study", "c", "--storage", url, "--n-trials", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["study", "run", "--study", "c", "--storage", url, "--total", "4"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["study", "status", "c", "--storage", url])
+    assert "COMPLETE 4" in result.output
+
+    # a resumed study refuses options that differ from its own, listing each
     result = runner.invoke(
         app,
         [
             "study",
             "run",
             "--study",
-            study_name,
+            "c",
             "--storage",
             url,
-            "--space",
-            str(TINY_SPACE),
             "--n-trials",
-            "2",
+            "1",
+            "--target",
+            "cpu-onnxruntime",
             "--batch-size",
-            "8",
-            "--max-accuracy-drop",
-            "0.05",
+            "16",
         ],
     )
-    assert result.exit_code == 0, result.output
-    assert "feasible Pareto front" in result.output
-    assert "baseline" in result.output
+    assert result.exit_code == 2
+    assert (
+        "--target (study: cpu-torch)" in result.output
+        and "--batch-size (study: 8)" in result.output
+    )
 
-    result = runner.invoke(app, ["study", "status", study_name, "--storage", url])
-    assert result.exit_code == 0, result.output
-    assert "COMPLETE 2" in result.output
+    result = runner.invoke(app, ["pareto", "c", "--storage", url])
+    assert result.exit_code == 0 and "uncompressed fp32" in result.output
 
+
+def test_empty_storage_says_so(tmp_path):
+    url = f"sqlite:///{tmp_path / 'e.db'}"
     result = runner.invoke(app, ["study", "list", "--storage", url])
-    assert study_name in result.output
-
-    result = runner.invoke(app, ["pareto", study_name, "--storage", url])
-    assert result.exit_code == 0
-    assert "uncompressed fp32" in result.output
+    assert result.exit_code == 2 and "no study database at" in result.output  # nothing created
+    open_storage(url)
+    result = runner.invoke(app, ["study", "list", "--storage", url])
+    assert result.exit_code == 0 and "no studies in this storage yet" in result.output
 
 
 @pytest.mark.parametrize(
@@ -73,18 +133,39 @@ def test_run_status_list_pareto(digits, tmp_path, study_name, monkeypatch):
         ),
         (["study", "run", "--study", "x", "--n-trials", "1", "--sampler", "cmaes"], "--sampler"),
         (["study", "run", "--study", "x"], "give --n-trials"),
+        (["study", "run", "--study", "x", "--n-trials", "-1"], "--n-trials -1"),
+        (["study", "run", "--study", "x", "--timeout", "nan"], "--timeout nan"),
+        (["study", "run", "--study", "../../x", "--n-trials", "1"], "is not allowed"),
+        (
+            ["study", "run", "--study", "x", "--n-trials", "1", "--target", "cuda-torch"],
+            "no CUDA GPU",
+        ),
+    ],
+    ids=[
+        "pareto",
+        "status",
+        "workload",
+        "sampler",
+        "no-budget",
+        "negative-trials",
+        "nan-timeout",
+        "path-name",
+        "cuda",
     ],
 )
 def test_user_errors_are_one_line(tmp_path, args, message):
-    result = runner.invoke(app, [*args, "--storage", f"sqlite:///{tmp_path / 'e.db'}"])
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    open_storage(url)  # an empty database: pareto and status never create one
+    result = runner.invoke(app, [*args, "--storage", url])
     assert result.exit_code == 2
-    assert message in result.output
+    assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_bad_space_file_is_one_line_error(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("pruning:\n  amount: {low: 0.5, high: 2}\n")
+    bad.write_text("structured:\n  amount: {low: 0.5, high: 2}\n")
     result = runner.invoke(
         app,
         [
@@ -101,10 +182,22 @@ def test_bad_space_file_is_one_line_error(tmp_path):
         ],
     )
     assert result.exit_code == 2
-    assert "bad.yaml: pruning.amount.high: 2.0 is outside the possible range" in result.output
+    assert "bad.yaml: structured.amount.high: 2.0 is outside the possible range" in result.output
 
 
 def test_unreachable_storage(tmp_path):
     result = runner.invoke(app, ["study", "list", "--storage", "postgresql://u@127.0.0.1:1/db"])
     assert result.exit_code == 2
     assert "cannot reach storage" in result.output
+
+
+@pytest.mark.slow
+def test_demo_tops_up_to_its_total(digits, tmp_path):
+    _seed_cache(tmp_path)
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    for _ in range(2):
+        result = runner.invoke(app, ["demo", "--total", "2", "--storage", url])
+        assert result.exit_code == 0, result.output
+    assert "already has 2 completed trials" in result.output
+    result = runner.invoke(app, ["study", "status", "demo", "--storage", url])
+    assert "COMPLETE 2" in result.output

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 import warnings
 from pathlib import Path
 from wsgiref.util import setup_testing_defaults
@@ -19,28 +20,37 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
-from autocompress.dashboard import (
-    artifact_dir,
-    dashboard_app,
-    make_dashboard_server,
-    record_constraint,
-    save_trial_note,
-    study_url,
-    trial_note,
-)
+from autocompress.dashboard import dashboard_app, make_dashboard_server, study_url
+from autocompress.methods.structured import StructuredPruning
+from autocompress.methods.weights import WeightQuantization
 from autocompress.pipeline import CompressionConfig
-from autocompress.steps.prune import PruneConfig
-from autocompress.steps.quantize import QuantizeConfig
-from autocompress.study import ATTR, DIRECTIONS, METRIC_NAMES, feasible_front, open_storage
-from tests.conftest import REPO
+from autocompress.record import (
+    ATTR,
+    allowed_worsening,
+    directions,
+    feasible_front,
+    normalize_info,
+    objective_names,
+    study_info,
+    worsening,
+)
+from autocompress.trial_notes import (
+    record_constraint,
+    save_study_note,
+    save_trial_note,
+    study_note,
+)
+from tests.conftest import skip_or_fail
+from tests.reliability_helpers import assert_one_line_error
 
 CHROMIUM = Path("/usr/bin/chromium")
 BASELINE = {
-    "accuracy": 0.98,
-    "test_accuracy": 0.97,
+    "metric": 0.98,
+    "test_metric": 0.97,
     "latency_ms": 2.0,
     "size_kb": 400.0,
-    "size_bytes": 400_000,
+    "packed_bytes": 400_000,
+    "deployed_bytes": 420_000,
     "params": 10_000,
 }
 BUDGET = 0.01
@@ -57,48 +67,82 @@ FRONT = [3, 0, 4]
 INFEASIBLE = {1, 5}
 
 
-def make_study(tmp_path: Path, name: str = "dash", trials=TRIALS) -> optuna.Study:
-    """A synthetic autocompress study recorded the way the objective records a trial."""
+SETTINGS = {
+    "workload": "digits",
+    "max_metric_drop": BUDGET,
+    "space_source": "search_spaces/tiny.yaml",
+    "sampler": "tpe",
+    "seed": 7,
+    "early_stop": True,
+    "warm_start": True,
+    "target": {"device": "cpu", "threads": 1, "batch_size": 32, "runtime": "onnxruntime"},
+}
+HARDWARE = {"cpu": "Test CPU 9000", "logical_cores": 2, "threads": 1, "device": "cpu",
+            "torch": "2.0.0", "machine": "x86_64"}  # fmt: skip
+
+
+def make_study(
+    tmp_path: Path,
+    name: str = "dash",
+    trials=TRIALS,
+    *,
+    record: dict | None = None,
+    extra: dict[int, dict] | None = None,
+    in_memory: bool = False,
+) -> optuna.Study:
+    """A synthetic autocompress study recorded the way the objective records a trial.
+
+    Args:
+        tmp_path: Where its database and artifacts go.
+        name: The study's name.
+        trials: (metric, latency ms, size KB) of each trial.
+        record: Replaces parts of the study's record (``task``, ``budget``, ``baseline``, ...).
+        extra: More user attributes of some trials, by trial number (``warm_start``,
+            ``latency_stable``, ``latency_contended``, ...).
+        in_memory: Keep the study in memory (fast, for many trials; no dashboard).
+    """
+    record = {
+        "uid": "0123456789ab",
+        "settings": SETTINGS,
+        "task": {"name": "classification", "metric": "accuracy", "higher_is_better": True},
+        "budget": {"absolute": BUDGET, "relative": None},
+        "size": "deployed",
+        "baseline": BASELINE,
+        "hardware": HARDWARE,
+    } | (record or {})
+    info = normalize_info(record)
     # no heartbeat (open_storage's): these trials are asked and told, not optimized
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=DIRECTIONS,
-        sampler=optuna.samplers.RandomSampler(seed=0),
-    )
-    study.set_metric_names(METRIC_NAMES)
-    study.set_user_attr(
-        ATTR,
-        {
-            "settings": {
-                "workload": "digits",
-                "max_accuracy_drop": BUDGET,
-                "target": {"device": "cpu", "threads": 1, "batch_size": 32},
-            },
-            "baseline": BASELINE,
-            "hardware": {"cpu": "test cpu"},
-        },
-    )
-    store = FileSystemArtifactStore(artifact_dir(tmp_path, name))
-    artifact_dir(tmp_path, name).mkdir(parents=True)
+    storage = None if in_memory else optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(study_name=name, storage=storage,
+                                directions=directions(info["task"]["higher_is_better"]),
+                                sampler=optuna.samplers.RandomSampler(seed=0))  # fmt: skip
+    study.set_user_attr(ATTR, record)
+    study.set_metric_names(objective_names(info))
+    folder = tmp_path / f"{name}-0123456789ab" / "artifacts"
+    folder.mkdir(parents=True, exist_ok=in_memory)
+    store = FileSystemArtifactStore(folder)
     for values in trials:
         trial = study.ask()
-        bits = trial.suggest_categorical("quantization.weight_bits", [32, 8, 4])
-        amount = trial.suggest_float("pruning.amount", 0.0, 0.5)
-        config = CompressionConfig(
-            prune=PruneConfig(method="structured", amount=amount),
-            quantize=QuantizeConfig(weight_bits=bits),
-        )
+        bits = trial.suggest_categorical("weights.bits", [8, 4])
+        amount = trial.suggest_float("structured.amount", 0.0, 0.5)
+        config = CompressionConfig.of(structured=StructuredPruning(amount),
+                                      weights=WeightQuantization(bits))  # fmt: skip
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())
-        trial.set_user_attr("channels", {"0": 6, "3": 12})
-        trial.set_user_attr("weight_bits", {"0.weight": 8, "3.weight": bits, "7.weight": 8})
-        record_constraint(trial, "accuracy_drop", BASELINE["accuracy"] - values[0] - BUDGET)
-        save_trial_note(trial, values, BASELINE, BUDGET)
+        plan = {"0.weight": [8, "per_channel", 0], "3.weight": [bits, "per_channel", 0]}
+        trial.set_user_attr(
+            "records", {"structured": {"channels": {"0": 6, "3": 12}}, "weights": {"plan": plan}}
+        )
+        trial.set_user_attr("packed_bytes", int(values[2] * 500))
+        trial.set_user_attr("deployed_bytes", int(values[2] * 1000))
+        for key, value in (extra or {}).get(trial.number, {}).items():
+            trial.set_user_attr(key, value)
+        over = worsening(info, values[0]) - allowed_worsening(info)
+        record_constraint(trial, "metric_budget", over)
+        save_trial_note(trial, values, info, {"0": 8, "3": 16})
         if trial.number == 0:
             recipe = tmp_path / "recipe.yaml"
-            recipe.write_text("format_version: 1\n")
+            recipe.write_text("format_version: 2\n")
             upload_artifact(artifact_store=store, file_path=str(recipe), study_or_trial=trial)
         study.tell(trial, values)
     return study
@@ -132,27 +176,27 @@ def test_constraint_is_recorded_in_both_forms_and_feasibility_agrees(study):
         trials = study.get_trials()
         best = {t.number for t in study.best_trials}
     for t in trials:
-        assert t.system_attrs["constraints"] == [t.constraints["accuracy_drop"]]
-        assert t.constraints["0"] == t.constraints["accuracy_drop"]
+        assert t.system_attrs["constraints"] == [t.constraints["metric_budget"]]
+        assert t.constraints["0"] == t.constraints["metric_budget"]
         assert t.user_attrs["feasible"] is (t.number not in INFEASIBLE)
     assert best == set(FRONT)
     assert [t.number for t in feasible_front(study)] == FRONT
 
 
 def test_dashboard_lists_the_study_with_our_metric_names(study, studies):
-    wsgi_app = dashboard_app(study._storage, studies, "dash")
+    wsgi_app = dashboard_app(study._storage, studies, studies / "dash-0123456789ab")
     status, body = get(wsgi_app, "/api/studies")
     assert status.startswith("200")
     (summary,) = json.loads(body)["study_summaries"]
     assert summary["study_name"] == "dash"
     status, body = get(wsgi_app, f"/api/studies/{study._study_id}?after=0")
     detail = json.loads(body)
-    assert detail["objective_names"] == METRIC_NAMES
+    assert detail["objective_names"] == ["accuracy", "latency_ms", "size_kb"]
     assert json.loads(get(wsgi_app, "/api/meta")[1])["artifact_is_available"] is True
 
 
 def test_dashboard_marks_infeasible_trials_and_serves_notes_and_artifacts(study, studies):
-    wsgi_app = dashboard_app(study._storage, studies, "dash")
+    wsgi_app = dashboard_app(study._storage, studies, studies / "dash-0123456789ab")
     detail = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])
     trials = {t["number"]: t for t in detail["trials"]}
     assert len(trials) == len(TRIALS)
@@ -163,43 +207,34 @@ def test_dashboard_marks_infeasible_trials_and_serves_notes_and_artifacts(study,
         assert feasible["value"] == str(number not in INFEASIBLE)
         assert ("INFEASIBLE" in t["note"]["body"]) is (number in INFEASIBLE)
     note = trials[1]["note"]["body"]
-    assert "accuracy drop 3.00 pt > budget 1.00 pt" in note
-    assert "| baseline | 0.9800 | 2.000 | 400.0 |" in note
-    assert "`0` | 6 | 8 |" in note
+    assert "outside the budget (accuracy drop <= 0.01)" in note
+    assert "| baseline | 0.9800 | 2.000 | 420.0 |" in note
+    assert "| `0` | 6 / 8 (75%) | 8 |" in note
     (artifact,) = trials[0]["artifacts"]
     assert trials[1]["artifacts"] == []
     path = f"/artifacts/{study._study_id}/{trials[0]['trial_id']}/{artifact['artifact_id']}"
     status, body = get(wsgi_app, path)
-    assert status.startswith("200") and body == b"format_version: 1\n"
+    assert status.startswith("200") and body == b"format_version: 2\n"
 
 
-def test_note_describes_layers_against_the_baseline():
-    config = CompressionConfig(
-        prune=PruneConfig(method="structured", amount=0.25),
-        quantize=QuantizeConfig(weight_bits=4, int8_activations=True),
+def test_dashboard_serves_the_study_note_with_the_settings_in_words(study, studies):
+    save_study_note(study)
+    wsgi_app = dashboard_app(study._storage, studies, studies / "dash-0123456789ab")
+    note = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])["note"]
+    assert note["body"] == study_note(study_info(study))
+    body = note["body"]
+    assert (
+        "| target | cpu-onnxruntime, batch 32, 1 thread, on Test CPU 9000 (2 logical cores) |"
+        in body
     )
-    note = trial_note(
-        7,
-        {
-            "config": config.to_dict(),
-            "summary": config.describe(),
-            "channels": {"0": 6, "3": 12},
-            "weight_bits": {"0.weight": 8, "3.weight": 4},
-            "sparsity": 0.0,
-            "params": 5_000,
-        },
-        (0.975, 4.0, 100.0),
-        BASELINE,
-        BUDGET,
-        {"0": 8, "3": 16},
-    )
-    assert note.startswith("## Trial 7: feasible\n")
-    assert "Structured pruning removes 25% of each layer's channels." in note
-    assert "int8 activations" in note
-    assert "| `0` | 6 / 8 (75%) | 8 |" in note
-    assert "| `3` | 12 / 16 (75%) | 4 |" in note
-    assert "0.9750 (-0.50 pt)" in note and "2.00x slower" in note and "4.00x smaller" in note
-    assert "params 5,000 (-50.0%)" in note
+    assert "| budget | accuracy drop <= 0.01 |" in body
+    assert "| search space | search_spaces/tiny.yaml |" in body
+    assert "| sampler | tpe |" in body and "| seed | 7 |" in body
+    assert "| 0.9800 | 0.9700 | 2.000 | 420.0 |" in body  # the baseline, deployed size
+    assert "{'" not in body
+    save_study_note(study, study_info(study))  # a second save is a new version of the same note
+    again = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])["note"]
+    assert again == {"version": note["version"] + 1, "body": body}
 
 
 def test_study_url_points_at_the_study(study):
@@ -214,38 +249,17 @@ def test_dashboard_command_refuses_an_unknown_study(study, studies):
     assert "no study named 'nope'" in result.output
 
 
-def test_objective_records_note_and_dashboard_constraints(digits, tmp_path):
-    from autocompress.study import StudySettings, Target, create_or_resume, run_study
-    from tests.conftest import TINY_SPACE
-
-    settings = StudySettings(
-        space_text=TINY_SPACE.read_text(), target=Target(batch_size=16), seed=5
-    )
-    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    study, used, wl, base = create_or_resume(
-        "real", storage, settings, studies_dir=tmp_path, workload=digits
-    )
-    run_study(study, used, wl, base, n_trials=1, studies_dir=tmp_path)
-    (t,) = study.get_trials(states=(TrialState.COMPLETE,))
-    assert t.system_attrs["constraints"] == [t.constraints["accuracy_drop"]]
-    assert t.user_attrs["feasible"] is (t.constraints["accuracy_drop"] <= 0)
-    assert set(t.user_attrs["weight_bits"]) == {f"{n}.weight" for n in ("0", "3", "7", "12", "14")}
-    detail = json.loads(get(dashboard_app(storage, tmp_path), f"/api/studies/{study._study_id}")[1])
-    body = detail["trials"][0]["note"]["body"]
-    assert body.startswith("## Trial 0: ")
-    assert re.search(r"\| `0` \| \d+ / 32 \(\d+%\) \| (8|32) \|", body), body
-
-
 @pytest.mark.browser
 def test_dashboard_page_shows_the_study_in_chromium(tmp_path):
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (.ci/install-chromium installs it)")
+        skip_or_fail(f"{CHROMIUM} is missing (.ci/install-chromium installs it)",
+                     "AUTOCOMPRESS_REQUIRE_BROWSER")  # fmt: skip
     study = make_study(tmp_path, name="browser-study")
     server = make_dashboard_server(dashboard_app(study._storage, tmp_path), "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = study_url("127.0.0.1", server.server_port, study)
-    shot = REPO / "studies" / "screenshots" / "dashboard.png"
+    shot = tmp_path / "dashboard.png"
     shot.parent.mkdir(parents=True, exist_ok=True)
     shot.unlink(missing_ok=True)
     common = [
@@ -269,4 +283,79 @@ def test_dashboard_page_shows_the_study_in_chromium(tmp_path):
         shutil.rmtree(tmp_path / "profile1", ignore_errors=True)
     assert "browser-study" in dom
     assert "accuracy" in dom and "latency_ms" in dom
-    assert shot.stat().st_size > 10_000  # kept at studies/screenshots/dashboard.png
+    assert shot.stat().st_size > 10_000
+
+
+def _http(url: str, method: str, body: bytes = b"") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body or None, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_dashboard_is_read_only_unless_edits_are_allowed(tmp_path):
+    study = make_study(tmp_path, "victim", trials=TRIALS[:2])
+    storage, study_id = study._storage, study._study_id
+    trial_id = study.trials[0]._trial_id
+    home = tmp_path / "victim-0123456789ab"
+    folder = home / "artifacts"
+    artifacts = sorted(folder.iterdir())
+    server = make_dashboard_server(dashboard_app(storage, tmp_path, home), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        status, body = _http(f"{base}/api/studies/{study_id}", "DELETE", b"{}")
+        assert status == 403
+        assert "read-only" in json.loads(body)["reason"]
+        edits = [
+            ("POST", f"/api/trials/{trial_id}/tell", {"state": "Fail"}),
+            ("PUT", f"/api/studies/{study_id}/{trial_id}/note", {"version": 9, "body": "x"}),
+            ("POST", f"/api/studies/{study_id}/rename", {"study_name": "renamed"}),
+            ("POST", "/api/studies", {"study_name": "new", "directions": ["minimize"]}),
+        ]
+        for method, path, payload in edits:
+            status, _ = _http(base + path, method, json.dumps(payload).encode())
+            assert status == 403, (method, path)
+        status, body = _http(f"{base}/api/studies/{study_id}", "GET")
+        assert status == 200 and len(json.loads(body)["trials"]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert optuna.get_all_study_names(storage) == ["victim"]
+    trials = optuna.load_study(study_name="victim", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sorted(folder.iterdir()) == artifacts
+
+    editable = dashboard_app(storage, tmp_path, home, allow_edits=True)
+    status, _ = request(editable, "DELETE", f"/api/studies/{study_id}")
+    assert status.startswith("204")
+    assert optuna.get_all_study_names(storage) == []
+
+
+def request(wsgi_app, method: str, path: str) -> tuple[str, bytes]:
+    """Call a WSGI app with a body-less request; return the status line and the body."""
+    environ: dict = {"PATH_INFO": path, "QUERY_STRING": "", "REQUEST_METHOD": method}
+    setup_testing_defaults(environ)
+    environ["wsgi.input"] = io.BytesIO()
+    status: list[str] = []
+    body = b"".join(wsgi_app(environ, lambda s, h, exc_info=None: status.append(s)))
+    return status[0], body
+
+
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        (["--port", "70000"], "--port 70000: use 0 to 65535"),
+        (["--port", "-1"], "--port -1: use 0 to 65535"),
+        (["--host", "not a host"], "--host 'not a host' is not an IP address or host name"),
+        (["--host", ""], "--host '' is not an IP address or host name"),
+    ],
+    ids=["port-high", "port-negative", "host-spaces", "host-empty"],
+)
+def test_dashboard_command_refuses_a_bad_address(study, studies, option, fragment):
+    url = f"sqlite:///{studies / 's.db'}"
+    result = CliRunner().invoke(app, ["dashboard", "dash", "--storage", url, *option])
+    assert_one_line_error(result, fragment)

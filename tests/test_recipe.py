@@ -1,13 +1,14 @@
-"""Recipes: export a trial, load it back, apply it, refuse bad ones, pick trials by rule.
+"""Recipes: export a trial, load it back, replay it bit for bit, refuse bad ones, pick by rule.
 
 One real 3-trial study on the digits workload (search_spaces/tiny.yaml) is run once per session
 into a temporary directory; its trials are enqueued so that one is structured-pruned and
-fine-tuned with distillation, one is the untouched model and one is small and infeasible.
+fine-tuned with distillation, one is the untouched model and one is small and infeasible. A
+second set of tests runs one trial of every shipped search space on a tiny workload and checks
+that its recipe rebuilds the very same packed artifact.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import shutil
 import warnings
@@ -16,16 +17,16 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
-import torch
 import yaml
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress import apply_recipe
-from autocompress.apply import RecipeWarning, kept_channels, rebuild
+from autocompress.apply import RecipeWarning, rebuild
 from autocompress.cli import app
 from autocompress.errors import RecipeError
 from autocompress.recipe import (
+    RecipeArtifacts,
     Selection,
     build_recipe,
     content_hash,
@@ -36,84 +37,98 @@ from autocompress.recipe import (
     save_recipe,
     select_trial,
 )
+from autocompress.record import is_feasible
 from autocompress.search_space import load_search_space
-from autocompress.study import StudySettings, create_or_resume, open_storage, run_study
+from autocompress.study import (
+    StudySettings,
+    artifact_dir,
+    create_or_resume,
+    open_storage,
+    run_trials,
+)
+from tests.conftest import BASELINE_CACHE, REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BUDGET = 0.05
+OFF = {
+    f"{m}.enabled": False
+    for m in ("structured", "unstructured", "weights", "int8", "finetune", "distillation")
+}
 TRIALS = [
     {  # structured pruning, fine-tuned with distillation: the replay case
-        "pruning.method": "structured",
-        "pruning.amount": 0.3,
-        "quantization.weight_bits": 8,
-        "quantization.int8_activations": False,
-        "finetune.epochs": 1,
+        **OFF,
+        "structured.enabled": True,
+        "structured.amount": 0.3,
+        "weights.enabled": True,
+        "weights.bits": 8,
+        "finetune.enabled": True,
         "finetune.lr": 3e-3,
         "finetune.schedule": "cosine",
         "distillation.enabled": True,
         "distillation.temperature": 4.0,
-        "distillation.alpha": 0.5,
     },
-    {  # the baseline as is: most accurate, largest
-        "pruning.method": "none",
-        "quantization.weight_bits": 32,
-        "finetune.epochs": 0,
-    },
-    {  # far too aggressive: outside the accuracy budget
-        "pruning.method": "structured",
-        "pruning.amount": 0.6,
-        "quantization.weight_bits": 4,
-        "quantization.int8_activations": False,
-        "finetune.epochs": 0,
+    OFF,  # the baseline as is: most accurate, largest
+    {  # far too aggressive: outside the budget
+        **OFF,
+        "structured.enabled": True,
+        "structured.amount": 0.6,
+        "weights.enabled": True,
+        "weights.bits": 4,
     },
 ]
 
 
+def _cached_baselines(into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for f in BASELINE_CACHE.glob("digits-*"):
+        shutil.copy(f, into)
+
+
 @pytest.fixture(scope="session")
-def digits_study(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def digits_study(digits, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("recipe")
     studies = root / "studies"
-    cache = studies / "baselines"
-    cache.mkdir(parents=True)
-    # Reuse a baseline already trained in this checkout (else it trains once, ~30 s).
-    for f in (REPO / "studies" / "baselines").glob("digits-*.pt"):
-        shutil.copy(f, cache)
+    _cached_baselines(studies / "baselines")  # the CLI's export and apply load the baseline
     url = f"sqlite:///{root / 'study.db'}"
     settings = StudySettings(
         workload="digits",
         space_text=load_search_space(REPO / "search_spaces" / "tiny.yaml").text,
         space_source="search_spaces/tiny.yaml",
         sampler="random",
-        max_accuracy_drop=BUDGET,
+        max_metric_drop=BUDGET,
         warm_start=False,  # the tests enqueue their own cases
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        storage = open_storage(url)
-        study, settings, workload, baseline = create_or_resume(
-            "t", storage, settings, studies_dir=studies
+        study, settings, workload, info = create_or_resume(
+            "t", open_storage(url), settings, studies_dir=studies, workload=digits
         )
         for params in TRIALS:
             study.enqueue_trial(params)
-        run_study(study, settings, workload, baseline, n_trials=len(TRIALS), studies_dir=studies)
-    trials = study.get_trials(states=(TrialState.COMPLETE,))
-    assert len(trials) == len(TRIALS)
-    return SimpleNamespace(root=root, studies=studies, url=url, study=study, workload=workload)
+        folder = artifact_dir(studies, study)
+        run_trials(
+            study,
+            settings,
+            workload,
+            info,
+            n_trials=len(TRIALS),
+            studies_dir=studies,
+            wrap=lambda o: RecipeArtifacts(o, workload.model, folder),
+        )
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == len(TRIALS)
+    return SimpleNamespace(
+        root=root, studies=studies, url=url, study=study, workload=workload, folder=folder
+    )
 
 
 def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
     return next(t for t in study.get_trials() if t.number == number)
 
 
-def _feasible(t: optuna.trial.FrozenTrial) -> bool:
-    return all(v <= 0 for v in t.constraints.values())
-
-
 def test_the_study_has_the_cases_the_tests_need(digits_study: SimpleNamespace) -> None:
     study = digits_study.study
-    assert _feasible(_trial(study, 0)) and _trial(study, 0).user_attrs["pruning_history"]
-    assert _feasible(_trial(study, 1))
-    assert not _feasible(_trial(study, 2))
+    assert is_feasible(_trial(study, 0)) and is_feasible(_trial(study, 1))
+    assert not is_feasible(_trial(study, 2))
+    assert "structured" in _trial(study, 0).user_attrs["records"]
 
 
 @pytest.mark.parametrize("number", [0, 1, 2])
@@ -122,14 +137,8 @@ def test_round_trip_export_load_equal(digits_study: SimpleNamespace, number: int
         digits_study.study, _trial(digits_study.study, number), digits_study.workload.model
     )
     path = save_recipe(recipe, tmp_path / "r.yaml")
-    loaded = load_recipe(path)
-    assert loaded == recipe
-    assert dumps(loaded) == path.read_text()
-    trial = _trial(digits_study.study, number)
-    assert loaded.source["trial"] == number
-    assert loaded.metrics["validation_accuracy"] == trial.values[0]
-    assert loaded.metrics["size_bytes"] == trial.user_attrs["size_bytes"]
-    assert loaded.config.to_dict() == trial.user_attrs["config"]
+    assert load_recipe(path) == recipe
+    assert dumps(load_recipe(path)) == path.read_text()
 
 
 def test_recipe_is_readable_and_complete(digits_study: SimpleNamespace) -> None:
@@ -137,95 +146,44 @@ def test_recipe_is_readable_and_complete(digits_study: SimpleNamespace) -> None:
         digits_study.study, _trial(digits_study.study, 0), digits_study.workload.model
     )
     text = dumps(recipe)
-    doc = yaml.safe_load(text)
     assert text.startswith("# autocompress recipe")
-    assert doc["format_version"] == 1
-    assert set(doc["versions"]) == {"autocompress", "torch", "torch_pruning", "optuna"}
-    assert doc["workload"]["reference"] == "digits"
-    assert len(doc["workload"]["baseline_weights_sha256"]) == 64
-    trial = _trial(digits_study.study, 0)
-    assert doc["target"] == {
-        "runtime": "torch",
-        "device": "cpu",
-        "threads": 1,
-        "batch_size": 32,
-        "deployed": trial.user_attrs["deployed_kind"],
-    }
-    assert doc["measured_on"] == digits_study.study.user_attrs["autocompress"]["hardware"]
-    prune, finetune, quantize = doc["steps"]
-    assert [s["type"] for s in doc["steps"]] == ["prune", "finetune", "quantize"]
-    assert prune["kept_channels"] == _trial(digits_study.study, 0).user_attrs["channels"]
-    assert prune["kept_channels"] == {"0": 22, "3": 44, "7": 44, "12": 89, "14": 10}  # 70% kept
-    assert finetune["distillation"] == {"temperature": 4.0, "alpha": 0.5}
-    assert finetune["epochs"] == 1 and finetune["schedule"] == "cosine"
-    assert set(quantize["bits_per_layer"].values()) == {8}
-    assert doc["content_sha256"] == content_hash(doc)
+    doc = yaml.safe_load(text)
+    assert [s["type"] for s in doc["steps"]] == [
+        "structured",
+        "finetune",
+        "distillation",
+        "weights",
+    ]
+    structured = doc["steps"][0]
+    assert structured["amount"] == 0.3 and structured["record"]["history"]
+    assert doc["steps"][3]["record"]["plan"]
+    assert doc["metrics"]["validation_accuracy"] == _trial(digits_study.study, 0).values[0]
+    assert doc["metrics"]["packed_bytes"] > 0 and doc["metrics"]["deployed_bytes"] > 0
+    assert "never imported" in text and "integrity, not origin" in text
 
 
-def test_apply_reproduces_size_and_validation_accuracy(
+def test_apply_rebuilds_the_same_packed_artifact_byte_for_byte(
     digits_study: SimpleNamespace, tmp_path
 ) -> None:
     study, wl = digits_study.study, digits_study.workload
-    feasible = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if _feasible(t)]
-    assert [t.number for t in feasible] == [0, 1]
-    for t in feasible:
+    for number in (0, 2):
+        t = _trial(study, number)
         recipe = build_recipe(study, t, wl.model)
-        rebuilt = rebuild(wl, recipe, tmp_path / f"{t.number}.acpk")
-        assert rebuilt.compressed.size_bytes == t.user_attrs["size_bytes"]
-        assert (tmp_path / f"{t.number}.acpk").stat().st_size == t.user_attrs["size_bytes"]
-        accuracy = wl.evaluate(rebuilt.compressed.deployable, "val")
-        assert abs(accuracy - t.values[0]) <= 0.005
+        rebuild(wl, recipe, tmp_path / f"{number}.acpk")
+        original = Path(t.user_attrs["artifact"]).read_bytes()
+        assert (tmp_path / f"{number}.acpk").read_bytes() == original, number
 
 
-def test_structured_pruning_replays_to_the_recipes_shapes(
-    digits_study: SimpleNamespace, tmp_path
-) -> None:
-    study, wl = digits_study.study, digits_study.workload
-    recipe = build_recipe(study, _trial(study, 0), wl.model)
-    magnitude = rebuild(wl, recipe, tmp_path / "m.acpk")
-    replayed = rebuild(wl, recipe, tmp_path / "h.acpk", replay_history=True)
-    assert magnitude.pruning == "magnitude" and replayed.pruning == "history"
-    for r in (magnitude, replayed):
-        assert kept_channels(r.compressed.model) == recipe.kept_channels
-        assert r.compressed.size_bytes == recipe.metrics["size_bytes"]
-    for a, b in zip(
-        magnitude.compressed.model.state_dict().values(),
-        replayed.compressed.model.state_dict().values(),
-        strict=True,
-    ):
-        assert torch.equal(a, b)
+def test_a_recipe_that_does_not_fit_the_model_is_refused(digits_study, tmp_path) -> None:
+    recipe = build_recipe(
+        digits_study.study, _trial(digits_study.study, 0), digits_study.workload.model
+    )
+    bad = dataclasses.replace(recipe, records={"structured": {"history": [["nope", True, [0]]]}})
+    with pytest.raises(RecipeError, match="does not apply to this model"):
+        rebuild(digits_study.workload, bad, tmp_path / "x.acpk")
 
 
-def test_other_channel_choice_falls_back_to_the_history(
-    digits_study: SimpleNamespace, tmp_path
-) -> None:
-    study, wl = digits_study.study, digits_study.workload
-    recipe = build_recipe(study, _trial(study, 0), wl.model)
-    other = dataclasses.replace(wl, model=_reweighted(wl.model))
-    assert torch.equal(other.model(wl.val.x[:8]).argmax(1), wl.model(wl.val.x[:8]).argmax(1))
-    rebuilt = rebuild(other, recipe, tmp_path / "o.acpk")
-    assert rebuilt.pruning == "history"
-    assert kept_channels(rebuilt.compressed.model) == recipe.kept_channels
-    assert any("weights differ" in w for w in rebuilt.warnings)
-    assert any("replayed the recipe's history" in w for w in rebuilt.warnings)
-
-
-def _reweighted(model: torch.nn.Module) -> torch.nn.Module:
-    """The same function with the first conv's channels in reverse order (other indices)."""
-    model = copy.deepcopy(model)
-    perm = torch.arange(model[0].out_channels).flip(0)
-    with torch.no_grad():
-        for p in (model[0].weight, model[0].bias, model[1].weight, model[1].bias):
-            p.copy_(p[perm])
-        for name in ("running_mean", "running_var"):
-            getattr(model[1], name).copy_(getattr(model[1], name)[perm])
-        model[3].weight.copy_(model[3].weight[:, perm])
-    return model
-
-
-def test_python_api_warns_about_other_hardware_and_still_reproduces(
-    digits_study: SimpleNamespace,
-) -> None:
+def test_python_api_warns_about_other_hardware_and_still_reproduces(digits_study) -> None:
     study, wl = digits_study.study, digits_study.workload
     t = _trial(study, 0)
     recipe = build_recipe(study, t, wl.model)
@@ -235,10 +193,9 @@ def test_python_api_warns_about_other_hardware_and_still_reproduces(
         versions={**recipe.versions, "torch": "1.0.0"},
     )
     notes = environment_warnings(elsewhere)
-    assert any("torch 1.0.0" in n for n in notes)
-    assert any("Some Other CPU" in n for n in notes)
+    assert any("torch 1.0.0" in n for n in notes) and any("Some Other CPU" in n for n in notes)
     with pytest.warns(RecipeWarning, match="Some Other CPU"):
-        model = apply_recipe(wl.model, elsewhere, wl)
+        model = apply_recipe(wl.model, elsewhere, wl.train, example_input=wl.example_input)
     assert abs(wl.evaluate(model, "val") - t.values[0]) <= 0.005
 
 
@@ -255,7 +212,12 @@ def _rehash(doc: dict) -> str:
 
 
 def _bad_version(doc: dict) -> str:
-    doc["format_version"] = 2
+    doc["format_version"] = 3
+    return _rehash(doc)
+
+
+def _bool_version(doc: dict) -> str:
+    doc["format_version"] = True
     return _rehash(doc)
 
 
@@ -274,13 +236,18 @@ def _missing_field(doc: dict) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _missing_step_field(doc: dict) -> str:
-    del doc["steps"][2]["granularity"]
+def _unknown_setting(doc: dict) -> str:
+    doc["steps"][3]["granularty"] = "per_channel"
     return _rehash(doc)
 
 
 def _bad_value(doc: dict) -> str:
-    doc["steps"][2]["weight_bits"] = 1
+    doc["steps"][3]["bits"] = 1
+    return _rehash(doc)
+
+
+def _reordered(doc: dict) -> str:
+    doc["steps"] = doc["steps"][::-1]
     return _rehash(doc)
 
 
@@ -291,21 +258,25 @@ def _code(doc: dict) -> str:
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (_bad_version, "unknown format_version 2"),
+        (_bad_version, "unknown format_version 3"),
+        (_bool_version, "unknown format_version True"),
         (_bad_hash, "content_sha256 does not match"),
         (_unknown_step, "unknown step type 'magic'"),
         (_missing_field, "missing field 'metrics'"),
-        (_missing_step_field, "step quantize is missing field 'granularity'"),
-        (_bad_value, "weight_bits must be one of"),
-        (_code, "not valid YAML"),
+        (_unknown_setting, "step weights: unknown setting 'granularty'"),
+        (_bad_value, "weight bits must be one of"),
+        (_reordered, "pipeline order"),
+        (_code, "malformed YAML at line 1"),
     ],
     ids=[
         "version",
+        "bool-version",
         "hash",
         "unknown-step",
         "missing-field",
-        "missing-step-field",
+        "unknown-setting",
         "bad-value",
+        "order",
         "code",
     ],
 )
@@ -316,6 +287,25 @@ def test_bad_recipes_are_refused(digits_study: SimpleNamespace, tamper, message:
     assert "\n" not in str(info.value)
 
 
+def test_signatures_prove_the_key_not_just_the_content(digits_study, tmp_path) -> None:
+    recipe = build_recipe(
+        digits_study.study, _trial(digits_study.study, 0), digits_study.workload.model
+    )
+    key, other = b"a secret of at least 16 bytes", b"another secret, 16 bytes+"
+    signed = load_recipe(save_recipe(recipe.signed(key), tmp_path / "s.yaml"))
+    signed.verify(key)
+    with pytest.raises(RecipeError, match="does not match this key"):
+        signed.verify(other)
+    with pytest.raises(RecipeError, match="not signed"):
+        recipe.verify(key)
+    # an attacker who edits the file and recomputes content_sha256 still fails the signature
+    doc = yaml.safe_load((tmp_path / "s.yaml").read_text())
+    doc["steps"][0]["amount"] = 0.9
+    forged = loads(_rehash(doc))
+    with pytest.raises(RecipeError, match="does not match this key"):
+        forged.verify(key)
+
+
 def test_selection_rules_pick_the_right_trial(digits_study: SimpleNamespace) -> None:
     study = digits_study.study
     t0, t1 = _trial(study, 0), _trial(study, 1)
@@ -323,12 +313,9 @@ def test_selection_rules_pick_the_right_trial(digits_study: SimpleNamespace) -> 
     assert t1.values[0] >= t0.values[0] and t0.values[2] < t1.values[2]
     assert select_trial(study, Selection()).number == 1
     assert select_trial(study, Selection(optimize="size")).number == 0
-    assert select_trial(study, Selection(min_accuracy=t0.values[0], optimize="latency")).number in (
-        0,
-        1,
-    )
     limit = (t0.values[2] + t1.values[2]) / 2
-    assert select_trial(study, Selection(max_size_kb=limit, optimize="accuracy")).number == 0
+    assert select_trial(study, Selection(max_size_kb=limit)).number == 0
+    assert select_trial(study, Selection(metric_limit=t1.values[0], optimize="size")).number == 1
     assert select_trial(study, Selection(trial=2)).number == 2  # any complete trial by number
     with pytest.raises(RecipeError, match="no trial of study 't'"):
         select_trial(study, Selection(max_size_kb=1.0))
@@ -336,14 +323,12 @@ def test_selection_rules_pick_the_right_trial(digits_study: SimpleNamespace) -> 
         select_trial(study, Selection(trial=99))
 
 
-def test_feasible_trials_carry_their_recipe_as_an_artifact(
-    digits_study: SimpleNamespace, tmp_path
-) -> None:
+def test_feasible_trials_carry_their_recipe_as_an_artifact(digits_study, tmp_path) -> None:
     study = digits_study.study
-    store = optuna.artifacts.FileSystemArtifactStore(digits_study.studies / "t" / "artifacts")
+    store = optuna.artifacts.FileSystemArtifactStore(digits_study.folder / "artifacts")
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
-        if not _feasible(t):
+        if not is_feasible(t):
             assert metas == []
             continue
         assert len(metas) == 1
@@ -351,16 +336,11 @@ def test_feasible_trials_carry_their_recipe_as_an_artifact(
         optuna.artifacts.download_artifact(
             artifact_store=store, artifact_id=metas[0].artifact_id, file_path=str(path)
         )
-        assert load_recipe(path).source == {
-            "study": "t",
-            "trial": t.number,
-            "summary": t.user_attrs["summary"],
-        }
+        source = load_recipe(path).source
+        assert (source["study"], source["trial"]) == ("t", t.number)
 
 
-def test_cli_export_then_apply(
-    digits_study: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cli_export_then_apply(digits_study: SimpleNamespace, monkeypatch) -> None:
     monkeypatch.chdir(digits_study.root)  # studies/baselines there holds the cached baseline
     runner = CliRunner()
     t0 = _trial(digits_study.study, 0)
@@ -383,10 +363,23 @@ def test_cli_export_then_apply(
     assert "trial 0" in result.output
     result = runner.invoke(app, ["apply", "r.yaml", "--out", "deploy"])
     assert result.exit_code == 0, result.output
-    assert "re-measured" in result.output and "size_bytes" in result.output
-    assert Path("deploy/model.acpk").stat().st_size == t0.user_attrs["size_bytes"]
-    assert Path("deploy/model.pt").exists()
-    assert "onnx:" in result.output
+    assert "re-measured" in result.output and "packed_bytes" in result.output
+    assert Path("deploy/model.acpk").stat().st_size == t0.user_attrs["packed_bytes"]
+    assert Path("deploy/model.acpk").read_bytes() == Path(t0.user_attrs["artifact"]).read_bytes()
+    assert Path("deploy/model.pt").exists() and "onnx:" in result.output
+
+
+def test_apply_never_imports_a_recipes_module(digits_study, tmp_path, monkeypatch) -> None:
+    """A recipe edited to name another module (hash recomputed) is refused, not imported."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil_mod.py").write_text("import os\nos.abort()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = _doc(digits_study)
+    doc["workload"]["reference"] = "evil_mod:run"
+    Path("r.yaml").write_text(_rehash(doc))
+    result = CliRunner().invoke(app, ["apply", "r.yaml", "--out", "out"])
+    assert result.exit_code == 2
+    assert "never imports code" in result.output and "--workload evil_mod:run" in result.output
 
 
 def test_cli_refuses_a_tampered_recipe_in_one_line(digits_study: SimpleNamespace, tmp_path) -> None:
@@ -416,3 +409,50 @@ def test_cli_export_rejects_contradictory_rules(digits_study: SimpleNamespace, t
     )
     assert result.exit_code == 2
     assert "not both" in result.output
+
+
+SPACES = sorted(p.name for p in (REPO / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_a_trial_of_every_space_replays_bit_for_bit(tiny, tmp_path, space) -> None:
+    """Every field a space can set goes into the recipe and comes back (per-layer amounts and
+    bits included): the rebuilt packed artifact has the same bytes as the trial's."""
+    settings = StudySettings(
+        workload="tests.conftest:tiny_workload",
+        space_text=(REPO / "search_spaces" / space).read_text(),
+        space_source=space,
+        sampler="random",
+        seed=11,
+        warm_start=False,
+        early_stop=False,
+    )
+    study, settings, wl, info = create_or_resume(
+        "r",
+        open_storage(f"sqlite:///{tmp_path / 'r.db'}"),
+        settings,
+        studies_dir=tmp_path,
+        workload=tiny,
+    )
+    for params in _pinned_per_layer(load_search_space(REPO / "search_spaces" / space)):
+        study.enqueue_trial(params)
+    run_trials(study, settings, wl, info, n_trials=1, studies_dir=tmp_path)
+    (trial,) = study.get_trials(states=(TrialState.COMPLETE,))
+    recipe = load_recipe(save_recipe(build_recipe(study, trial, wl.model), tmp_path / "r.yaml"))
+    rebuild(wl, recipe, tmp_path / "again.acpk")
+    assert (tmp_path / "again.acpk").read_bytes() == Path(trial.user_attrs["artifact"]).read_bytes()
+
+
+def _pinned_per_layer(space) -> list[dict]:
+    """Where a space searches per-layer settings, ask for them (the replay must carry them)."""
+    params = {}
+    for name, dim in space.dims.items():
+        if name.endswith(".per_layer") and dim.searched:
+            params[name] = True
+        if (
+            name.endswith(".enabled")
+            and dim.searched
+            and name.split(".")[0] in ("weights", "structured")
+        ):
+            params[name] = True
+    return [params] if params else []

@@ -1,19 +1,24 @@
+"""A study: atomic creation with its baseline, resume, trials recorded, the one feasibility rule."""
+
+import math
+from dataclasses import replace
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from autocompress.errors import AutocompressError, StorageError
+from autocompress.record import ATTR, feasible_front, is_feasible, objective_names, study_info
 from autocompress.study import (
-    ATTR,
-    METRIC_NAMES,
     StudySettings,
     Target,
+    artifact_dir,
     create_or_resume,
-    feasible_front,
     load_study,
     open_storage,
-    run_study,
+    run_trials,
     summarize,
+    validate_study_name,
 )
 from tests.conftest import TINY_SPACE
 
@@ -25,7 +30,7 @@ def settings():
         space_text=TINY_SPACE.read_text(),
         space_source=str(TINY_SPACE),
         target=Target(batch_size=16),
-        max_accuracy_drop=0.02,
+        max_metric_drop=0.02,
         seed=3,
     )
 
@@ -33,26 +38,32 @@ def settings():
 def test_three_trial_study_then_resume(digits, tmp_path, settings):
     url = f"sqlite:///{tmp_path / 's.db'}"
     storage = open_storage(url)
-    study, used, wl, baseline = create_or_resume(
+    study, used, wl, info = create_or_resume(
         "t", storage, settings, studies_dir=tmp_path, workload=digits
     )
     assert used == settings
-    run_study(study, used, wl, baseline, n_trials=3, studies_dir=tmp_path)
+    run_trials(study, used, wl, info, n_trials=3, studies_dir=tmp_path)
 
-    # a new process would see this: reload from the file
-    study = load_study("t", url)
-    trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    assert all(len(t.values) == 3 for t in trials)
-    assert study.metric_names == METRIC_NAMES
-    info = study.user_attrs[ATTR]
-    assert info["baseline"]["accuracy"] > 0.95
-    assert info["baseline"]["size_bytes"] > 300_000
-    assert info["hardware"]["threads"] == 1
-    for t in trials:
-        assert "accuracy_drop" in t.constraints
+    study = load_study("t", url)  # as a new process would see it
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and all(len(t.values) == 3 for t in done)
+    info = study_info(study)
+    assert study.metric_names == objective_names(info) == ["accuracy", "latency_ms", "size_kb"]
+    assert info["task"] == {
+        "name": "classification",
+        "metric": "accuracy",
+        "higher_is_better": True,
+    }
+    assert info["baseline"]["metric"] > 0.95
+    assert info["baseline"]["packed_bytes"] > 300_000
+    assert info["baseline"]["deployed_bytes"] > 300_000
+    assert info["size"] == "deployed" and info["budget"] == {"absolute": 0.02, "relative": None}
+    folder = artifact_dir(tmp_path, study)
+    assert folder.name == f"t-{info['uid']}"
+    for t in done:
+        assert "metric_budget" in t.constraints
         for key in (
-            "test_accuracy",
+            "test_metric",
             "latency_p90_ms",
             "params",
             "macs",
@@ -60,59 +71,86 @@ def test_three_trial_study_then_resume(digits, tmp_path, settings):
             "effective_bits",
             "config",
             "latency_ratio",
+            "records",
+            "deployed_kind",
         ):
             assert key in t.user_attrs, key
-        assert (tmp_path / "t" / f"trial-{t.number}.acpk").stat().st_size == t.user_attrs[
-            "size_bytes"
-        ]
-        assert t.values[2] == pytest.approx(t.user_attrs["size_bytes"] / 1000)
+        assert (folder / f"trial-{t.number}.acpk").stat().st_size == t.user_attrs["packed_bytes"]
+        assert (folder / f"trial-{t.number}.pt").stat().st_size == t.user_attrs["deployed_bytes"]
+        assert t.values[2] == pytest.approx(t.user_attrs["deployed_bytes"] / 1000)
+        # the latency objective is the interleaved ratio times the stored baseline latency
+        assert t.values[1] == pytest.approx(
+            t.user_attrs["latency_ratio"] * info["baseline"]["latency_ms"]
+        )
 
-    # resume: same name, same storage -> more trials in the same study
-    study2, used2, wl2, baseline2 = create_or_resume(
-        "t",
-        open_storage(url),
-        StudySettings(workload="digits"),
-        studies_dir=tmp_path,
-        workload=digits,
+    # resume: same name, nothing given -> the stored settings, more trials in the same study
+    study2, used2, wl2, info2 = create_or_resume(
+        "t", open_storage(url), {}, studies_dir=tmp_path, workload=digits
     )
-    assert used2 == settings and baseline2 == baseline
-    run_study(study2, used2, wl2, baseline2, n_trials=2, studies_dir=tmp_path)
-    assert len(load_study("t", url).trials) == 5
-    assert {t.number for t in load_study("t", url).trials} == set(range(5))
-    s = summarize(load_study("t", url))
-    assert s["counts"]["COMPLETE"] == 5
-    front = feasible_front(load_study("t", url))
-    assert all(t.constraints["accuracy_drop"] <= 0 for t in front)
+    assert used2 == settings and info2["baseline"] == info["baseline"]
+    run_trials(study2, used2, wl2, info2, n_trials=2, studies_dir=tmp_path)
+    study = load_study("t", url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    assert summarize(study)["counts"]["COMPLETE"] == 5
+    assert all(is_feasible(t) for t in feasible_front(study))
 
 
-def test_resume_with_another_workload_is_refused(digits, tmp_path, settings):
+def test_resume_with_other_options_is_refused_listing_each(digits, tmp_path, settings):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     create_or_resume("t", storage, settings, studies_dir=tmp_path, workload=digits)
-    with pytest.raises(AutocompressError, match="compresses workload 'digits'"):
-        create_or_resume("t", storage, StudySettings(workload="mnist-mlp"), studies_dir=tmp_path)
+    given = {
+        "workload": "mnist-mlp",
+        "target": {"runtime": "onnxruntime", "batch_size": 16},
+        "sampler": "random",
+        "max_metric_drop": 0.02,
+    }
+    with pytest.raises(AutocompressError) as err:
+        create_or_resume("t", storage, given, studies_dir=tmp_path)
+    message = str(err.value)
+    assert "--workload (study: digits)" in message and "--sampler (study: tpe)" in message
+    assert "--target (study: cpu-torch)" in message
+    assert "batch" not in message and "drop" not in message  # given values equal to the study's
 
 
-def test_failing_trial_is_recorded_and_study_goes_on(digits, tmp_path, settings, monkeypatch):
-    import autocompress.objective as objective_mod  # Objective calls compress from there
+def test_a_changed_baseline_is_refused_on_resume(digits, tmp_path, settings):
+    import torch
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    study, used, wl, baseline = create_or_resume(
-        "f", storage, settings, studies_dir=tmp_path, workload=digits
+    create_or_resume("t", storage, settings, studies_dir=tmp_path, workload=digits)
+    changed = digits.with_model(__import__("copy").deepcopy(digits.model))
+    with torch.no_grad():
+        next(changed.model.parameters())[0].flatten()[0] += 1.0
+    with pytest.raises(AutocompressError, match="not the one study 't' was created with"):
+        create_or_resume("t", storage, {}, studies_dir=tmp_path, workload=changed)
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits, tmp_path, settings, monkeypatch):
+    import autocompress.objective as objective_mod
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, used, wl, info = create_or_resume(
+        "f", storage, replace(settings, warm_start=False), studies_dir=tmp_path, workload=digits
     )
-    real = objective_mod.compress
-    calls = {"n": 0}
+    real, calls = objective_mod.compress, {"n": 0}
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
-            raise RuntimeError("simulated kernel failure")
+            raise AssertionError("simulated bug in a user's model")  # not a RuntimeError
+        if calls["n"] == 2:
+            raise IndexError("index 7 is out of bounds")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(objective_mod, "compress", flaky)
-    run_study(study, used, wl, baseline, n_trials=2, studies_dir=tmp_path)
+    result = run_trials(study, used, wl, info, n_trials=1, studies_dir=tmp_path)
     states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.WAITING]  # 1 warm start left
-    assert "simulated kernel failure" in study.trials[0].user_attrs["fail_reason"]
+    assert states == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    reasons = [t.user_attrs["fail_reason"] for t in study.get_trials()[:2]]
+    assert reasons == [
+        "AssertionError: simulated bug in a user's model",
+        "IndexError: index 7 is out of bounds",
+    ]
+    assert (result.completed, result.failed) == (1, 2)
 
 
 def test_missing_study_lists_what_exists(tmp_path):
@@ -134,43 +172,103 @@ def test_bad_storage_urls(url, message):
         open_storage(url)
 
 
+@pytest.mark.parametrize("name", ["", "../../x", "/abs", ".hidden", "a" * 129, "sp ace", "x/y"])
+def test_study_names_that_are_not_folder_names_are_refused(name):
+    with pytest.raises(AutocompressError, match="is not allowed"):
+        validate_study_name(name)
+
+
 def test_settings_validation():
     with pytest.raises(AutocompressError, match="--sampler"):
         StudySettings(sampler="cmaes")
-    with pytest.raises(AutocompressError, match="--max-accuracy-drop"):
-        StudySettings(max_accuracy_drop=5)
+    with pytest.raises(AutocompressError, match="--max-metric-drop"):
+        StudySettings(max_metric_drop=-1)
+    with pytest.raises(AutocompressError, match="not both"):
+        StudySettings(max_metric_drop=0.1, max_relative_drop=0.1)
+    with pytest.raises(AutocompressError, match="--seed"):
+        StudySettings(seed=-5)
     with pytest.raises(AutocompressError, match="--threads"):
         Target(threads=0)
+    assert StudySettings().budget("language-modeling") == {"absolute": None, "relative": 0.05}
 
 
 def test_hopeless_trial_stops_early_and_stays_off_the_front(digits, tmp_path, settings):
     space = (
-        "pruning:\n  method: structured\n  amount: 0.9\n"
+        "structured:\n  amount: 0.9\n"
         "finetune:\n  epochs: 3\n  lr: {low: 1.0e-6, high: 2.0e-6, log: true}\n"
     )
-    s = StudySettings(**{**settings.__dict__, "space_text": space, "max_accuracy_drop": 0.01})
+    s = replace(settings, space_text=space, max_metric_drop=0.01, warm_start=False)
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    study, used, wl, baseline = create_or_resume(
-        "e", storage, s, studies_dir=tmp_path, workload=digits
-    )
-    run_study(study, used, wl, baseline, n_trials=1, studies_dir=tmp_path)
-    (trial,) = study.get_trials()
+    study, used, wl, info = create_or_resume("e", storage, s, studies_dir=tmp_path, workload=digits)
+    run_trials(study, used, wl, info, n_trials=1, studies_dir=tmp_path, timeout=120)
+    trial = study.get_trials()[0]
     assert trial.state == TrialState.PRUNED
     assert "stopped early after epoch 1" in trial.user_attrs["stopped_reason"]
-    assert trial.user_attrs["partial_accuracy"] < baseline["accuracy"] - 0.11
+    assert trial.user_attrs["partial_metric"] < info["baseline"]["metric"] - 0.11
     assert feasible_front(study) == []
     assert summarize(study)["stopped"][0][0] == trial.number
 
 
+def test_a_run_where_every_trial_is_stopped_ends(digits, tmp_path, settings):
+    space = (
+        "structured:\n  amount: 0.9\nfinetune:\n  epochs: 2\n  lr: {low: 1.0e-6, high: 2.0e-6}\n"
+    )
+    s = replace(settings, space_text=space, warm_start=False)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, used, wl, info = create_or_resume("p", storage, s, studies_dir=tmp_path, workload=digits)
+    result = run_trials(study, used, wl, info, n_trials=1, studies_dir=tmp_path)
+    assert result.stopped_because == "failures" and result.pruned == 10
+    assert len(study.get_trials()) == 10
+
+
 def test_warm_starts_are_the_first_trials(digits, tmp_path, settings):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
-    study, used, wl, baseline = create_or_resume(
+    study, used, wl, info = create_or_resume(
         "w", storage, settings, studies_dir=tmp_path, workload=digits
     )
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert len(waiting) == len(used.space().warm_starts()) == 3
-    run_study(study, used, wl, baseline, n_trials=1, studies_dir=tmp_path)
+    assert len(waiting) == 3
+    run_trials(study, used, wl, info, n_trials=1, studies_dir=tmp_path)
     first = study.trials[0]
     assert first.user_attrs["warm_start"] is True
-    assert first.params["pruning.method"] == "none"
-    assert first.user_attrs["config"]["quantize"]["int8_activations"] is True
+    assert first.params["int8.enabled"] is True and first.params["structured.enabled"] is False
+    assert "int8" in first.user_attrs["config"]["methods"]
+
+
+def test_a_half_created_study_is_replaced_not_refused(digits, tmp_path, settings):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="h", storage=url)  # killed before its record was written
+    study, *_ = create_or_resume(
+        "h", open_storage(url), settings, studies_dir=tmp_path, workload=digits
+    )
+    assert ATTR in study.user_attrs
+
+
+def test_old_study_records_are_read(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(
+        study_name="old", storage=url, directions=["maximize", "minimize", "minimize"]
+    )
+    study.set_user_attr(
+        ATTR,
+        {
+            "settings": {
+                "workload": "digits",
+                "max_accuracy_drop": 0.01,
+                "seed": 0,
+                "target": {"device": "cpu", "threads": 1, "batch_size": 32, "runtime": "torch"},
+            },
+            "baseline": {
+                "accuracy": 0.99,
+                "test_accuracy": 0.98,
+                "latency_ms": 2.0,
+                "size_kb": 300,
+                "size_bytes": 300_000,
+            },
+            "hardware": {},
+        },
+    )
+    info = study_info(load_study("old", url))
+    assert info["baseline"]["metric"] == 0.99 and info["size"] == "packed"
+    assert info["budget"]["absolute"] == 0.01
+    assert math.isclose(summarize(load_study("old", url))["n_trials"], 0)

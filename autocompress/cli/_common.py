@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +18,8 @@ from autocompress.errors import AutocompressError
 # Tables stay readable when the output is a file or a pipe, not a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-_state = {"debug": False}
+_state = {"debug": False, "interrupted": False}
+_INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 DEFAULT_SPACE = Path("search_spaces") / "default.yaml"
 _REPO_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
@@ -36,6 +38,14 @@ def _default_storage() -> str:
     from autocompress.study import DEFAULT_STORAGE
 
     return DEFAULT_STORAGE
+
+
+def _existing_storage(storage: str, write: bool = False) -> Any:
+    """The storage of a study database that must exist: a mistyped path is an error, never a
+    new empty database. ``write``: also check that it can be written (a worker's)."""
+    from autocompress.storage import open_storage
+
+    return open_storage(storage or _default_storage(), create=False, write=write)
 
 
 @contextmanager
@@ -69,20 +79,58 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
 
 
-def _main(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
-    ] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """autocompress: one joint, multi-objective search over pruning, quantization,
-    distillation and fine-tuning, with accuracy, latency and size measured on the target."""
-    _state["debug"] = debug
-    _quiet_libraries()
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         console.print(f"autocompress {__version__}")
         raise typer.Exit()
 
 
+def _main(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """autocompress: one joint, multi-objective search over pruning, quantization,
+    distillation and fine-tuning, with the metric, latency and size measured on the target."""
+    _state["debug"] = debug
+    _quiet_libraries()
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
+    """Turn the first SIGINT or SIGTERM into ``KeyboardInterrupt``; ignore every later one.
+
+    While the first is handled, Optuna records the trial in flight as failed and the process
+    ends. A second Ctrl-C there would cut that short (the trial stays RUNNING until another
+    worker's grace period) or land in a finalizer ("Exception ignored ... KeyboardInterrupt").
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _state["interrupted"] = True
     raise KeyboardInterrupt
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """While the command runs, SIGINT and SIGTERM raise ``KeyboardInterrupt`` (once), and an
+    interrupt outside a trial ends the command with one line and exit code 130.
+
+    Installed also for SIGINT because a command started in the background inherits it
+    ignored. The previous handlers come back afterwards, unless the block was interrupted:
+    then later signals stay ignored until the process exits.
+    """
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in _INTERRUPTS}
+    try:
+        yield
+    except KeyboardInterrupt:
+        err_console.print("\ninterrupted; every trial already recorded is kept")
+        raise typer.Exit(130) from None
+    finally:
+        if not _state["interrupted"]:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

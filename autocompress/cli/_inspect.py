@@ -8,23 +8,37 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from autocompress.cli._common import StorageOpt, _default_storage, _user_errors, console
+from autocompress.cli._common import (
+    StorageOpt,
+    _default_storage,
+    _existing_storage,
+    _user_errors,
+    console,
+)
+from autocompress.cli._validate import check_listen
 from autocompress.errors import AutocompressError
 
 
 def study_list(storage: StorageOpt = "") -> None:
     """List the studies in a storage with their trial counts.
 
-    Example: autocompress study list --storage sqlite:///studies/autocompress.db
+    Example:
+
+        autocompress study list --storage sqlite:///studies/autocompress.db
     """
     import optuna
 
-    from autocompress.study import open_storage
-
     with _user_errors():
-        storage_obj = open_storage(storage or _default_storage())
+        storage_obj = _existing_storage(storage)
+        names = optuna.get_all_study_names(storage_obj)
+        if not names:
+            console.print(
+                "no studies in this storage yet; start one with "
+                "`autocompress study run --study NAME --n-trials 20`"
+            )
+            return
         table = Table("study", "trials", "complete", "workload", "created")
-        for name in optuna.get_all_study_names(storage_obj):
+        for name in names:
             s = optuna.load_study(study_name=name, storage=storage_obj)
             trials = s.get_trials(deepcopy=False)
             info = s.user_attrs.get("autocompress", {})
@@ -44,57 +58,61 @@ def study_status(
 ) -> None:
     """Trials by state, best feasible values and time spent.
 
-    Example: autocompress study status demo
+    Example:
+
+        autocompress study status demo
     """
-    from autocompress.study import STRUCTURED_FAILURES_LIMIT, load_study, study_info, summarize
+    from autocompress.record import budget_words, metric_name, study_info
+    from autocompress.study import load_study, summarize
 
     with _user_errors():
-        study = load_study(name, storage or _default_storage())
+        study = load_study(name, _existing_storage(storage))
         s = summarize(study)
         info = study_info(study)
         console.print(
             f"study [bold]{name}[/]: workload {info['settings']['workload']}, "
-            f"{s['n_trials']} trials, {s['seconds']:.0f} s of trial time"
+            f"{s['n_trials']} trials, {s['seconds']:.0f} s of trial time",
+            highlight=False,
         )
-        console.print("by state: " + ", ".join(f"{k} {v}" for k, v in s["counts"].items()))
         console.print(
-            f"feasible (within the accuracy budget): {s['n_feasible']}, "
+            "by state: "
+            + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "no trials yet")
+        )
+        console.print(
+            f"feasible (within the budget, {budget_words(info)}): {s['n_feasible']}, "
             f"Pareto front: {s['front_size']}"
         )
         if s["best"]:
             b = s["best"]
             console.print(
-                f"best feasible: accuracy {b['accuracy']:.4f}, latency "
-                f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB"
+                f"best feasible: {metric_name(info)} {b['metric']:.4f}, latency "
+                f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB ({info['size']})"
             )
         for number, reason in s["failed"]:
             console.print(f"trial {number} failed: {reason}", highlight=False, soft_wrap=True)
         for number, reason in s["stopped"]:
             console.print(f"trial {number} {reason}", highlight=False, soft_wrap=True)
-        if s["structured_failures"] >= STRUCTURED_FAILURES_LIMIT:
-            console.print("structured pruning is no longer offered: it failed on this model")
+        for method, why in s["withdrawn"].items():
+            console.print(f"{method} is no longer offered: it {why}", highlight=False)
 
 
 def _print_front(name: str, storage: str) -> None:
-    from autocompress.study import (
-        FRONT_COLUMNS,
-        feasible_front,
-        front_rows,
-        load_study,
-        study_info,
-    )
+    from autocompress.record import budget_words, feasible_front, front_columns, front_rows
+    from autocompress.study import load_study, study_info
 
-    study = load_study(name, storage)
+    study = load_study(name, _existing_storage(storage))
     info = study_info(study)
-    base = info["baseline"]
-    drop = info["settings"]["max_accuracy_drop"]
-    table = Table(*FRONT_COLUMNS, title=f"{name}: feasible Pareto front (accuracy drop <= {drop})")
+    table = Table(
+        *front_columns(info),
+        title=f"{name}: feasible Pareto front ({budget_words(info)}; size objective: "
+        f"{info['size']})",
+    )
     front = feasible_front(study)
-    for k, row in enumerate(front_rows(base, front)):
+    for k, row in enumerate(front_rows(info, front)):
         table.add_row(*row, style="dim" if k == 0 else None)
     console.print(table)
     if not front:
-        console.print("no trial within the accuracy budget yet")
+        console.print("no trial within the budget yet")
 
 
 def pareto(
@@ -103,7 +121,9 @@ def pareto(
 ) -> None:
     """Print the feasible Pareto front (accuracy, latency, size) with the baseline for reference.
 
-    Example: autocompress pareto demo
+    Example:
+
+        autocompress pareto demo
     """
     with _user_errors():
         _print_front(name, storage or _default_storage())
@@ -118,29 +138,45 @@ def dashboard(
         str, typer.Option(help="Address to bind; the default serves this machine only.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8080,
+    allow_edits: Annotated[
+        bool,
+        typer.Option(
+            "--allow-edits",
+            help="Let the dashboard change studies (delete, rename, notes, tell trials); "
+            "read-only by default.",
+        ),
+    ] = False,
 ) -> None:
     """Browse a study in optuna-dashboard: Pareto front, trial notes, recipe artifacts.
 
     Infeasible trials (over the accuracy budget) are greyed out on its Pareto front and
     marked in each trial's note and ``feasible`` attribute.
 
-    Example: autocompress dashboard demo --port 8080
+    Example:
+
+        autocompress dashboard demo --port 8080
     """
     from autocompress.dashboard import dashboard_app, make_dashboard_server, study_url
-    from autocompress.study import STUDIES_DIR, load_study, open_storage
+    from autocompress.study import STUDIES_DIR, artifact_dir, load_study
 
     with _user_errors():
-        storage_obj = open_storage(storage or _default_storage())
+        check_listen(host, port)
+        storage_obj = _existing_storage(storage, write=allow_edits)
         study = load_study(name, storage_obj) if name else None
-        app_ = dashboard_app(storage_obj, STUDIES_DIR, name)
+        home = artifact_dir(STUDIES_DIR, study) if study is not None else None
+        app_ = dashboard_app(storage_obj, STUDIES_DIR, home, allow_edits=allow_edits)
         try:
             server = make_dashboard_server(app_, host, port)
         except OSError as e:
             raise AutocompressError(
-                f"cannot listen on {host}:{port} ({e.strerror}); try another --port"
+                f"cannot listen on {host}:{port} ({e.strerror or e}); try another --port, or "
+                "--host with an address of this machine"
             ) from None
         url = study_url(host, server.server_port, study)
-        console.print(f"optuna-dashboard at [bold]{url}[/] (Ctrl-C to stop)", soft_wrap=True)
+        mode = "edits allowed" if allow_edits else "read-only; --allow-edits to change studies"
+        console.print(
+            f"optuna-dashboard at [bold]{url}[/] ({mode}; Ctrl-C to stop)", soft_wrap=True
+        )
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -162,17 +198,22 @@ def report(
 ) -> None:
     """Write a static report: Pareto front projections, hypervolume over trials, importances.
 
-    Example: autocompress report demo --out report.html
+    Example:
+
+        autocompress report demo --out report.html
     """
     from autocompress.report import FORMATS, write_report
+    from autocompress.safe_output import atomic_output, check_output_path
     from autocompress.study import load_study
 
     with _user_errors():
         if fmt not in FORMATS:
             raise AutocompressError(f"--format {fmt!r}: use html or png")
-        study = load_study(name, storage or _default_storage())
         path = out or Path(f"{name}-report.{fmt}")
-        data = write_report(study, path, fmt)
+        check_output_path(path, "report", AutocompressError)
+        study = load_study(name, _existing_storage(storage))
+        with atomic_output(path, "report", AutocompressError) as tmp:
+            data = write_report(study, tmp, fmt)
         final = data.hypervolume[-1][2] if data.hypervolume else 0.0
         console.print(
             f"wrote {path}: {len(data.trials)} trials, front {len(data.front)}, "

@@ -10,12 +10,22 @@ from rich.table import Table
 
 from autocompress.cli._common import (
     StorageOpt,
-    _default_storage,
+    _existing_storage,
     _user_errors,
     console,
     err_console,
 )
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, RecipeError
+
+
+def _read_key(path: Path, flag: str) -> bytes:
+    try:
+        key = path.read_bytes()
+    except OSError as e:
+        raise RecipeError(f"{flag} {path}: cannot read the key ({e.strerror or e})") from None
+    if len(key.strip()) < 16:
+        raise RecipeError(f"{flag} {path}: the key is shorter than 16 bytes; use a longer secret")
+    return key.strip()
 
 
 def export(
@@ -28,6 +38,13 @@ def export(
     min_accuracy: Annotated[
         float | None, typer.Option(help="Only front trials with validation accuracy >= this.")
     ] = None,
+    metric_limit: Annotated[
+        float | None,
+        typer.Option(
+            help="Only front trials whose validation metric is at least this (at most, when "
+            "lower is better, e.g. perplexity)."
+        ),
+    ] = None,
     max_latency_ms: Annotated[
         float | None, typer.Option(help="Only front trials with latency <= this (ms).")
     ] = None,
@@ -38,7 +55,11 @@ def export(
         str | None, typer.Option(help="Pick the trial with the least latency or size.")
     ] = None,
     maximize: Annotated[
-        str | None, typer.Option(help="Pick the most accurate trial (the default).")
+        str | None, typer.Option(help="Pick the best metric (the default): accuracy or metric.")
+    ] = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(help="Sign the recipe with HMAC-SHA256 under the secret in this file."),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory, if the baseline must be retrained.")
@@ -46,29 +67,43 @@ def export(
 ) -> None:
     """Write the recipe of one trial: --trial N, or a rule over the feasible Pareto front.
 
-    Example: autocompress export demo --min-accuracy 0.98 --minimize latency --out r.yaml
+    Example:
+
+        autocompress export demo --min-accuracy 0.98 --minimize latency --out r.yaml
     """
+    import math
+
     from autocompress.recipe import Selection, build_recipe, save_recipe, select_trial
-    from autocompress.study import load_study, study_info
+    from autocompress.record import allowed_worsening, flags, metric_name, study_info, worsening
+    from autocompress.safe_output import atomic_output, check_output_path
+    from autocompress.study import load_study
     from autocompress.workload import load_workload
 
     with _user_errors():
+        check_output_path(out, "recipe", RecipeError)
         if minimize is not None and maximize is not None:
             raise AutocompressError("give --minimize or --maximize, not both")
         if minimize not in (None, "latency", "size"):
             raise AutocompressError(f"--minimize {minimize!r}: use latency or size")
-        if maximize not in (None, "accuracy"):
-            raise AutocompressError(f"--maximize {maximize!r}: use accuracy")
+        if maximize not in (None, "accuracy", "metric"):
+            raise AutocompressError(f"--maximize {maximize!r}: use metric (or accuracy)")
+        if min_accuracy is not None and metric_limit is not None:
+            raise AutocompressError("give --min-accuracy or --metric-limit, not both")
         selection = Selection(
             trial=trial,
-            min_accuracy=min_accuracy,
+            metric_limit=metric_limit if metric_limit is not None else min_accuracy,
             max_latency_ms=max_latency_ms,
             max_size_kb=max_size_kb,
-            optimize=minimize or "accuracy",
+            optimize=minimize or "metric",
         )
-        study = load_study(name, storage or _default_storage())
+        study = load_study(name, _existing_storage(storage))
+        info = study_info(study)
+        if min_accuracy is not None and metric_name(info) != "accuracy":
+            raise AutocompressError(
+                f"--min-accuracy: study {name!r} measures {metric_name(info)}; use --metric-limit"
+            )
         chosen = select_trial(study, selection)
-        settings = study_info(study)["settings"]
+        settings = info["settings"]
         # The baseline (cached) is needed for its fingerprint and layer names.
         workload = load_workload(
             settings["workload"],
@@ -76,57 +111,89 @@ def export(
             seed=settings["seed"],
         )
         recipe = build_recipe(study, chosen, workload.model)
-        save_recipe(recipe, out)
-        m = recipe.metrics
+        if sign_key is not None:
+            recipe = recipe.signed(_read_key(sign_key, "--sign-key"))
+        with atomic_output(out, "recipe", RecipeError) as tmp:
+            save_recipe(recipe, tmp)
+        value, latency, size = chosen.values
         console.print(
-            f"trial {chosen.number} ({selection.describe()}): accuracy "
-            f"{m['validation_accuracy']:.4f}, latency {m['latency_ms']:.3f} ms, size "
-            f"{m['size_kb']:.1f} KB; {recipe.source['summary']}"
+            f"trial {chosen.number} "
+            f"({selection.describe(metric_name(info), info['task']['higher_is_better'])}): "
+            f"{metric_name(info)} {value:.4f}, latency {latency:.3f} ms, size {size:.1f} KB "
+            f"({info['size']}); {recipe.source['summary']}",
+            highlight=False,
         )
+        if worsening(info, value) > allowed_worsening(info) or not math.isfinite(value):
+            err_console.print("[yellow]warning:[/] this trial is outside the study's budget")
+        for flag in flags(info, chosen):
+            err_console.print(f"[yellow]warning:[/] trial {chosen.number}: {flag}")
         console.print(f"recipe written to {out}")
 
 
 def _fmt(value: object, key: str) -> str:
     if value is None:
         return "-"
-    if key == "size_bytes":
+    if key.endswith("_bytes"):
         return f"{int(value):,}"
+    if isinstance(value, str):
+        return value
     return f"{float(value):.4f}"
 
 
 def apply_command(
     recipe: Annotated[Path, typer.Argument(help="Recipe file (from `autocompress export`).")],
     workload: Annotated[
-        str | None, typer.Option(help="Workload to apply to (default: the recipe's).")
+        str | None,
+        typer.Option(
+            help="Workload to apply to. Built-in workloads load by name; a recipe never "
+            "imports code, so a package.module:function workload must be named here."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default: RECIPE-NAME-model).")
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Directory with MNIST IDX files (MNIST workloads).")
+        Path | None, typer.Option(help="Directory with a built-in workload's data.")
+    ] = None,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(help="Refuse the recipe unless it is signed with the secret in this file."),
     ] = None,
 ) -> None:
     """Rebuild a recipe's compressed model, export it, re-measure it beside the recipe's numbers.
 
     Writes model.acpk (packed), model.pt (TorchScript) and model.onnx where the model allows.
 
-    Example: autocompress apply r.yaml --out deploy/
+    Example:
+
+        autocompress apply r.yaml --out deploy/
     """
     import shutil
 
     from autocompress.apply import export_deployables, rebuild, remeasure
     from autocompress.recipe import load_recipe
     from autocompress.workload import load_workload
+    from autocompress.zoo import BUILTIN_WORKLOADS
 
     with _user_errors():
         r = load_recipe(recipe)
+        if verify_key is not None:
+            r.verify(_read_key(verify_key, "--verify-key"))
+        ref = workload or r.workload
+        if workload is None and r.workload not in BUILTIN_WORKLOADS:
+            raise RecipeError(
+                f"the recipe names workload {r.workload!r}; a recipe never imports code: pass "
+                f"--workload {r.workload} to load it (only if you trust that module)"
+            )
         out_dir = out or Path(f"{recipe.stem}-model")
-        wl = load_workload(workload or r.workload, data_dir=data_dir, seed=r.baseline_seed)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise AutocompressError(f"--out {out_dir} is a file; give a folder")
+        wl = load_workload(ref, data_dir=data_dir, seed=r.baseline_seed)
         err_console.print(f"applying {recipe} ({r.source.get('summary', '')}) to {wl.name}...")
         rebuilt = rebuild(wl, r, out_dir / "model.acpk")
         for note in rebuilt.warnings:
             err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
-        exports = export_deployables(wl, rebuilt.compressed, r.config, out_dir)
+        exports = export_deployables(wl, rebuilt.compressed, r, out_dir)
         if recipe.resolve() != (out_dir / "recipe.yaml").resolve():
             shutil.copyfile(recipe, out_dir / "recipe.yaml")
         measured = remeasure(wl, rebuilt.compressed, r, out_dir)
@@ -134,14 +201,22 @@ def apply_command(
         table = Table("metric", "recipe", "re-measured", "difference", title=f"{recipe.name}")
         for key in measured:
             want, got = r.metrics.get(key), measured[key]
+            if isinstance(got, str):
+                table.add_row(key, _fmt(want, key), got, "same" if want == got else "differs")
+                continue
             diff = "-" if want is None else f"{float(got) - float(want):+.4f}"
-            if key == "size_bytes" and want is not None:
+            if key.endswith("_bytes") and want is not None:
                 diff = f"{int(got) - int(want):+,}"
             table.add_row(key, _fmt(want, key), _fmt(got, key), diff)
         console.print(table)
-        if rebuilt.pruning != "none":
-            console.print(f"structured pruning reproduced by: {rebuilt.pruning}")
-        console.print(f"packed model: {rebuilt.compressed.artifact_path}")
-        console.print(f"measured on {r.target.get('runtime', 'torch')}: {deployed}")
+        console.print(f"packed model: {rebuilt.compressed.artifact_path} "
+                      f"({measured['packed_bytes']:,} bytes)", highlight=False)  # fmt: skip
+        console.print(f"measured on {r.target.get('runtime', 'torch')}: {deployed} "
+                      f"({measured['deployed_bytes']:,} bytes)", highlight=False)  # fmt: skip
         for fmt, where in exports.items():
             console.print(f"{fmt}: {where}", highlight=False)
+        console.print(
+            "load the packed model with autocompress.pipeline.load_compressed(PATH, baseline, "
+            "example_input, task); the .pt with autocompress.deploy.load_torchscript(PATH)",
+            highlight=False,
+        )

@@ -1,10 +1,14 @@
-"""The verbs that run trials: ``study run``, ``worker`` and ``demo``."""
+"""The verbs that run trials: ``study run``, ``worker`` and ``demo``.
+
+All three run the same loop (:func:`autocompress.workers.run_worker`) with the same budget
+options: ``--n-trials N`` completes N more trials in this process, ``--total N`` runs until
+the study as a whole has N completed trials (shared exactly by every worker).
+"""
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -12,201 +16,262 @@ from autocompress.cli._common import (
     DEFAULT_SPACE,
     StorageOpt,
     _default_storage,
-    _raise_interrupt,
+    _existing_storage,
     _resolve_space,
     _user_errors,
     err_console,
+    interruptible,
 )
 from autocompress.cli._inspect import _print_front
+from autocompress.cli._validate import check_run_options
 from autocompress.errors import AutocompressError
-from autocompress.search_space import load_search_space
+
+NTrialsOpt = Annotated[
+    int | None, typer.Option(help="Complete this many more trials in this process.")
+]
+TotalOpt = Annotated[
+    int | None,
+    typer.Option(help="Run until the study has this many completed trials (shared by workers)."),
+]
+TimeoutOpt = Annotated[float | None, typer.Option(help="Start no trial after S seconds.")]
 
 
-def _run_trials(
-    study_name: str,
-    storage: str,
+def _check_budget(n_trials: int | None, total: int | None, timeout: float | None) -> None:
+    import math
+
+    if n_trials is None and total is None and timeout is None:
+        raise AutocompressError("give --n-trials N, --total N or --timeout S")
+    for flag, value in (("--n-trials", n_trials), ("--total", total)):
+        if value is not None and value < 1:
+            raise AutocompressError(f"{flag} {value}: use 1 or more")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise AutocompressError(f"--timeout {timeout}: use a positive number of seconds")
+
+
+def _loop(
+    study: Any,
+    settings: Any,
+    workload: Any,
+    info: dict[str, Any],
     *,
-    workload: str,
-    space: Path | None,
+    storage: str,
     n_trials: int | None,
+    total: int | None,
     timeout: float | None,
-    sampler: str,
-    seed: int,
-    device: str,
-    threads: int,
-    batch_size: int,
-    max_accuracy_drop: float,
-    data_dir: Path | None,
-    until_total: bool = False,
-    target: str | None = None,
-    warm_start: bool = True,
-) -> None:
-    from autocompress.progress import RichReporter
-    from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
-
-    storage_obj = open_storage(storage)
-    space_text, space_source = "", str(space or DEFAULT_SPACE)
-    if space is not None or not _exists(study_name, storage_obj):
-        # Validated before any work; on resume without --space the stored space is used.
-        space_text = load_search_space(_resolve_space(space)).text
-    settings = StudySettings(
-        workload=workload,
-        space_text=space_text,
-        space_source=space_source,
-        target=Target.parse(target, threads, batch_size)
-        if target
-        else Target(device=device, threads=threads, batch_size=batch_size),
-        max_accuracy_drop=max_accuracy_drop,
-        sampler=sampler,
-        seed=seed,
-        data_dir=str(data_dir) if data_dir else None,
-        warm_start=warm_start,
-    )
-    err_console.print(f"study [bold]{study_name}[/] on {storage}")
-    study, settings, wl, baseline = create_or_resume(
-        study_name,
-        storage_obj,
-        settings,
-        on_baseline=lambda: err_console.print("measuring the baseline (once per study)..."),
-    )
-    err_console.print(
-        f"baseline: accuracy {baseline['accuracy']:.4f}, latency {baseline['latency_ms']:.3f} ms "
-        f"({settings.target.name}, batch {settings.target.batch_size}, "
-        f"{settings.target.threads} thread(s)), "
-        f"size {baseline['size_kb']:.1f} KB; budget: accuracy drop <= {settings.max_accuracy_drop}"
-    )
-    if until_total and n_trials is not None:
-        from optuna.trial import TrialState
-
-        done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        n_trials = max(0, n_trials - done)
-        if n_trials == 0:
-            err_console.print(f"study {study_name!r} already has {done} completed trials")
+    resume_command: str,
+) -> Any:
+    """Run trials with progress bars; Ctrl-C and SIGTERM record the trial in flight."""
     import optuna
 
-    # Failed trials are reported by the reporter with their reason; Optuna's log would add
-    # the traceback of every failed (or interrupted) trial.
+    from autocompress.progress import RichReporter
+    from autocompress.recipe import RecipeArtifacts
+    from autocompress.study import STUDIES_DIR, artifact_dir, run_trials
+
+    # Failed trials are reported with their reason; Optuna's log would add tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    # Also when started in the background, where the shell leaves SIGINT ignored.
-    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
+    if total is not None:
+        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        if done >= total and n_trials is None:
+            err_console.print(f"study {study.study_name!r} already has {done} completed trials")
+    bar_total = n_trials if n_trials is not None else total
     try:
-        with RichReporter(n_trials, err_console) as reporter:
-            run_study(
-                study,
-                settings,
-                wl,
-                baseline,
-                n_trials=n_trials,
-                timeout=timeout,
-                reporter=reporter,
-            )
+        with RichReporter(bar_total, err_console, info["task"]["metric"]) as reporter:
+            # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
+            return run_trials(
+                study, settings, workload, info,
+                n_trials=n_trials, total=total, timeout=timeout, reporter=reporter,
+                wrap=lambda objective: RecipeArtifacts(
+                    objective, workload.model, artifact_dir(STUDIES_DIR, study)
+                ),
+            )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
-            f"\ninterrupted: the trial in flight is recorded as failed (interrupted); all others "
-            f"are kept. Resume with: autocompress study run --study {study_name} "
-            f"--storage {storage}"
+            "\ninterrupted: the trial in flight is recorded as failed (interrupted); all others "
+            f"are kept. Resume with: {resume_command}",
+            soft_wrap=True,
         )
         raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    _print_front(study_name, storage)
 
 
-def _exists(name: str, storage: object) -> bool:
-    import optuna
+def _report_stop(result: Any, name: str) -> None:
+    err_console.print(
+        f"stopped ({result.stopped_because}): {result.completed} completed, {result.failed} "
+        f"failed, {result.pruned} stopped early here; the study has {result.study_completed} "
+        "completed"
+    )
+    if result.stopped_because in ("failures", "bound"):
+        why = "in a row" if result.stopped_because == "failures" else "for this budget"
+        raise AutocompressError(
+            f"stopped after too many trials that did not complete {why}; see "
+            f"`autocompress study status {name}` for their reasons"
+        )
 
-    return name in optuna.get_all_study_names(storage)
+
+def _budget_option(max_accuracy_drop: float | None, max_metric_drop: float | None) -> float | None:
+    if max_accuracy_drop is not None and max_metric_drop is not None:
+        raise AutocompressError("give --max-accuracy-drop or --max-metric-drop, not both")
+    return max_metric_drop if max_metric_drop is not None else max_accuracy_drop
 
 
 def study_run(
     study: Annotated[str, typer.Option("--study", help="Study name; an existing one is resumed.")],
     workload: Annotated[
-        str,
-        typer.Option(help="Built-in digits, mnist-mlp, mnist-lenet5, or package.module:function."),
-    ] = "digits",
-    space: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Search-space YAML (default search_spaces/default.yaml; resume: the stored one)",
+            help="Built-in digits, mnist-mlp, mnist-lenet5, tiny-lm, minilm, or "
+            "package.module:function (default: digits)."
         ),
     ] = None,
-    storage: StorageOpt = "",
-    n_trials: Annotated[int | None, typer.Option(help="Trials to run in this process.")] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after S seconds.")
+    space: Annotated[
+        Path | None,
+        typer.Option(help="Search-space YAML (default search_spaces/default.yaml)."),
     ] = None,
-    sampler: Annotated[str, typer.Option(help="Optuna sampler: tpe, nsga2, random or gp.")] = "tpe",
+    storage: StorageOpt = "",
+    n_trials: NTrialsOpt = None,
+    total: TotalOpt = None,
+    timeout: TimeoutOpt = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="Optuna sampler: tpe (default), nsga2, random or gp.")
+    ] = None,
     seed: Annotated[
-        int, typer.Option(help="Seed of the sampler, the baseline and fine-tuning.")
-    ] = 0,
-    device: Annotated[str, typer.Option(help="Target device: cpu or cuda.")] = "cpu",
+        int | None, typer.Option(help="Seed of the sampler, the baseline and fine-tuning.")
+    ] = None,
     target: Annotated[
         str | None,
         typer.Option(
-            help="Target runtime: cpu-torch (default), cpu-onnxruntime, cuda-torch, "
-            "cuda-onnxruntime; overrides --device."
+            help="Where the model runs: cpu-torch (default), cpu-onnxruntime, cuda-torch, "
+            "cuda-onnxruntime."
         ),
     ] = None,
-    threads: Annotated[int, typer.Option(help="Threads the model runs with on the target.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Batch size latency is measured at.")] = 32,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads the model runs with on the target (default 1).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Batch size latency is measured at (default 32).")
+    ] = None,
     max_accuracy_drop: Annotated[
-        float,
-        typer.Option(
-            help="Accuracy budget: largest allowed drop vs the baseline (0.01 = 1 point)."
-        ),
-    ] = 0.01,
+        float | None,
+        typer.Option(help="Classification budget: largest allowed accuracy drop (0.01 = 1 point)."),
+    ] = None,
+    max_metric_drop: Annotated[
+        float | None,
+        typer.Option(help="Budget in the metric's own units (accuracy lost, perplexity gained)."),
+    ] = None,
+    max_relative_drop: Annotated[
+        float | None,
+        typer.Option(help="Budget as a share of the baseline's metric (0.05: 5% worse)."),
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help="Size objective: deployed (the runtime's file, default) or packed."),
+    ] = None,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Directory with MNIST IDX files (or AUTOCOMPRESS_MNIST_DIR)."),
+        typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
     warm_start: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             help="On creation, enqueue one known-good start per family (int8; structured; "
-            "unstructured + 4-bit) as the first trials."
+            "unstructured + 4-bit) as the first trials (default on)."
         ),
-    ] = True,
+    ] = None,
+    early_stop: Annotated[
+        bool | None,
+        typer.Option(help="Stop hopeless trials after a fine-tuning epoch (default on)."),
+    ] = None,
 ) -> None:
     """Create a study, or resume it, and run compression trials.
 
-    Example: autocompress study run --study digits-1 --workload digits --n-trials 20
+    Options left out on resume keep the study's values; an option that differs from the
+    study's is refused, with every difference listed.
+
+    Example:
+
+        autocompress study run --study digits-1 --workload digits --n-trials 20
     """
-    with _user_errors():
-        if n_trials is None and timeout is None:
-            raise AutocompressError("give --n-trials N or --timeout S (or both)")
-        _run_trials(
-            study,
-            storage or _default_storage(),
-            workload=workload,
-            space=space,
-            n_trials=n_trials,
-            timeout=timeout,
-            sampler=sampler,
-            seed=seed,
-            device=device,
-            threads=threads,
-            batch_size=batch_size,
-            max_accuracy_drop=max_accuracy_drop,
-            data_dir=data_dir,
-            target=target,
-            warm_start=warm_start,
+    from autocompress.search_space import load_search_space
+    from autocompress.settings import Target
+    from autocompress.study import create_or_resume, open_storage
+
+    with _user_errors(), interruptible():
+        _check_budget(n_trials, total, timeout)
+        check_run_options(
+            n_trials=n_trials, timeout=timeout, seed=seed, threads=threads, batch_size=batch_size
         )
+        storage = storage or _default_storage()
+        storage_obj = open_storage(storage, write=True)
+        space_text = space_source = None
+        exists = study in _names(storage_obj)
+        if space is not None or not exists:
+            # Validated before any work; on resume without --space the stored space is used.
+            path = _resolve_space(space)
+            space_text, space_source = load_search_space(path).text, str(space or DEFAULT_SPACE)
+        metric_drop = _budget_option(max_accuracy_drop, max_metric_drop)
+        target_parts: dict[str, Any] = {}
+        if target is not None:
+            parsed = Target.parse(target, threads or 1, batch_size or 32)
+            target_parts.update(device=parsed.device, runtime=parsed.runtime)
+        if threads is not None:
+            target_parts["threads"] = threads
+        if batch_size is not None:
+            target_parts["batch_size"] = batch_size
+        given = {
+            "workload": workload if workload is not None else (None if exists else "digits"),
+            "space_text": space_text,
+            "space_source": space_source,
+            "target": target_parts,
+            "max_metric_drop": metric_drop,
+            "max_relative_drop": max_relative_drop,
+            "sampler": sampler,
+            "seed": seed,
+            "data_dir": str(data_dir) if data_dir else None,
+            "warm_start": warm_start,
+            "early_stop": early_stop,
+            "size": size,
+        }
+        err_console.print(f"study [bold]{study}[/] on {storage}")
+        the_study, settings, wl, info = create_or_resume(
+            study,
+            storage_obj,
+            given,
+            on_baseline=lambda: err_console.print("measuring the baseline (once per study)..."),
+        )
+        _print_baseline(info, settings)
+        result = _loop(
+            the_study, settings, wl, info,
+            storage=storage, n_trials=n_trials, total=total, timeout=timeout,
+            resume_command=f"autocompress study run --study {study} --storage {storage}",
+        )  # fmt: skip
+        _report_stop(result, study)
+        _print_front(study, storage)
+
+
+def _names(storage: Any) -> set[str]:
+    import optuna
+
+    return set(optuna.get_all_study_names(storage))
+
+
+def _print_baseline(info: dict[str, Any], settings: Any) -> None:
+    from autocompress.record import budget_words, metric_name
+
+    b, t = info["baseline"], settings.target
+    err_console.print(
+        f"baseline: {metric_name(info)} {b['metric']:.4f}, latency {b['latency_ms']:.3f} ms "
+        f"({t.name}, batch {t.batch_size}, {t.threads} thread(s)), deployed "
+        f"{(b.get('deployed_bytes') or 0) / 1000:.1f} KB, packed "
+        f"{(b.get('packed_bytes') or 0) / 1000:.1f} KB; budget: {budget_words(info)}",
+        soft_wrap=True,
+    )
 
 
 def worker(
     name: Annotated[str, typer.Argument(help="An existing study (made by `study run`).")],
     storage: StorageOpt = "",
-    n_trials: Annotated[
-        int | None,
-        typer.Option(
-            help="Stop when the study as a whole has N completed trials (shared by all workers)."
-        ),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Stop starting trials after S seconds.")
-    ] = None,
+    n_trials: NTrialsOpt = None,
+    total: TotalOpt = None,
+    timeout: TimeoutOpt = None,
     allow_other_hardware: Annotated[
         bool,
         typer.Option(
@@ -216,27 +281,26 @@ def worker(
     ] = False,
     data_dir: Annotated[
         Path | None,
-        typer.Option(help="Directory with MNIST IDX files (or AUTOCOMPRESS_MNIST_DIR)."),
+        typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
 ) -> None:
     """Join an existing study and run its trials, with any number of other workers.
 
-    Example: autocompress worker demo --storage postgresql://user@host/db --n-trials 40
+    Example:
+
+        autocompress worker demo --storage postgresql://user@host/db --total 40
     """
     from autocompress.hardware import hardware_fingerprint, same_hardware
-    from autocompress.progress import RichReporter
-    from autocompress.study import STUDIES_DIR, StudySettings, load_study, study_info
-    from autocompress.workers import run_worker
-    from autocompress.workload import load_workload
+    from autocompress.record import study_info
+    from autocompress.settings import StudySettings
+    from autocompress.study import create_or_resume, load_study
 
-    with _user_errors():
-        if n_trials is None and timeout is None:
-            raise AutocompressError("give --n-trials N or --timeout S (or both)")
-        if n_trials is not None and n_trials < 1:
-            raise AutocompressError(f"--n-trials {n_trials}: use 1 or more")
+    with _user_errors(), interruptible():
+        _check_budget(n_trials, total, timeout)
+        check_run_options(n_trials=n_trials, timeout=timeout)
         storage = storage or _default_storage()
-        study = load_study(name, storage)
-        info = study_info(study)
+        storage_obj = _existing_storage(storage, write=True)
+        info = study_info(load_study(name, storage_obj))
         settings = StudySettings.from_dict(info["settings"])
         mine = hardware_fingerprint(settings.target.device, settings.target.threads)
         if not same_hardware(mine, info["hardware"]):
@@ -249,77 +313,62 @@ def worker(
                     "run the worker there, or pass --allow-other-hardware"
                 )
             err_console.print("[yellow]warning:[/] other hardware than the study's (allowed)")
-        wl = load_workload(
-            settings.workload,
-            data_dir=data_dir or settings.data_dir,
-            seed=settings.seed,
-            cache_dir=STUDIES_DIR / "baselines",
-        )
-        from autocompress.study import prepare_objective
-
+        given = {"data_dir": str(data_dir) if data_dir else None}
+        study, settings, wl, info = create_or_resume(name, storage_obj, given)
         err_console.print(f"worker on study [bold]{name}[/] ({storage})")
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
-        try:
-            with RichReporter(n_trials, err_console) as reporter:
-                objective = prepare_objective(
-                    study, settings, wl, info["baseline"], STUDIES_DIR, reporter
-                )
-                result = run_worker(
-                    study,
-                    objective,
-                    n_trials=n_trials,
-                    timeout=timeout,
-                    callbacks=[lambda s, t: reporter.trial_finished(t)],
-                )
-        except KeyboardInterrupt:
-            budget = f" --n-trials {n_trials}" if n_trials is not None else ""
-            err_console.print(
-                f"\ninterrupted: the trial in flight is recorded as failed (interrupted); all "
-                f"others are kept. Resume with: autocompress worker {name} --storage {storage}"
-                f"{budget}"
-            )
-            raise typer.Exit(130) from None
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
-        err_console.print(
-            f"worker done ({result.stopped_because}): {result.completed} completed, "
-            f"{result.failed} failed here; the study has {result.study_completed} completed"
+        budget = "".join(
+            f" {flag} {v}" for flag, v in (("--n-trials", n_trials), ("--total", total)) if v
         )
-        if result.stopped_because == "failures":
-            raise AutocompressError(
-                f"stopped after {result.failed} failed trials in a row; see "
-                f"`autocompress study status {name}` for their reasons"
-            )
+        result = _loop(
+            study, settings, wl, info,
+            storage=storage, n_trials=n_trials, total=total, timeout=timeout,
+            resume_command=f"autocompress worker {name} --storage {storage}{budget}",
+        )  # fmt: skip
+        _report_stop(result, name)
 
 
 def demo(
-    n_trials: Annotated[
-        int, typer.Option(help="Completed trials the demo study should have.")
+    total: Annotated[
+        int, typer.Option(help="Completed trials the demo study should have (tops up).")
     ] = 20,
     study: Annotated[str, typer.Option("--study", help="Study name.")] = "demo",
     storage: StorageOpt = "",
     threads: Annotated[int, typer.Option(help="Threads the model runs with.")] = 1,
 ) -> None:
-    """Run the default study: the digits CNN, the default space, ~20 trials, then its front.
+    """Run the default study: the digits CNN, the default space, until 20 trials, then its front.
 
-    Example: autocompress demo
+    Example:
+
+        autocompress demo
     """
-    with _user_errors():
-        _run_trials(
+    from autocompress.search_space import load_search_space
+    from autocompress.study import create_or_resume, open_storage
+
+    with _user_errors(), interruptible():
+        _check_budget(None, total, None)
+        check_run_options(threads=threads)
+        storage = storage or _default_storage()
+        storage_obj = open_storage(storage, write=True)
+        exists = study in _names(storage_obj)
+        given: dict[str, Any] = {"target": {"threads": threads}}
+        if not exists:
+            given.update(
+                workload="digits",
+                space_text=load_search_space(_resolve_space(None)).text,
+                space_source=str(DEFAULT_SPACE),
+            )
+        err_console.print(f"study [bold]{study}[/] on {storage}")
+        the_study, settings, wl, info = create_or_resume(
             study,
-            storage or _default_storage(),
-            workload="digits",
-            space=None,
-            n_trials=n_trials,
-            timeout=None,
-            sampler="tpe",
-            seed=0,
-            device="cpu",
-            threads=threads,
-            batch_size=32,
-            max_accuracy_drop=0.01,
-            data_dir=None,
-            until_total=True,
+            storage_obj,
+            given,
+            on_baseline=lambda: err_console.print("measuring the baseline (once per study)..."),
         )
+        _print_baseline(info, settings)
+        result = _loop(
+            the_study, settings, wl, info,
+            storage=storage, n_trials=None, total=total, timeout=None,
+            resume_command=f"autocompress demo --study {study} --storage {storage}",
+        )  # fmt: skip
+        _report_stop(result, study)
+        _print_front(study, storage)

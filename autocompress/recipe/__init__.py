@@ -2,9 +2,10 @@
 
 A recipe names the original model (workload reference plus a sha256 of the baseline's
 weights), the target and hardware its latency was measured on, every step with all its
-parameters in the order the pipeline applies them, the metrics the study measured, and a
-content hash over all of that. Loading uses ``yaml.safe_load`` only, accepts only known step
-types and refuses an unknown ``format_version`` or a hash mismatch (:class:`RecipeError`).
+settings, what each decided, in the order the pipeline applies them, the metrics the study
+measured, a content hash over all of that, and optionally an HMAC signature. Loading uses
+``yaml.safe_load`` only, accepts only known methods and settings, never imports anything, and
+refuses an unknown ``format_version`` or a hash mismatch (:class:`RecipeError`).
 
 The document and its YAML live in ``_document``; building a trial's recipe and saving it as
 an artifact in ``_export``; choosing which trial to export in ``_selection``.
@@ -12,7 +13,6 @@ an artifact in ``_export``; choosing which trial to export in ``_selection``.
 
 from autocompress.recipe._document import (
     FORMAT_VERSION,
-    STEP_TYPES,
     Recipe,
     content_hash,
     current_versions,
@@ -23,20 +23,18 @@ from autocompress.recipe._document import (
     save_recipe,
     weights_sha256,
 )
-from autocompress.recipe._export import RecipeArtifacts, build_recipe, deployed_form, recipe_for
+from autocompress.recipe._export import RecipeArtifacts, build_recipe, recipe_for
 from autocompress.recipe._selection import OPTIMIZE, Selection, select_trial
 
 __all__ = [
     "FORMAT_VERSION",
     "OPTIMIZE",
-    "STEP_TYPES",
     "Recipe",
     "RecipeArtifacts",
     "Selection",
     "build_recipe",
     "content_hash",
     "current_versions",
-    "deployed_form",
     "dumps",
     "environment_warnings",
     "load_recipe",

@@ -1,8 +1,16 @@
-"""The recipe document: its fields, commented YAML form, content hash and validated loading."""
+"""The recipe document: its fields, commented YAML form, content hash, signature, loading.
+
+A recipe is data: loading uses ``yaml.safe_load`` only, accepts only the methods of
+:data:`autocompress.methods.METHODS` with their own settings, and never imports anything.
+``content_sha256`` proves the file is intact (anyone can recompute it, so it proves nothing
+about who wrote it); ``signature`` (HMAC-SHA256 with a key the user keeps) proves it came from
+someone holding that key.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,18 +26,13 @@ from torch import nn
 from autocompress import __version__
 from autocompress.errors import RecipeError
 from autocompress.hardware import hardware_fingerprint, same_hardware
+from autocompress.methods import METHODS
 from autocompress.pipeline import CompressionConfig
-from autocompress.steps.finetune import DistillConfig, FinetuneConfig
-from autocompress.steps.prune import PruneConfig
-from autocompress.steps.quantize import QuantizeConfig
+from autocompress.safe_input import load_yaml, read_text
+from autocompress.workload import state_sha256
 
-FORMAT_VERSION = 1
-STEP_TYPES = ("prune", "finetune", "quantize")  # also the order the pipeline applies them in
-_IMPORTANCE = {
-    "none": "none",
-    "unstructured": "l1_magnitude_global",
-    "structured": "l2_magnitude_per_layer",
-}
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _TOP_LEVEL = (
     "format_version",
     "versions",
@@ -43,23 +46,27 @@ _TOP_LEVEL = (
     "baseline",
     "content_sha256",
 )
+_OPTIONAL = ("signature",)
 _COMMENTS = {
-    "format_version": "Recipe format; this autocompress reads version 1 only.",
+    "format_version": "Recipe format; this autocompress reads versions 1 and 2.",
     "versions": "Libraries the study ran with (applying under other versions warns).",
     "source": "The study and trial this recipe was exported from.",
-    "workload": "The original model: built-in name or package.module:function, the seed its\n"
+    "workload": "The original model: built-in name or package.module:function (never imported\n"
+    "from a recipe: `apply` runs it only when you name it with --workload), the seed its\n"
     "baseline was trained with, and sha256 of the baseline's weights.",
     "target": "Where latency was measured: runtime, device, threads, batch size.",
     "measured_on": "The machine latency was measured on (applying elsewhere warns).",
     "seed": "Seed of fine-tuning and of every random choice in the steps.",
-    "steps": "Applied in this order to a fresh copy of the original model. Pruning keeps\n"
-    "`kept_channels` output channels per layer; `history` is torch-pruning's record\n"
-    "[layer, output-channels?, removed indices] that replays it exactly.",
-    "metrics": "Measured in the study: accuracies are fractions, latency is ms per batch of\n"
-    "the deployed form, size is the packed artifact on disk.",
+    "steps": "Applied in this order to a fresh copy of the original model: each a method\n"
+    "with its settings; `record` is what it decided (channels removed, bits per weight) so\n"
+    "that applying it reproduces the same model exactly.",
+    "metrics": "Measured in the study on the validation split (test reported, never searched):\n"
+    "latency is ms per batch of the deployed form, sizes are bytes on disk.",
     "baseline": "The uncompressed model, measured the same way.",
     "content_sha256": "sha256 of the canonical JSON of everything above: editing any field\n"
-    "invalidates the recipe.",
+    "invalidates the recipe. It proves integrity, not origin.",
+    "signature": "HMAC-SHA256 of content_sha256 with a key its author keeps\n"
+    "(`export --sign-key FILE`); `apply --verify-key FILE` checks it.",
 }
 
 
@@ -68,68 +75,56 @@ class Recipe:
     """One trial's compression, where it came from and what it measured.
 
     Attributes:
-        workload: Built-in workload name or ``package.module:function``.
+        workload: Built-in workload name or ``package.module:function`` (data, never run).
         baseline_seed: Seed the workload's baseline was trained with.
-        baseline_sha256: sha256 of the baseline's weights (see :func:`weights_sha256`).
-        config: The steps' parameters, as :func:`autocompress.pipeline.compress` takes them.
+        baseline_sha256: sha256 of the baseline's weights.
+        config: The methods and their settings.
+        records: What each method decided, by method name (replayed exactly).
         target: Runtime, device, threads and batch size latency was measured with.
         hardware: Fingerprint of the machine latency was measured on.
         versions: autocompress, torch, torch-pruning and optuna versions of the study.
         source: Study name and trial number (and the trial's one-line summary).
         metrics: The trial's measured metrics.
         baseline: The uncompressed model's metrics.
-        kept_channels: Output channels per conv/linear layer after structured pruning.
-        pruning_history: torch-pruning's history of a structured pruning.
-        bits_per_layer: Bits of each conv/linear weight.
+        signature: An HMAC-SHA256 of the content hash, when the recipe was signed.
     """
 
     workload: str
     baseline_seed: int
     baseline_sha256: str
     config: CompressionConfig
+    records: dict[str, Any]
     target: dict[str, Any]
     hardware: dict[str, Any]
     versions: dict[str, str]
     source: dict[str, Any]
     metrics: dict[str, Any]
     baseline: dict[str, Any] = field(default_factory=dict)
-    kept_channels: dict[str, int] | None = None
-    pruning_history: list[list[Any]] | None = None
-    bits_per_layer: dict[str, int] = field(default_factory=dict)
+    signature: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.workload:
+        if not isinstance(self.workload, str) or not self.workload:
             raise RecipeError("recipe: workload reference is empty")
-        if len(self.baseline_sha256) != 64:
+        if not isinstance(self.baseline_sha256, str) or len(self.baseline_sha256) != 64:
             raise RecipeError("recipe: workload.baseline_weights_sha256 is not a sha256 hex digest")
-        if self.config.prune.method == "structured" and self.config.prune.amount > 0:
-            if not self.kept_channels or not self.pruning_history:
-                raise RecipeError(
-                    "recipe: structured pruning needs kept_channels and history to replay"
-                )
+        if self.config.get("structured") is not None and "structured" not in self.records:
+            raise RecipeError("recipe: structured pruning needs its record (history) to replay")
 
     def to_document(self) -> dict[str, Any]:
-        """The recipe as a plain mapping in file order, with its content hash last."""
+        """The recipe as a plain mapping in file order, with its content hash (and signature)."""
         doc = _plain(self._body())
         doc["content_sha256"] = content_hash(doc)
+        if self.signature:
+            doc["signature"] = self.signature
         return doc
 
     def _body(self) -> dict[str, Any]:
-        c = self.config
-        prune = {
-            "type": "prune",
-            "method": c.prune.method,
-            "amount": c.prune.amount,
-            "importance": _IMPORTANCE[c.prune.method],
-            "kept_channels": self.kept_channels,
-            "history": self.pruning_history,
-        }
-        finetune = {
-            "type": "finetune",
-            **vars(c.finetune),
-            "distillation": vars(c.distill) if c.distill else None,
-        }
-        quantize = {"type": "quantize", **vars(c.quantize), "bits_per_layer": self.bits_per_layer}
+        steps = []
+        for name, method in self.config.methods.items():
+            step: dict[str, Any] = {"type": name, **method.params()}
+            if name in self.records:
+                step["record"] = self.records[name]
+            steps.append(step)
         return {
             "format_version": FORMAT_VERSION,
             "versions": self.versions,
@@ -141,11 +136,38 @@ class Recipe:
             },
             "target": self.target,
             "measured_on": self.hardware,
-            "seed": c.seed,
-            "steps": [prune, finetune, quantize],
+            "seed": self.config.seed,
+            "steps": steps,
             "metrics": self.metrics,
             "baseline": self.baseline,
         }
+
+    def signed(self, key: bytes) -> Recipe:
+        """This recipe with its HMAC-SHA256 signature under ``key``."""
+        digest = content_hash(_plain(self._body()))
+        mac = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+        return _replace(self, signature=f"hmac-sha256:{mac}")
+
+    def verify(self, key: bytes) -> None:
+        """Check the signature under ``key``.
+
+        Raises:
+            RecipeError: Unsigned, or signed with another key, or edited since.
+        """
+        if not self.signature:
+            raise RecipeError("recipe is not signed; export it with --sign-key, or apply it "
+                              "without --verify-key")  # fmt: skip
+        digest = content_hash(_plain(self._body()))
+        want = "hmac-sha256:" + hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, self.signature):
+            raise RecipeError("recipe signature does not match this key: it was signed with "
+                              "another key or edited; do not apply it")  # fmt: skip
+
+
+def _replace(recipe: Recipe, **changes: Any) -> Recipe:
+    from dataclasses import replace
+
+    return replace(recipe, **changes)
 
 
 def _plain(obj: Any) -> Any:
@@ -168,20 +190,15 @@ def _plain(obj: Any) -> Any:
 
 
 def content_hash(doc: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON (sorted keys, no spaces) of ``doc`` without its hash."""
-    body = {k: v for k, v in doc.items() if k != "content_sha256"}
+    """sha256 of the canonical JSON (sorted keys, no spaces) of ``doc`` without hash/signature."""
+    body = {k: v for k, v in doc.items() if k not in ("content_sha256", "signature")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over the model's state dict: names, dtypes, shapes and raw bytes, in order."""
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return state_sha256(model.state_dict())
 
 
 def current_versions() -> dict[str, str]:
@@ -227,7 +244,8 @@ def dumps(recipe: Recipe) -> str:
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> Path:
-    """Write the recipe's YAML to ``path`` (parent folders created)."""
+    """Write the recipe's YAML to ``path`` (parent folders created). The CLI writes through
+    :func:`autocompress.safe_output.atomic_output`, which makes the write whole or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps(recipe), encoding="utf-8")
@@ -240,10 +258,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     Raises:
         RecipeError: Unreadable, malformed, unknown version, unknown step or hash mismatch.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise RecipeError(f"cannot read recipe {str(path)!r}: {e.strerror or e}") from None
+    text = read_text(path, "recipe", RecipeError)
     return loads(text, source=str(path))
 
 
@@ -253,24 +268,21 @@ def loads(text: str, source: str = "<recipe>") -> Recipe:
     Raises:
         RecipeError: Malformed, unknown version, missing field, unknown step or hash mismatch.
     """
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    doc = load_yaml(text, f"recipe {source}", RecipeError)
     if not isinstance(doc, dict):
         raise RecipeError(f"recipe {source}: expected a mapping at the top level")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise RecipeError(
             f"recipe {source}: unknown format_version {version!r}; this autocompress "
-            f"({__version__}) reads format_version {FORMAT_VERSION}"
+            f"({__version__}) reads format_version {', '.join(map(str, READABLE_VERSIONS))}"
         )
     missing = [k for k in _TOP_LEVEL if k not in doc]
     if missing:
         raise RecipeError(f"recipe {source}: missing field {missing[0]!r}")
-    unknown = [k for k in doc if k not in _TOP_LEVEL]
+    unknown = [k for k in doc if k not in _TOP_LEVEL + _OPTIONAL]
     if unknown:
-        raise RecipeError(f"recipe {source}: unknown field {unknown[0]!r}")
+        raise RecipeError(f"recipe {source}: unknown field {str(unknown[0])!r}")
     if content_hash(doc) != doc["content_sha256"]:
         raise RecipeError(
             f"recipe {source}: content_sha256 does not match its content (edited or "
@@ -285,81 +297,90 @@ def loads(text: str, source: str = "<recipe>") -> Recipe:
         raise RecipeError(f"recipe {source}: {what}") from None
 
 
-def _steps(doc: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
+def _steps_v2(doc: dict[str, Any], source: str) -> tuple[CompressionConfig, dict[str, Any]]:
     steps = doc["steps"]
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise RecipeError(f"recipe {source}: steps must be a list of mappings")
-    types = [s.get("type") for s in steps]
-    for t in types:
-        if t not in STEP_TYPES:
+    methods, records = {}, {}
+    for step in steps:
+        name = step.get("type")
+        if name not in METHODS:
             raise RecipeError(
-                f"recipe {source}: unknown step type {t!r}; known: {', '.join(STEP_TYPES)}"
+                f"recipe {source}: unknown step type {name!r}; known: {', '.join(METHODS)}"
             )
-    if types != list(STEP_TYPES):
-        raise RecipeError(
-            f"recipe {source}: steps must be {', '.join(STEP_TYPES)} once each, in that "
-            f"order; got {', '.join(map(str, types))}"
-        )
-    return {s["type"]: {k: v for k, v in s.items() if k != "type"} for s in steps}
+        if name in methods:
+            raise RecipeError(f"recipe {source}: step {name} appears twice")
+        params = {k: v for k, v in step.items() if k not in ("type", "record")}
+        try:
+            methods[name] = METHODS[name].from_params(params)
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"recipe {source}: step {name}: {e}") from None
+        if "record" in step:
+            if not isinstance(step["record"], dict):
+                raise RecipeError(f"recipe {source}: step {name}: record must be a mapping")
+            records[name] = step["record"]
+    seed = doc["seed"]
+    if type(seed) is not int:
+        raise RecipeError(f"recipe {source}: seed must be an integer, got {seed!r}")
+    config = CompressionConfig(methods, seed)
+    if [s["type"] for s in steps] != list(config.methods):
+        order = ", ".join(config.methods)
+        raise RecipeError(f"recipe {source}: steps must be in pipeline order: {order}")
+    return config, records
 
 
-def _take(step: dict[str, Any], name: str, keys: tuple[str, ...], source: str) -> dict[str, Any]:
-    missing = [k for k in keys if k not in step]
-    if missing:
-        raise RecipeError(f"recipe {source}: step {name} is missing field {missing[0]!r}")
-    extra = [k for k in step if k not in keys]
-    if extra:
-        raise RecipeError(f"recipe {source}: step {name} has unknown field {extra[0]!r}")
-    return step
+def _steps_v1(doc: dict[str, Any], source: str) -> tuple[CompressionConfig, dict[str, Any]]:
+    from autocompress.legacy import config_from_v1
 
-
-def _fields(cls: type) -> tuple[str, ...]:
-    return tuple(cls.__dataclass_fields__)
+    steps = doc["steps"]
+    if not isinstance(steps, list) or [s.get("type") for s in steps if isinstance(s, dict)] != [
+        "prune", "finetune", "quantize"
+    ]:  # fmt: skip
+        raise RecipeError(f"recipe {source}: a format 1 recipe has steps prune, finetune, quantize")
+    prune, finetune, quantize = ({k: v for k, v in s.items() if k != "type"} for s in steps)
+    distill = finetune.pop("distillation", None)
+    v1 = {
+        "prune": {k: prune[k] for k in ("method", "amount") if k in prune},
+        "finetune": finetune,
+        "distill": distill,
+        "quantize": {k: v for k, v in quantize.items() if k not in ("bits_per_layer",)},
+        "seed": doc["seed"],
+    }
+    config = CompressionConfig.from_dict(config_from_v1(v1))
+    records = {}
+    if prune.get("history"):
+        records["structured"] = {
+            "history": prune["history"],
+            "channels": prune.get("kept_channels"),
+        }
+    return config, records
 
 
 def _from_document(doc: dict[str, Any], source: str) -> Recipe:
-    steps = _steps(doc, source)
-    prune = _take(
-        steps["prune"],
-        "prune",
-        ("method", "amount", "importance", "kept_channels", "history"),
-        source,
-    )
-    finetune = _take(
-        steps["finetune"], "finetune", (*_fields(FinetuneConfig), "distillation"), source
-    )
-    quantize = _take(
-        steps["quantize"], "quantize", (*_fields(QuantizeConfig), "bits_per_layer"), source
-    )
-    prune_config = PruneConfig(method=prune["method"], amount=prune["amount"])
-    if prune["importance"] != _IMPORTANCE[prune_config.method]:
-        raise RecipeError(
-            f"recipe {source}: pruning importance {prune['importance']!r} is not supported for "
-            f"{prune_config.method} pruning (expected {_IMPORTANCE[prune_config.method]!r})"
-        )
-    distill = finetune.pop("distillation")
-    config = CompressionConfig(
-        prune=prune_config,
-        finetune=FinetuneConfig(**finetune),
-        distill=DistillConfig(**distill) if distill else None,
-        quantize=QuantizeConfig(**{k: v for k, v in quantize.items() if k != "bits_per_layer"}),
-        seed=int(doc["seed"]),
-    )
+    reader = _steps_v2 if doc["format_version"] == 2 else _steps_v1
+    config, records = reader(doc, source)
     workload = doc["workload"]
+    if not isinstance(workload, dict):
+        raise RecipeError(f"recipe {source}: workload must be a mapping")
+    for key in ("versions", "source", "target", "measured_on", "metrics"):
+        if not isinstance(doc[key], dict):
+            raise RecipeError(f"recipe {source}: {key} must be a mapping")
+    signature = doc.get("signature")
+    if signature is not None and not isinstance(signature, str):
+        raise RecipeError(f"recipe {source}: signature must be text")
     return Recipe(
         workload=str(workload["reference"]),
         baseline_seed=int(workload["baseline_seed"]),
         baseline_sha256=str(workload["baseline_weights_sha256"]),
         config=config,
+        records=records,
         target=dict(doc["target"]),
         hardware=dict(doc["measured_on"]),
-        versions=dict(doc["versions"]),
+        versions={str(k): str(v) for k, v in doc["versions"].items()},
         source=dict(doc["source"]),
         metrics=dict(doc["metrics"]),
         baseline=dict(doc["baseline"] or {}),
-        kept_channels=prune["kept_channels"],
-        pruning_history=prune["history"],
-        bits_per_layer=dict(quantize["bits_per_layer"] or {}),
+        signature=signature,
     )
 
 

@@ -16,16 +16,7 @@ from autocompress import __version__
 from autocompress.errors import RecipeError
 from autocompress.pipeline import CompressionConfig
 from autocompress.recipe._document import Recipe, current_versions, save_recipe, weights_sha256
-from autocompress.steps.quantize import weight_bit_plan
-from autocompress.study import study_info
-
-
-def deployed_form(config: CompressionConfig, runtime: str) -> str:
-    """What is deployed on the runtime, in the words of autocompress.deploy."""
-    int8 = config.quantize.int8_activations
-    if runtime == "onnxruntime":
-        return "onnx-qdq-int8" if int8 else "onnx-fp32"
-    return "torchscript-fx-int8" if int8 else "torchscript"
+from autocompress.record import allowed_worsening, metric_name, study_info
 
 
 def _num(value: Any) -> Any:
@@ -36,11 +27,6 @@ def _num(value: Any) -> Any:
 
 def build_recipe(study: optuna.Study, trial: FrozenTrial, baseline_model: nn.Module) -> Recipe:
     """The recipe of one completed trial of an autocompress study.
-
-    Args:
-        study: The study the trial belongs to.
-        trial: A COMPLETE trial.
-        baseline_model: The workload's baseline (fingerprinted; its layers name the bit plan).
 
     Raises:
         RecipeError: The trial is not complete or was not recorded by autocompress.
@@ -66,61 +52,73 @@ def recipe_for(
         raise RecipeError(f"trial {number} has no autocompress config")
     info = study_info(study)
     settings, base = info["settings"], info["baseline"]
-    config = CompressionConfig.from_dict(attrs["config"])
-    structured = config.prune.method == "structured" and config.prune.amount > 0
-    accuracy, latency_ms, size_kb = values
+    try:
+        config = CompressionConfig.from_dict(attrs["config"])
+    except ValueError as e:
+        raise RecipeError(f"trial {number}: its configuration cannot be read ({e})") from None
+    records = dict(attrs.get("records") or {})
+    if not records and attrs.get("pruning_history"):  # recorded by earlier versions
+        records["structured"] = {"history": attrs["pruning_history"],
+                                 "channels": attrs.get("channels")}  # fmt: skip
+    value, latency_ms, size_kb = values
+    name = metric_name(info)
     metrics = {
-        "validation_accuracy": accuracy,
-        "test_accuracy": attrs.get("test_accuracy"),
-        "accuracy_drop": attrs.get("accuracy_drop"),
+        f"validation_{name}": value,
+        f"test_{name}": attrs.get("test_metric", attrs.get("test_accuracy")),
+        "worsening": attrs.get("worsening", attrs.get("accuracy_drop")),
+        "allowed_worsening": allowed_worsening(info),
         "latency_ms": latency_ms,
         "latency_ratio_to_baseline": attrs.get("latency_ratio"),
         "latency_measured_median_ms": attrs.get("latency_measured_ms"),
         "latency_p90_ms": attrs.get("latency_p90_ms"),
-        "size_bytes": attrs.get("size_bytes"),
+        "packed_bytes": attrs.get("packed_bytes", attrs.get("size_bytes")),
+        "deployed_bytes": attrs.get("deployed_bytes"),
+        "deployed_kind": attrs.get("deployed_kind"),
+        "size_objective": info["size"],
         "size_kb": size_kb,
         "params": attrs.get("params"),
         "macs": attrs.get("macs"),
         "sparsity": attrs.get("sparsity"),
+        "effective_bits": attrs.get("effective_bits"),
     }
     return Recipe(
         workload=settings["workload"],
         baseline_seed=int(settings["seed"]),
         baseline_sha256=weights_sha256(baseline_model),
         config=config,
-        target={
-            "runtime": "torch",
-            **settings["target"],
-            "deployed": attrs.get(
-                "deployed_kind", deployed_form(config, settings["target"].get("runtime", "torch"))
-            ),
-        },
+        records=records,
+        target={"runtime": "torch", **settings["target"]},
         hardware=dict(info["hardware"]),
         versions={**current_versions(), "autocompress": info.get("version", __version__)},
         source={
             "study": study.study_name,
             "trial": number,
             "summary": attrs.get("summary", config.describe()),
+            "metric": name,
+            "higher_is_better": info["task"]["higher_is_better"],
         },
         metrics={k: _num(v) for k, v in metrics.items()},
         baseline={
             k: _num(base.get(k))
-            for k in ("accuracy", "test_accuracy", "latency_ms", "latency_p90_ms", "size_bytes")
-        },
-        kept_channels=dict(attrs["channels"]) if structured and attrs.get("channels") else None,
-        pruning_history=attrs.get("pruning_history") if structured else None,
-        bits_per_layer=weight_bit_plan(baseline_model, config.quantize),
+            for k in (
+                "metric",
+                "test_metric",
+                "latency_ms",
+                "latency_p90_ms",
+                "packed_bytes",
+                "deployed_bytes",
+            )
+        },  # fmt: skip
     )
 
 
 class RecipeArtifacts:
-    """Wraps the study's objective: each trial within the accuracy budget gets its recipe.
+    """Wraps a study's objective: each trial within the budget gets its recipe.
 
     The recipe is written to ``<study dir>/recipes/trial-N.yaml`` and uploaded as an artifact
     of the trial, while it still runs (a finished trial can no longer be changed), to an
     :class:`optuna.artifacts.FileSystemArtifactStore` in ``<study dir>/artifacts``; so every
-    feasible, hence every Pareto, trial offers its recipe for download in optuna-dashboard
-    (``optuna-dashboard URL --artifact-dir studies/NAME/artifacts``).
+    feasible, hence every Pareto, trial offers its recipe for download in optuna-dashboard.
     """
 
     def __init__(
@@ -143,8 +141,8 @@ class RecipeArtifacts:
 
     def _save(self, trial: optuna.Trial, values: Sequence[float]) -> None:
         attrs = trial.user_attrs
-        budget = study_info(trial.study)["settings"]["max_accuracy_drop"]
-        if not attrs.get("accuracy_drop", math.inf) <= budget:
+        info = study_info(trial.study)
+        if not attrs.get("worsening", math.inf) <= allowed_worsening(info):
             return
         try:
             recipe = recipe_for(trial.study, trial.number, values, attrs, self.baseline_model)

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import RecipeError
-from autocompress.study import feasible_front
+from autocompress.record import feasible_front, metric_name, study_info
 
-OPTIMIZE = ("accuracy", "latency", "size")
+OPTIMIZE = ("metric", "latency", "size")
 
 
 @dataclass(frozen=True)
@@ -19,36 +20,40 @@ class Selection:
 
     Attributes:
         trial: A trial number (any COMPLETE trial); the rule below is then not used.
-        min_accuracy: Keep front trials with validation accuracy at least this.
+        metric_limit: Keep front trials whose validation metric is at least this (at most,
+            when lower is better).
         max_latency_ms: Keep front trials with latency at most this.
         max_size_kb: Keep front trials with size at most this.
-        optimize: Among those kept, the best by ``accuracy`` (max), ``latency`` or ``size`` (min).
+        optimize: Among those kept, the best ``metric``, or the least ``latency`` or ``size``.
     """
 
     trial: int | None = None
-    min_accuracy: float | None = None
+    metric_limit: float | None = None
     max_latency_ms: float | None = None
     max_size_kb: float | None = None
-    optimize: str = "accuracy"
+    optimize: str = "metric"
 
     def __post_init__(self) -> None:
         if self.optimize not in OPTIMIZE:
             raise RecipeError(f"cannot optimize {self.optimize!r}; use one of {OPTIMIZE}")
         if self.trial is not None and self.trial < 0:
             raise RecipeError(f"--trial {self.trial}: trial numbers start at 0")
-        if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
-            raise RecipeError(f"--min-accuracy {self.min_accuracy}: use a fraction in [0, 1]")
+        for name in ("metric_limit", "max_latency_ms", "max_size_kb"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise RecipeError(f"--{name.replace('_', '-')} {value}: use a finite number")
 
-    def describe(self) -> str:
+    def describe(self, metric: str = "metric", higher_is_better: bool = True) -> str:
         """The rule in words."""
         if self.trial is not None:
             return f"trial {self.trial}"
         limits = [
-            f"accuracy >= {self.min_accuracy}" if self.min_accuracy is not None else "",
+            f"{metric} {'>=' if higher_is_better else '<='} {self.metric_limit}"
+            if self.metric_limit is not None else "",
             f"latency <= {self.max_latency_ms} ms" if self.max_latency_ms is not None else "",
             f"size <= {self.max_size_kb} KB" if self.max_size_kb is not None else "",
-        ]
-        best = "most accurate" if self.optimize == "accuracy" else f"smallest {self.optimize}"
+        ]  # fmt: skip
+        best = f"best-{metric}" if self.optimize == "metric" else f"smallest-{self.optimize}"
         where = " and ".join(x for x in limits if x)
         return f"{best} feasible Pareto trial" + (f" with {where}" if where else "")
 
@@ -69,22 +74,27 @@ def select_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
                     )
                 return t
         raise RecipeError(f"study {study.study_name!r} has no trial {selection.trial}")
+    info = study_info(study)
+    higher = info["task"]["higher_is_better"]
+    sign = -1.0 if higher else 1.0
     front = feasible_front(study)
+    limit = selection.metric_limit
     kept = [
         t
         for t in front
-        if (selection.min_accuracy is None or t.values[0] >= selection.min_accuracy)
+        if (limit is None or (t.values[0] >= limit if higher else t.values[0] <= limit))
         and (selection.max_latency_ms is None or t.values[1] <= selection.max_latency_ms)
         and (selection.max_size_kb is None or t.values[2] <= selection.max_size_kb)
     ]
     if not kept:
         raise RecipeError(
-            f"no trial of study {study.study_name!r} is the {selection.describe()} "
-            f"({len(front)} on the feasible front); relax the rule or pass --trial N"
+            f"no trial of study {study.study_name!r} is the "
+            f"{selection.describe(metric_name(info), higher)} ({len(front)} on the feasible "
+            "front); relax the rule or pass --trial N"
         )
     order = {
-        "accuracy": lambda t: (-t.values[0], t.values[1], t.values[2]),
-        "latency": lambda t: (t.values[1], -t.values[0], t.values[2]),
-        "size": lambda t: (t.values[2], -t.values[0], t.values[1]),
+        "metric": lambda t: (sign * t.values[0], t.values[1], t.values[2]),
+        "latency": lambda t: (t.values[1], sign * t.values[0], t.values[2]),
+        "size": lambda t: (t.values[2], sign * t.values[0], t.values[1]),
     }[selection.optimize]
     return min(kept, key=order)

@@ -1,0 +1,267 @@
+"""What a study records and the one rule for reading it: objectives, feasibility, the front.
+
+A leaf module (it needs only Optuna): the CLI, the report, the dashboard, the recipe export
+and the objective all read a study through it. Studies made by earlier versions are read
+through :func:`normalize_info`, so nothing they recorded is lost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from autocompress.errors import StorageError
+
+ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
+LATENCY, SIZE = "latency_ms", "size_kb"
+SIZE_KINDS = ("deployed", "packed")
+
+
+def directions(higher_is_better: bool) -> list[str]:
+    """Optuna directions of (metric, latency, size)."""
+    return ["maximize" if higher_is_better else "minimize", "minimize", "minimize"]
+
+
+def normalize_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A study's stored record in today's shape (earlier versions' records are upgraded).
+
+    Today's shape holds ``task`` (name, metric, higher_is_better), ``budget`` (absolute or
+    relative worsening allowed) and ``size`` (which size is the objective) beside
+    ``settings``, ``baseline`` and ``hardware``.
+    """
+    info = dict(info)
+    settings = dict(info.get("settings") or {})
+    info.setdefault("task", {"name": "classification", "metric": "accuracy",
+                             "higher_is_better": True})  # fmt: skip
+    if "budget" not in info:
+        drop = settings.get("max_metric_drop", settings.get("max_accuracy_drop", 0.01))
+        info["budget"] = {"absolute": drop, "relative": settings.get("max_relative_drop")}
+    info.setdefault("size", settings.get("size", "packed"))
+    baseline = dict(info.get("baseline") or {})
+    if "metric" not in baseline and "accuracy" in baseline:
+        baseline["metric"] = baseline["accuracy"]
+        baseline["test_metric"] = baseline.get("test_accuracy")
+    baseline.setdefault("packed_bytes", baseline.get("size_bytes"))
+    info["baseline"] = baseline
+    info["settings"] = settings
+    return info
+
+
+def study_info(study: optuna.Study) -> dict[str, Any]:
+    """The settings, baseline, task and hardware stored with an autocompress study.
+
+    Raises:
+        StorageError: The study was not created by autocompress.
+    """
+    info = study.user_attrs.get(ATTR)
+    if not isinstance(info, dict):
+        raise StorageError(f"study {study.study_name!r} was not created by autocompress")
+    return normalize_info(info)
+
+
+def metric_name(info: dict[str, Any]) -> str:
+    """The name of the study's metric (its first objective)."""
+    return str(info["task"]["metric"])
+
+
+def objective_names(info: dict[str, Any]) -> list[str]:
+    """The three objectives' names."""
+    return [metric_name(info), LATENCY, SIZE]
+
+
+def allowed_worsening(info: dict[str, Any]) -> float:
+    """How much worse than the baseline the metric may be, in the metric's units."""
+    budget = info["budget"]
+    if budget.get("relative") is not None:
+        return float(budget["relative"]) * abs(float(info["baseline"]["metric"]))
+    return float(budget["absolute"])
+
+
+def worsening(info: dict[str, Any], value: float) -> float:
+    """How much worse ``value`` is than the baseline's metric (> 0: worse)."""
+    base = float(info["baseline"]["metric"])
+    return base - value if info["task"]["higher_is_better"] else value - base
+
+
+def budget_words(info: dict[str, Any]) -> str:
+    """The budget in words, e.g. ``accuracy drop <= 0.01`` or ``perplexity rise <= 5%``."""
+    name = metric_name(info)
+    change = "drop" if info["task"]["higher_is_better"] else "rise"
+    budget = info["budget"]
+    if budget.get("relative") is not None:
+        return f"{name} {change} <= {float(budget['relative']):.1%} ({allowed_worsening(info):.4g})"
+    return f"{name} {change} <= {float(budget['absolute']):g}"
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """The one feasibility rule: complete, at full fidelity, every constraint <= 0."""
+    return (
+        trial.state == TrialState.COMPLETE
+        and trial.user_attrs.get("fidelity", "full") == "full"
+        and all(v <= 0 for v in trial.constraints.values())
+        and all(math.isfinite(v) for v in (trial.values or []))
+    )
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
+        x < y for x, y in zip(a, b, strict=True)
+    )
+
+
+def as_losses(info: dict[str, Any], values: list[float]) -> list[float]:
+    """Objective values in minimisation form (the metric negated when higher is better)."""
+    sign = -1.0 if info["task"]["higher_is_better"] else 1.0
+    return [sign * values[0], values[1], values[2]]
+
+
+def feasible_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of the feasible trials, best metric first."""
+    info = study_info(study)
+    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t)]
+    losses = {t.number: as_losses(info, t.values) for t in feasible}
+    front = [
+        t
+        for t in feasible
+        if not any(_dominates(losses[o.number], losses[t.number]) for o in feasible)
+    ]
+    return sorted(front, key=lambda t: (losses[t.number], t.number))
+
+
+def flags(info: dict[str, Any], trial: FrozenTrial) -> list[str]:
+    """What a reader should know about a trial's figures, in short words."""
+    attrs = trial.user_attrs
+    out = []
+    if attrs.get("warm_start"):
+        out.append("warm start")
+    config = attrs.get("config")
+    if isinstance(config, dict) and config.get("format") == 2 and not config.get("methods"):
+        out.append("uncompressed: differences from the baseline are measurement noise")
+    if attrs.get("latency_stable") is False:
+        out.append("latency unstable")
+    if attrs.get("latency_contended"):
+        out.append("CPU contended")
+    test = attrs.get("test_metric", attrs.get("test_accuracy"))
+    base_test = info["baseline"].get("test_metric")
+    if test is not None and base_test is not None and math.isfinite(test):
+        lost = base_test - test if info["task"]["higher_is_better"] else test - base_test
+        if lost > allowed_worsening(info):
+            out.append("test over budget")
+    return out
+
+
+def front_columns(info: dict[str, Any]) -> tuple[str, ...]:
+    """Columns of :func:`front_rows`."""
+    name = metric_name(info)
+    return ("trial", name, f"test {name}", "latency ms", "speed-up", "packed KB",
+            "deployed KB", "smaller", "flags", "config")  # fmt: skip
+
+
+def _kb(value: Any) -> str:
+    return "-" if value is None else f"{float(value) / 1000:.1f}"
+
+
+def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]]:
+    """The front as table rows (:func:`front_columns`), the baseline first for reference.
+
+    ``smaller`` compares the size the study optimises (``info["size"]``: the deployed file
+    or the packed artifact) with the baseline's same size.
+    """
+    base = info["baseline"]
+    size_key = "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
+    rows = [
+        [
+            "baseline",
+            f"{base['metric']:.4f}",
+            f"{base.get('test_metric', math.nan):.4f}",
+            f"{base['latency_ms']:.3f}",
+            "1.00x",
+            _kb(base.get("packed_bytes")),
+            _kb(base.get("deployed_bytes")),
+            "1.0x",
+            "",
+            "uncompressed fp32",
+        ]
+    ]
+    for t in front:
+        value, latency, size_kb = t.values
+        attrs = t.user_attrs
+        base_size = base.get(size_key) or base.get("size_bytes") or math.nan
+        rows.append(
+            [
+                str(t.number),
+                f"{value:.4f}",
+                f"{attrs.get('test_metric', attrs.get('test_accuracy', math.nan)):.4f}",
+                f"{latency:.3f}",
+                f"{base['latency_ms'] / latency:.2f}x",
+                _kb(attrs.get("packed_bytes", attrs.get("size_bytes"))),
+                _kb(attrs.get("deployed_bytes")),
+                f"{base_size / 1000 / size_kb:.1f}x",
+                ", ".join(flags(info, t)),
+                attrs.get("summary", ""),
+            ]
+        )
+    return rows
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def target_words(info: dict[str, Any]) -> str:
+    """The target and the machine in words, e.g. ``cpu-onnxruntime, batch 32, 1 thread, on
+    AMD EPYC 7B13 (2 logical cores)``."""
+    target = info["settings"].get("target")
+    if not isinstance(target, dict):
+        return "not recorded"
+    device = str(target.get("device", "cpu"))
+    words = f"{device}-{target.get('runtime', 'torch')}, batch {target.get('batch_size', '?')}"
+    if target.get("threads") is not None:
+        words += f", {_plural(int(target['threads']), 'thread')}"
+    hw = info.get("hardware") or {}
+    gpu = device.startswith("cuda") and hw.get("gpu")
+    machine = hw.get("gpu") if gpu else hw.get("cpu")
+    if machine:
+        words += f", on {machine}"
+        if hw.get("logical_cores") and not gpu:
+            words += f" ({_plural(int(hw['logical_cores']), 'logical core')})"
+    return words
+
+
+def _yes_no(value: Any) -> str:
+    return "not recorded" if value is None else ("yes" if value else "no")
+
+
+def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """The study's settings in words, as (setting, value) rows, for reports and notes."""
+    settings, task, hw = info["settings"], info["task"], info.get("hardware") or {}
+    better = "higher" if task["higher_is_better"] else "lower"
+    size = {"deployed": "deployed file (what the runtime loads)",
+            "packed": "packed artifact (compressed weights)"}  # fmt: skip
+    rows = [
+        ("workload", str(settings.get("workload", "not recorded"))),
+        ("task", f"{task.get('name', '?')}: {metric_name(info)}, {better} is better"),
+        ("budget", budget_words(info)),
+        ("size objective", size.get(info["size"], str(info["size"]))),
+        ("target", target_words(info)),
+        ("search space", str(settings.get("space_source", "not recorded"))),
+        ("sampler", str(settings.get("sampler", "not recorded"))),
+        ("seed", str(settings.get("seed", "not recorded"))),
+        ("early stop", _yes_no(settings.get("early_stop"))),
+        ("warm start", _yes_no(settings.get("warm_start"))),
+    ]
+    if hw.get("torch"):
+        rows.append(
+            (
+                "software",
+                f"torch {hw['torch']}" + (f", {hw['machine']}" if hw.get("machine") else ""),
+            )
+        )
+    made = [f"autocompress {info['version']}"] if info.get("version") else []
+    made += [f"on {info['created']}"] if info.get("created") else []
+    if made:
+        rows.append(("created", " ".join(made)))
+    return rows

@@ -3,9 +3,10 @@
 Runs the same study (same sampler seed, same space) for a fixed wall-clock budget twice on
 ``mnist-lenet5``, both arms at once, each in its own process on its own core (so both see the
 same machine load): once as autocompress runs it (hopeless trials stopped after their first
-fine-tuning epoch and at later epochs; the teacher's logits and the deployed baseline built once
-per process), once with both switched off (every epoch run; teacher logits and baseline re-built
-in every trial). Reports trials per hour and the feasible hypervolume each way. The default
+fine-tuning epoch and at later epochs; the teacher's outputs, the int8 calibration batches and
+the deployed baseline built once per process), once with both switched off (every epoch run;
+those three re-built in every trial). Reports trials per hour and the feasible hypervolume each
+way (the size objective is the default, the deployed file). The default
 space (``search_spaces/mnist_long.yaml``) fine-tunes for 1 to 4 epochs, so that there are
 checkpoints at which to stop.
 
@@ -17,8 +18,10 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -26,28 +29,37 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-import autocompress.study as study_mod
-from autocompress.data import predict_logits
+from autocompress.data import input_batches
 from autocompress.measure import deploy_for_target
+from autocompress.objective import CALIBRATION_ROWS, Objective
+from autocompress.record import is_feasible
 from autocompress.report import hypervolume_history, reference_point
-from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
-from autocompress.workload import MNIST_ENV, load_workload
+from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_trials
+from autocompress.training import TeacherOutputs
+from autocompress.workload import load_workload
+from autocompress.zoo.vision import MNIST_ENV
 from benchmarks.common import RESULTS, write_results
 
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "mnist_long.yaml"
 
 
+CACHED = ("teacher", "calibration", "baseline_deployed")  # what Objective builds once
+
+
 @contextmanager
-def no_caching():
-    """Make the objective rebuild the teacher's logits and the deployed baseline every trial."""
-    cls = study_mod.Objective
-    saved = cls.teacher_logits, cls.baseline_deployed
-    cls.teacher_logits = property(
-        lambda self: predict_logits(self.workload.model, self.workload.train.x)
+def no_caching() -> Iterator[None]:
+    """Make the objective rebuild what it caches per process (the teacher's outputs, the int8
+    calibration batches, the deployed baseline) every time a trial asks for it."""
+    saved = {name: getattr(Objective, name) for name in CACHED}
+    Objective.teacher = property(  # type: ignore[method-assign,assignment]
+        lambda self: TeacherOutputs(self.workload.model, self.workload.train)
     )
-    cls.baseline_deployed = property(
+    Objective.calibration = property(  # type: ignore[method-assign,assignment]
+        lambda self: input_batches(self.workload.train, CALIBRATION_ROWS)
+    )
+    Objective.baseline_deployed = property(  # type: ignore[method-assign,assignment]
         lambda self: deploy_for_target(
             self.workload, self.workload.model, self.artifact_dir / "baseline", self.settings.target
         )
@@ -55,7 +67,8 @@ def no_caching():
     try:
         yield
     finally:
-        cls.teacher_logits, cls.baseline_deployed = saved
+        for name, value in saved.items():
+            setattr(Objective, name, value)
 
 
 ARMS = {"early stop + caching": True, "neither": False}
@@ -81,17 +94,21 @@ def run_arm(
             early_stop=smart,
             warm_start=False,
         )
-        study, settings, wl, baseline = create_or_resume(
-            label.replace(" ", "-"), storage, settings, studies_dir=Path(tmp), workload=wl
+        study, settings, wl, info = create_or_resume(
+            re.sub(r"[^A-Za-z0-9]+", "-", label),  # study names allow no spaces or '+'
+            storage,
+            settings,
+            studies_dir=Path(tmp),
+            workload=wl,
         )
-        reference = reference_point(baseline, settings.max_accuracy_drop)
+        reference = reference_point(info)
         started = time.time()
         with nullcontext() if smart else no_caching():
-            run_study(
+            run_trials(
                 study,
                 settings,
                 wl,
-                baseline,
+                info,
                 n_trials=None,
                 timeout=minutes * 60,
                 studies_dir=Path(tmp),
@@ -99,10 +116,11 @@ def run_arm(
         hours = (time.time() - started) / 3600
         trials = study.get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    history = hypervolume_history(done, reference)
+    history = hypervolume_history(done, reference, info)
     result = {
         "trials": len(trials),
         "complete": len(done),
+        "feasible": sum(is_feasible(t) for t in done),
         "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "hours": hours,
@@ -111,13 +129,19 @@ def run_arm(
         # The share of the reference box (set by this arm's own baseline), comparable across
         # arms whose baselines were timed separately.
         "hypervolume_fraction": history[-1][2] if history else 0.0,
-        "fine_tune_epochs_run": sum(t.params.get("finetune.epochs", 0) for t in done),
+        "fine_tune_epochs_run": sum(_epochs(t) for t in done),
         "stop_reasons": [
             t.user_attrs.get("stopped_reason", "") for t in trials if t.state == TrialState.PRUNED
         ],
     }
     print(label, {k: v for k, v in result.items() if k != "stop_reasons"}, flush=True)
     return result
+
+
+def _epochs(trial: FrozenTrial) -> int:
+    """Fine-tuning epochs of a trial's configuration (searched or fixed by the space)."""
+    methods = (trial.user_attrs.get("config") or {}).get("methods") or {}
+    return int((methods.get("finetune") or {}).get("epochs", 0))
 
 
 def run(

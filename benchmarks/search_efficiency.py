@@ -1,10 +1,13 @@
 """Search efficiency: feasible hypervolume after N trials, default sampler vs NSGA-II vs random.
 
-Every study of one workload shares one reference point (accuracy - budget, 1.1 x the baseline's
-latency, 1.1 x its size), with latency as each trial's interleaved ratio to the baseline (so
-studies run in different processes are on one scale). The aim: the default sampler (TPE)
-reaches random sampling's hypervolume at 2N within N trials. Each (workload, seed) pair runs in
-its own process on one thread; ``--jobs`` sets how many at once.
+Every study of one workload shares one reference point (the metric at the budget's limit, 1.1 x
+the baseline's latency, 1.1 x its size), with latency as each trial's interleaved ratio to the
+baseline and size as a ratio to the baseline's (so studies run in different processes are on
+one scale). The size objective is the studies' default, the deployed file (results from before
+the methods restructure used the packed artifact in KB: their hypervolumes are not comparable).
+The aim: the default sampler (TPE) reaches random sampling's hypervolume at 2N within N trials.
+Each (workload, seed) pair runs in its own process on one thread; ``--jobs`` sets how many at
+once; ``--keep DIR`` keeps the studies.
 
     python -m benchmarks.search_efficiency --workloads digits mnist-mlp --n-trials 40 \
         --seeds 0 1 2 --jobs 2 --data-dir ../shared/datasets/mnist
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import re
 import statistics
 import tempfile
 import time
@@ -27,7 +31,7 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress.report import hypervolume_history, reference_point
-from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_study
+from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_trials
 from autocompress.workload import load_workload
 from benchmarks.common import RESULTS, write_results
 
@@ -37,15 +41,18 @@ SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 DEFAULT_SPACES = {"digits": SPACES / "default.yaml", "mnist-mlp": SPACES / "mnist.yaml"}
 
 
-def _on_ratio_scale(trials: list[Any]) -> list[Any]:
-    """Trials with latency replaced by the interleaved ratio to the baseline's deployed form.
+def _on_ratio_scale(trials: list[Any], info: dict[str, Any]) -> list[Any]:
+    """Trials with latency and size as ratios to the study's baseline.
 
-    Studies run in different processes time their baselines separately; the ratio is the one
-    latency figure that is on the same scale in all of them.
+    Studies run in different processes time their baselines separately; the interleaved ratio
+    is the one latency figure on the same scale in all of them. The baseline's deployed file
+    differs by a few bytes between studies too (its form is chosen by timing), so size is
+    divided by the study's own baseline size.
     """
+    base_kb = float(info["baseline"]["size_kb"])
     out = []
     for t in trials:
-        values = [t.values[0], t.user_attrs["latency_ratio"], t.values[2]]
+        values = [t.values[0], t.user_attrs["latency_ratio"], t.values[2] / base_kb]
         out.append(
             optuna.trial.create_trial(
                 values=values,
@@ -59,6 +66,17 @@ def _on_ratio_scale(trials: list[Any]) -> list[Any]:
     return out
 
 
+def slug(workload: str) -> str:
+    """A workload reference as study and file names allow (``pkg.mod:fn`` -> ``pkg.mod_fn``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", workload)
+
+
+def ratio_scale_info(info: dict[str, Any]) -> dict[str, Any]:
+    """A study's record with the baseline's latency and size set to 1: the reference point of
+    :func:`autocompress.report.reference_point` then takes both as ratios to the baseline."""
+    return {**info, "baseline": {**info["baseline"], "latency_ms": 1.0, "size_kb": 1.0}}
+
+
 def run_seed(
     wname: str,
     seed: int,
@@ -66,19 +84,27 @@ def run_seed(
     samplers: list[str],
     space: Path,
     data_dir: str | None,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Every sampler's study for one workload and seed, in this process, on one thread.
 
+    Args:
+        keep: A folder to keep the studies in (``<keep>/<slug>-<seed>.db``, study
+            ``<slug>-<sampler>-<seed>``, :func:`slug` of the workload); by default deleted.
+
     Returns:
-        ``{"reference_point": ..., "runs": [...]}``; the reference point is (accuracy - budget,
-        1.1 x the baseline latency ratio of 1, 1.1 x baseline size), the same in every process.
+        ``{"reference_point": ..., "runs": [...]}``; the reference point is (metric at the
+        budget's limit, 1.1, 1.1): latency and size are ratios to each study's baseline, so it
+        is the same in every study and process.
     """
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     wl = load_workload(wname, data_dir=data_dir)
     runs, reference = [], None
     with tempfile.TemporaryDirectory() as tmp:
-        storage = open_storage(f"sqlite:///{tmp}/se.db")
+        folder = Path(tmp) if keep is None else Path(keep)
+        folder.mkdir(parents=True, exist_ok=True)
+        storage = open_storage(f"sqlite:///{folder / f'{slug(wname)}-{seed}.db'}")
         for sampler in samplers:
             budget = 2 * n_trials if sampler == "random" else n_trials
             settings = StudySettings(
@@ -92,13 +118,18 @@ def run_seed(
                 warm_start=False,  # compare the samplers alone
             )
             started = time.time()
-            study, settings, wl, baseline = create_or_resume(
-                f"{wname}-{sampler}-{seed}", storage, settings, studies_dir=Path(tmp), workload=wl
+            study, settings, wl, info = create_or_resume(
+                f"{slug(wname)}-{sampler}-{seed}",
+                storage,
+                settings,
+                studies_dir=folder,
+                workload=wl,
             )
-            reference = reference_point({**baseline, "latency_ms": 1.0}, settings.max_accuracy_drop)
-            run_study(study, settings, wl, baseline, n_trials=budget, studies_dir=Path(tmp))
+            reference = reference_point(ratio_scale_info(info))
+            run_trials(study, settings, wl, info, n_trials=budget, studies_dir=folder)
             done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
-            by_count = [hv for _, hv, _ in hypervolume_history(_on_ratio_scale(done), reference)]
+            history = hypervolume_history(_on_ratio_scale(done, info), reference, info)
+            by_count = [hv for _, hv, _ in history]
 
             def at(k: int, by_count: list[float] = by_count) -> float:
                 return by_count[min(k, len(by_count)) - 1] if by_count else 0.0
@@ -126,6 +157,7 @@ def run(
     data_dir: str | None,
     out_dir: Path,
     jobs: int = 1,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
     """Run every study, ``jobs`` (workload, seed) pairs at once, and summarise hypervolumes.
 
@@ -133,12 +165,13 @@ def run(
         space: One space for every workload, or None for each workload's own
             (``DEFAULT_SPACES``, else ``default.yaml``).
         jobs: Processes at once; each runs one workload and seed on one thread.
+        keep: A folder to keep the studies in (see :func:`run_seed`); by default deleted.
     """
     pairs = [(w, seed) for w in workloads for seed in seeds]
 
     def args(w: str, seed: int) -> tuple[Any, ...]:
         chosen = space or DEFAULT_SPACES.get(w, SPACES / "default.yaml")
-        return (w, seed, n_trials, samplers, chosen, data_dir)
+        return (w, seed, n_trials, samplers, chosen, data_dir, keep)
 
     if jobs <= 1:
         outputs = [run_seed(*args(w, seed)) for w, seed in pairs]
@@ -217,6 +250,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="(workload, seed) pairs at once")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="keep the studies in this folder (one db each)"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results = run(
@@ -228,6 +264,7 @@ def main() -> None:
         args.data_dir,
         args.out,
         jobs=args.jobs,
+        keep=args.keep,
     )
     name = "search_efficiency-" + "-".join(args.workloads)
     path = write_results(name, {"n_trials": args.n_trials, "results": results}, args.out)

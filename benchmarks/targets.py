@@ -3,8 +3,12 @@
 For the built-in networks, a ResNet-20 (CIFAR shapes) and a small transformer encoder (random
 weights are fine for latency), every compression is deployed on every runtime and timed
 interleaved with fp32 eager PyTorch of the uncompressed model, at batch 1 and 32, one thread.
+Each compression is a :class:`~autocompress.pipeline.CompressionConfig` of methods; int8 is
+deployed as the configuration's :class:`~autocompress.methods.Int8` says (static: calibrated on
+training inputs; dynamic: linear layers only, so only on the linear-heavy networks). An A/A
+control times fp32 eager against itself: its speed-up is the noise floor of the table.
 
-    python -m benchmarks.targets [--quick] [--out benchmarks/results]
+    python -m benchmarks.targets [--quick] [--networks ...] [--compressions ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -17,19 +21,20 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from autocompress import models
-from autocompress.data import TensorData
-from autocompress.latency import LatencySettings, measure_latency
+from autocompress.data import TensorData, gather_inputs, input_batches
+from autocompress.latency import LatencyResult, LatencySettings, measure_latency
 from autocompress.measure import deploy_for_target
+from autocompress.methods import Int8, StructuredPruning, UnstructuredPruning
+from autocompress.objective import CALIBRATION_ROWS
 from autocompress.pipeline import CompressionConfig, compress
-from autocompress.steps.prune import PruneConfig
-from autocompress.steps.quantize import QuantizeConfig
-from autocompress.study import Target
-from autocompress.workload import Workload
+from autocompress.settings import Target
+from autocompress.workload import LoadedWorkload, Workload, prepare
 from benchmarks.common import RESULTS, TinyTransformer, resnet20, write_results
 
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
@@ -39,86 +44,149 @@ NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "resnet-20": (resnet20, (3, 32, 32)),
     "transformer": (TinyTransformer, (32, 16)),
 }
-INT8 = QuantizeConfig(weight_bits=8, int8_activations=True)
-COMPRESSIONS = {
+# Networks whose time is spent in linear layers: where dynamic int8 (linear layers only) can pay.
+LINEAR_HEAVY = ("lenet-300-100", "transformer")
+STATIC_INT8, DYNAMIC_INT8 = Int8(mode="static"), Int8(mode="dynamic")
+COMPRESSIONS: dict[str, CompressionConfig] = {
     "fp32": CompressionConfig(),
-    "unstructured-90%": CompressionConfig(prune=PruneConfig("unstructured", 0.9)),
-    "structured-50%": CompressionConfig(prune=PruneConfig("structured", 0.5)),
-    "structured-75%": CompressionConfig(prune=PruneConfig("structured", 0.75)),
-    "int8": CompressionConfig(quantize=INT8),
-    "structured-50%+int8": CompressionConfig(prune=PruneConfig("structured", 0.5), quantize=INT8),
-    "structured-75%+int8": CompressionConfig(prune=PruneConfig("structured", 0.75), quantize=INT8),
+    "unstructured-90%": CompressionConfig.of(unstructured=UnstructuredPruning(0.9)),
+    "structured-50%": CompressionConfig.of(structured=StructuredPruning(0.5)),
+    "structured-75%": CompressionConfig.of(structured=StructuredPruning(0.75)),
+    "int8": CompressionConfig.of(int8=STATIC_INT8),
+    "structured-50%+int8": CompressionConfig.of(
+        structured=StructuredPruning(0.5), int8=STATIC_INT8
+    ),
+    "structured-75%+int8": CompressionConfig.of(
+        structured=StructuredPruning(0.75), int8=STATIC_INT8
+    ),
+    "int8-dynamic": CompressionConfig.of(int8=DYNAMIC_INT8),
 }
+ONLY_FOR = {"int8-dynamic": LINEAR_HEAVY}  # compressions measured on some networks only
 RUNTIMES = ("torch", "onnxruntime")
+BATCHES = (1, 32)
+CONTROL = "eager"  # the runtime of the A/A control rows: fp32 eager timed against itself
 
 
-def _workload(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> Workload:
+def _workload(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> LoadedWorkload:
     torch.manual_seed(0)
     model = factory().eval()
     x = torch.randn(512, *shape)
     with torch.inference_mode():
         y = model(x).argmax(1)
     data = TensorData(x, y)
-    return Workload(train=data, val=data, test=data, model=model, example_input=x[:1])
+    return prepare(Workload(train=data, val=data, test=data, model=model, example_input=x[:1]))
 
 
-def run(quick: bool, out_dir: Path) -> Path:
-    """Measure every network x compression x runtime x batch; write JSON and a table."""
+def _timing(result: LatencyResult) -> dict[str, Any]:
+    """A row's figures from one interleaved measurement against fp32 eager."""
+    return {
+        "median_ms": result.median_ms,
+        "p90_ms": result.p90_ms,
+        "eager_ms": result.reference_median_ms,
+        "speedup": 1.0 / result.ratio_to_reference,
+        "cv": result.cv,
+        "stable": result.stable,
+        "contended": result.contended,
+    }
+
+
+def _control_rows(net: str, wl: LoadedWorkload, settings: LatencySettings) -> list[dict]:
+    """fp32 eager against itself, at each batch (speed-up ~1: the table's noise floor)."""
+    rows = []
+    for batch in BATCHES:
+        x = gather_inputs(wl.val, batch)
+        r = measure_latency(lambda x=x: wl.model(x), settings, reference=lambda x=x: wl.model(x))
+        row = {"network": net, "compression": "fp32", "runtime": CONTROL, "batch": batch}
+        rows.append({**row, "deployed": "eager", **_timing(r)})
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _measure(
+    net: str,
+    cname: str,
+    wl: LoadedWorkload,
+    config: CompressionConfig,
+    settings: LatencySettings,
+    tmp: Path,
+) -> list[dict]:
+    """One compression of one network on every runtime and batch."""
+    try:
+        c = compress(
+            wl.model,
+            config,
+            tmp / "m.acpk",
+            task=wl.task,
+            train=wl.train,
+            example_input=wl.example_input,
+        )
+    except Exception as e:  # noqa: BLE001 - a failing combination is a result too
+        return [{"network": net, "compression": cname, "error": str(e)[:200]}]
+    int8 = config.get("int8")
+    calibration = input_batches(wl.train, CALIBRATION_ROWS) if int8 is not None else None
+    rows = []
+    for runtime in RUNTIMES:
+        for batch in BATCHES:
+            row: dict[str, Any] = {
+                "network": net,
+                "compression": cname,
+                "runtime": runtime,
+                "batch": batch,
+                "size_bytes": c.size_bytes,
+            }
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    # The deployed form is chosen on the batch it is timed at, as in a study.
+                    d = deploy_for_target(
+                        wl,
+                        c.model,
+                        tmp / "d",
+                        Target(runtime=runtime, batch_size=batch),
+                        int8=int8,
+                        calibration=calibration,
+                    )
+                x = gather_inputs(wl.val, batch)
+                r = measure_latency(
+                    lambda d=d, x=x: d.run(x), settings, reference=lambda x=x: wl.model(x)
+                )
+                row.update(
+                    deployed=d.kind, deployed_bytes=d.size_bytes, notes=d.notes, **_timing(r)
+                )
+            except Exception as e:  # noqa: BLE001
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            rows.append(row)
+            print(_line(row), flush=True)
+    return rows
+
+
+def run(
+    quick: bool,
+    out_dir: Path,
+    networks: list[str] | None = None,
+    compressions: list[str] | None = None,
+) -> Path:
+    """Measure every network x compression x runtime x batch; write JSON and a table.
+
+    Args:
+        quick: A smoke run: few timing blocks; unless named, one network, three compressions.
+        out_dir: Where ``targets.json`` and ``targets.md`` are written.
+        networks: Names from :data:`NETWORKS` (default: all).
+        compressions: Names from :data:`COMPRESSIONS` (default: all).
+    """
     settings = LatencySettings(threads=1, min_block_seconds=0.05, max_blocks=20, max_cv=0.05)
     if quick:
         settings = replace(settings, min_block_seconds=0.005, min_blocks=2, max_blocks=3)
-    networks = dict(list(NETWORKS.items())[:1]) if quick else NETWORKS
-    compressions = dict(list(COMPRESSIONS.items())[:3]) if quick else COMPRESSIONS
+    networks = networks or list(NETWORKS)[: 1 if quick else None]
+    compressions = compressions or list(COMPRESSIONS)[: 3 if quick else None]
     torch.set_num_threads(1)
-    rows = []
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for net, (factory, shape) in networks.items():
-            wl = _workload(factory, shape)
-            for cname, config in compressions.items():
-                try:
-                    c = compress(wl, config, Path(tmp) / "m.acpk")
-                except Exception as e:  # noqa: BLE001 - a failing combination is a result too
-                    rows.append({"network": net, "compression": cname, "error": str(e)[:200]})
-                    continue
-                for runtime in RUNTIMES:
-                    for batch in (1, 32):
-                        row = {
-                            "network": net,
-                            "compression": cname,
-                            "runtime": runtime,
-                            "batch": batch,
-                            "size_bytes": c.size_bytes,
-                        }
-                        try:
-                            with contextlib.redirect_stdout(io.StringIO()):
-                                d = deploy_for_target(
-                                    wl,
-                                    c.model,
-                                    Path(tmp) / "d",
-                                    Target(runtime=runtime),
-                                    config=config,
-                                    int8_module=c.deployable,
-                                )
-                            x = wl.val.x[:batch]
-                            r = measure_latency(
-                                lambda d=d, x=x: d.run(x),
-                                settings,
-                                reference=lambda x=x, m=wl.model: m(x),
-                            )
-                            row.update(
-                                deployed=d.kind,
-                                median_ms=r.median_ms,
-                                p90_ms=r.p90_ms,
-                                eager_ms=r.reference_median_ms,
-                                speedup=1.0 / r.ratio_to_reference,
-                                cv=r.cv,
-                                stable=r.stable,
-                                contended=r.contended,
-                            )
-                        except Exception as e:  # noqa: BLE001
-                            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-                        rows.append(row)
-                        print(_line(row), flush=True)
+        for net in networks:
+            wl = _workload(*NETWORKS[net])
+            rows += _control_rows(net, wl, settings)
+            for cname in compressions:
+                if net in ONLY_FOR.get(cname, (net,)):
+                    rows += _measure(net, cname, wl, COMPRESSIONS[cname], settings, Path(tmp))
     path = write_results("targets", {"settings": settings.__dict__, "rows": rows}, out_dir)
     (out_dir / "targets.md").write_text(table(rows))
     return path
@@ -134,15 +202,20 @@ def _line(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """A markdown table: one line per network x compression, speed-ups per runtime and batch."""
+    """A markdown table: one line per network x compression, speed-ups per runtime and batch;
+    then the A/A control (fp32 eager against itself) per network."""
     head = (
         "| network | compression | size KB | "
-        + " | ".join(f"{rt} b={b}" for rt in RUNTIMES for b in (1, 32))
+        + " | ".join(f"{rt} b={b}" for rt in RUNTIMES for b in BATCHES)
         + " |\n"
     )
-    head += "|---|---|---|" + "---|" * 4 + "\n"
+    head += "|---|---|---|" + "---|" * (len(RUNTIMES) * len(BATCHES)) + "\n"
     by_key: dict[tuple[str, str], dict] = {}
+    controls: dict[str, list[str]] = {}
     for r in rows:
+        if r.get("runtime") == CONTROL:
+            controls.setdefault(r["network"], []).append(f"b={r['batch']} x{r['speedup']:.2f}")
+            continue
         by_key.setdefault((r["network"], r["compression"]), {})[
             (r.get("runtime"), r.get("batch"))
         ] = r
@@ -151,21 +224,27 @@ def table(rows: list[dict]) -> str:
         size = next((c.get("size_bytes") for c in cells.values() if c.get("size_bytes")), None)
         vals = []
         for rt in RUNTIMES:
-            for b in (1, 32):
+            for b in BATCHES:
                 c = cells.get((rt, b), {})
                 vals.append("n/a" if "speedup" not in c else f"x{c['speedup']:.2f}")
         size_txt = f"{size / 1000:.1f}" if size else "n/a"
         lines.append(f"| {net} | {comp} | {size_txt} | " + " | ".join(vals) + " |")
-    return head + "\n".join(lines) + "\n"
+    text = head + "\n".join(lines) + "\n"
+    if controls:
+        text += "\nA/A control, fp32 eager timed against itself (the noise floor):\n\n"
+        text += "".join(f"- {net}: {', '.join(cells)}\n" for net, cells in controls.items())
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: one network, 3 blocks")
+    parser.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=None)
+    parser.add_argument("--compressions", nargs="+", choices=list(COMPRESSIONS), default=None)
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args()
     started = time.time()
-    path = run(args.quick, args.out)
+    path = run(args.quick, args.out, args.networks, args.compressions)
     print(f"wrote {path} in {time.time() - started:.0f} s")
 
 

@@ -186,11 +186,20 @@ def export_deployables(
     compressed: CompressedModel,
     recipe: Recipe,
     out_dir: str | os.PathLike[str],
+    measured: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Write the TorchScript (``model.pt``) and ONNX (``model.onnx``) deployable forms.
 
     With int8 in the recipe, each is the runtime's int8 form (FX static or dynamic int8 for
     TorchScript; ORT static or dynamic for ONNX), calibrated like the study's.
+
+    Args:
+        workload: The loaded workload (calibration data, example input).
+        compressed: The rebuilt compressed model.
+        recipe: The recipe being applied.
+        out_dir: Where the files go.
+        measured: What :func:`remeasure` returned, when it ran first: the file it deployed and
+            measured for the recipe's runtime is reported as it is, not written a second time.
 
     Returns:
         For each format, the written path with its kind and size, or ``skipped: <reason>``.
@@ -200,6 +209,12 @@ def export_deployables(
     results: dict[str, str] = {}
     threads = int(recipe.target.get("threads", 1))
     for fmt, runtime in (("torchscript", "torch"), ("onnx", "onnxruntime")):
+        if measured is not None and runtime == recipe.target.get("runtime", "torch"):
+            results[fmt] = (
+                f"{measured['deployed']} ({measured['deployed_kind']}, "
+                f"{measured['deployed_bytes']:,} bytes, measured above)"
+            )
+            continue
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 deployed = deploy_for_target(

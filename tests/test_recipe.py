@@ -10,6 +10,7 @@ that its recipe rebuilds the very same packed artifact.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -367,6 +368,15 @@ def test_cli_export_then_apply(digits_study: SimpleNamespace, monkeypatch) -> No
     assert Path("deploy/model.acpk").stat().st_size == t0.user_attrs["packed_bytes"]
     assert Path("deploy/model.acpk").read_bytes() == Path(t0.user_attrs["artifact"]).read_bytes()
     assert Path("deploy/model.pt").exists() and "onnx:" in result.output
+    # every file the output names has the size it prints (the measured file is not rewritten)
+    named = re.findall(r"(deploy/model\.\w+) \((?:[\w-]+, )?([\d,]+) bytes", result.output)
+    assert {path for path, _ in named} >= {
+        "deploy/model.acpk",
+        "deploy/model.pt",
+        "deploy/model.onnx",
+    }
+    for path, size in named:
+        assert Path(path).stat().st_size == int(size.replace(",", "")), path
 
 
 def test_apply_never_imports_a_recipes_module(digits_study, tmp_path, monkeypatch) -> None:

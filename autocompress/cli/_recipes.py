@@ -193,10 +193,10 @@ def apply_command(
         rebuilt = rebuild(wl, r, out_dir / "model.acpk")
         for note in rebuilt.warnings:
             err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
-        exports = export_deployables(wl, rebuilt.compressed, r, out_dir)
         if recipe.resolve() != (out_dir / "recipe.yaml").resolve():
             shutil.copyfile(recipe, out_dir / "recipe.yaml")
         measured = remeasure(wl, rebuilt.compressed, r, out_dir)
+        exports = export_deployables(wl, rebuilt.compressed, r, out_dir, measured=measured)
         deployed = measured.pop("deployed")
         table = Table("metric", "recipe", "re-measured", "difference", title=f"{recipe.name}")
         for key in measured:

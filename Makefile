@@ -19,3 +19,4 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autocompress tests benchmarks
 	$(VENV)/bin/ruff format --check autocompress tests benchmarks
+	$(VENV)/bin/mypy

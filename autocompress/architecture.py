@@ -19,7 +19,7 @@ from autocompress.data import Inputs, as_output, call_model
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _hf_conv1d() -> tuple[type, ...]:
+def _hf_conv1d() -> tuple[type[nn.Module], ...]:
     """transformers' ``Conv1D`` (GPT-2's linear layer, weight stored [in, out]) when installed."""
     try:
         from transformers.pytorch_utils import Conv1D
@@ -29,8 +29,32 @@ def _hf_conv1d() -> tuple[type, ...]:
 
 
 HF_CONV1D = _hf_conv1d()
-LINEARS = (nn.Linear, *HF_CONV1D)
-WEIGHT_LAYERS = (*CONVS, *LINEARS)
+LINEARS: tuple[type[nn.Module], ...] = (nn.Linear, *HF_CONV1D)
+WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (*CONVS, *LINEARS)
+
+
+def weight_of(layer: nn.Module) -> torch.Tensor:
+    """The ``weight`` of a conv, linear or ``Conv1D`` layer.
+
+    Raises:
+        TypeError: ``layer.weight`` is not a tensor.
+    """
+    weight = layer.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.weight is not a tensor")
+    return weight
+
+
+def bias_of(layer: nn.Module) -> torch.Tensor | None:
+    """The ``bias`` of a conv, linear or ``Conv1D`` layer, or ``None`` when it has none.
+
+    Raises:
+        TypeError: ``layer.bias`` is neither a tensor nor ``None``.
+    """
+    bias = layer.bias
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}.bias is not a tensor")
+    return bias
 
 
 def is_weight_layer(module: nn.Module) -> bool:
@@ -44,7 +68,7 @@ def out_features(module: nn.Module) -> int:
         return module.out_channels
     if isinstance(module, nn.Linear):
         return module.out_features
-    return int(module.weight.shape[1])  # HF Conv1D: [in, out]
+    return int(weight_of(module).shape[1])  # HF Conv1D: [in, out]
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

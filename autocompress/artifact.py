@@ -23,7 +23,7 @@ import math
 import os
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -87,27 +87,25 @@ def _encode(
     n, bits = w.numel(), spec.bits
     if bits in _FLOATS:
         ftype, itype = _FLOATS[bits]
-        flat = w.reshape(-1).to(ftype)
-        nonzero = (flat.view(itype) != 0).numpy()  # bit pattern, so -0.0 is kept
-        values, scale, item_bits = flat, None, bits
+        floats = w.reshape(-1).to(ftype)
+        nonzero = (floats.view(itype) != 0).numpy()  # bit pattern, so -0.0 is kept
+        scale = None
     else:
         if scale is None:
             scale = absmax_scale(w, spec)
         scale = scale.detach().cpu().to(torch.float32)
-        flat = codes_for(w, scale, spec).reshape(-1).numpy()
-        nonzero = flat != 0
-        values, item_bits = flat + spec.qmax, bits
+        codes = codes_for(w, scale, spec).reshape(-1).numpy()
+        nonzero = codes != 0
     nnz = int(nonzero.sum())
-    sparse = math.ceil(n / 8) + math.ceil(nnz * item_bits / 8) < math.ceil(n * item_bits / 8)
-    if sparse:
-        values = values[torch.from_numpy(nonzero)] if bits in _FLOATS else values[nonzero]
+    sparse = math.ceil(n / 8) + math.ceil(nnz * bits / 8) < math.ceil(n * bits / 8)
     as_bytes = byte_codes and bits < 8
     if bits in _FLOATS:
-        data = _tensor_bytes(values)
-    elif as_bytes:
-        data = values.astype(np.uint8).tobytes()
+        data = _tensor_bytes(floats[torch.from_numpy(nonzero)] if sparse else floats)
     else:
-        data = _pack(values, bits)
+        values = codes + spec.qmax
+        if sparse:
+            values = values[nonzero]
+        data = values.astype(np.uint8).tobytes() if as_bytes else _pack(values, bits)
     mask = np.packbits(nonzero, bitorder="little").tobytes() if sparse else b""
     scale_bytes = b"" if scale is None else _tensor_bytes(scale)
     info = {
@@ -128,7 +126,10 @@ def _lzma(blob: bytes) -> bytes:
 
 
 _COMPRESSORS = {"zlib": lambda blob: zlib.compress(blob, 9), "lzma": _lzma}
-_DECOMPRESSORS = {"zlib": zlib.decompress, "lzma": lzma.decompress}
+_DECOMPRESSORS: dict[str, Callable[[memoryview], bytes]] = {
+    "zlib": zlib.decompress,
+    "lzma": lzma.decompress,
+}
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -280,8 +281,7 @@ def _decode(entry: dict[str, Any], parts: list[bytes]) -> torch.Tensor:
         values = _tensor_from(parts[2], _FLOATS[bits][0], [count]).to(torch.float32)
     else:
         codes = np.frombuffer(parts[2], np.uint8) if as_bytes else _unpack(parts[2], count, bits)
-        values = codes.astype(np.int32) - spec.qmax
-        values = torch.from_numpy(values)
+        values = torch.from_numpy(codes.astype(np.int32) - spec.qmax)
     if enc == "sparse":
         nonzero = np.unpackbits(np.frombuffer(parts[1], np.uint8), count=n, bitorder="little")
         full = torch.zeros(n, dtype=values.dtype)

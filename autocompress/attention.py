@@ -13,6 +13,7 @@ traced form bakes the example's sequence length in (pytorch/pytorch#117209).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -74,13 +75,14 @@ class SlicedMultiheadAttention(nn.MultiheadAttention):
             out.in_features = len(rows)
         original = getattr(mha, "original_heads", mha.num_heads)
         mha.__class__ = cls
-        mha.kept_heads = tuple(current[p] for p in positions)
-        mha.original_heads = original
-        mha.num_heads = len(positions)
+        sliced = cast(SlicedMultiheadAttention, mha)  # the same object, now of this class
+        sliced.kept_heads = tuple(current[p] for p in positions)
+        sliced.original_heads = original
+        sliced.num_heads = len(positions)
         # False keeps nn.TransformerEncoderLayer off its fused kernel, which assumes
         # num_heads * head_dim == embed_dim.
-        mha._qkv_same_embed_dim = False
-        return mha  # type: ignore[return-value]
+        sliced._qkv_same_embed_dim = False
+        return sliced
 
     def forward(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
@@ -37,7 +37,7 @@ class StudiesArtifactStore:
             if d != self.home:
                 yield FileSystemArtifactStore(d)
 
-    def open_reader(self, artifact_id: str) -> IO[bytes]:
+    def open_reader(self, artifact_id: str) -> BinaryIO:
         """Open the artifact for reading, from the first directory that has it."""
         for store in self._stores():
             try:
@@ -46,7 +46,7 @@ class StudiesArtifactStore:
                 continue
         raise ArtifactNotFound(f"artifact {artifact_id} not found under {self.studies_dir}")
 
-    def write(self, artifact_id: str, content_body: IO[bytes]) -> None:
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         """Store an upload in the home study's directory."""
         self.home.mkdir(parents=True, exist_ok=True)
         FileSystemArtifactStore(self.home).write(artifact_id, content_body)

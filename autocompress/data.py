@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.fx
@@ -117,8 +117,13 @@ class Batches:
     def batches(self, batch_size: int | None = None, seed: int | None = None) -> Iterator[Batch]:
         """Yield batches: re-batched at ``batch_size`` when the source allows, shuffled by seed."""
         dataset = self._dataset()
-        if dataset is not None and (batch_size is not None or seed is not None):
-            loader = self.source
+        loader = self.source
+        # _dataset() finds one only under a DataLoader: the isinstance check tells mypy so.
+        if (
+            dataset is not None
+            and isinstance(loader, torch.utils.data.DataLoader)
+            and (batch_size is not None or seed is not None)
+        ):
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             yield from torch.utils.data.DataLoader(
                 dataset,
@@ -203,11 +208,12 @@ def as_output(output: Any) -> torch.Tensor:
     Raises:
         WorkloadError: The output holds no tensor.
     """
-    if isinstance(output, torch.Tensor | torch.fx.Proxy):  # a Proxy while FX traces the model
-        return output  # type: ignore[return-value]
+    # A Proxy while FX traces the model: it stands for the tensor the model will return.
+    if isinstance(output, torch.Tensor | torch.fx.Proxy):
+        return cast(torch.Tensor, output)
     if isinstance(output, Mapping):
         if "logits" in output and isinstance(output["logits"], torch.Tensor | torch.fx.Proxy):
-            return output["logits"]
+            return cast(torch.Tensor, output["logits"])
         values = list(output.values())
     elif isinstance(output, tuple | list):
         values = list(output)
@@ -283,7 +289,8 @@ def gather_inputs(split: Split, n: int) -> Inputs:
     Batches are stacked while their shapes agree (e.g. the same padded sequence length); when
     the split has fewer rows, or its batches differ in shape, the rows found are repeated.
     """
-    parts, rows = [], 0
+    parts: list[Inputs] = []
+    rows = 0
     for batch in split.batches():
         inputs = split_batch(batch)[0]
         if parts and not _same_trailing_shapes(parts[0], inputs):

@@ -9,6 +9,7 @@ artifact, so the model that is evaluated is exactly the model that is stored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,12 +59,12 @@ class QuantSpec:
         return [self.bits, self.granularity, self.channel_axis]
 
     @classmethod
-    def from_list(cls, value: list[object]) -> QuantSpec:
+    def from_list(cls, value: list[Any] | int) -> QuantSpec:
         """Inverse of :meth:`to_list` (a bare number of bits also works)."""
         if isinstance(value, int):
             return cls(int(value))
         bits, granularity, axis = value
-        return cls(int(bits), str(granularity), int(axis))  # type: ignore[arg-type]
+        return cls(int(bits), str(granularity), int(axis))
 
 
 def _as_rows(w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
@@ -130,6 +131,8 @@ def _expanded(scale: torch.Tensor, rows: torch.Tensor, spec: QuantSpec) -> torch
         return safe
     if safe.dim() == 1:
         return safe[:, None]
+    if spec.group_size is None:  # TypeError, as repeat_interleave(None) raised
+        raise TypeError(f"scales of shape {list(scale.shape)} need a group granularity")
     return safe.repeat_interleave(spec.group_size, dim=1)[:, : rows.shape[1]]
 
 

@@ -8,14 +8,22 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from autocompress.errors import WorkloadError
 from autocompress.safe_input import non_file_kind
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_DTYPES: dict[int, npt.DTypeLike] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 MAX_DATA_BYTES = 1 << 30  # 1 GiB; MNIST's largest file holds 47 MB
 _CHUNK = 1 << 20
 
@@ -72,7 +80,11 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def _read_at_most(f: BinaryIO, limit: int) -> bytes:
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _read_at_most(f: _Readable, limit: int) -> bytes:
     """Up to ``limit`` bytes, decompressed a chunk at a time (never more than asked)."""
     chunks, total = [], 0
     while total < limit:

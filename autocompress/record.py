@@ -8,7 +8,7 @@ through :func:`normalize_info`, so nothing they recorded is lost.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -20,7 +20,7 @@ LATENCY, SIZE = "latency_ms", "size_kb"
 SIZE_KINDS = ("deployed", "packed")
 
 
-def directions(higher_is_better: bool) -> list[str]:
+def directions(higher_is_better: bool) -> list[Literal["minimize", "maximize"]]:
     """Optuna directions of (metric, latency, size)."""
     return ["maximize" if higher_is_better else "minimize", "minimize", "minimize"]
 
@@ -131,7 +131,14 @@ def feasible_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: (losses[t.number], t.number))
 
 
-def flags(info: dict[str, Any], trial: FrozenTrial) -> list[str]:
+class HasUserAttrs(Protocol):
+    """What :func:`flags` reads of a trial: a ``FrozenTrial`` has it."""
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+
+def flags(info: dict[str, Any], trial: HasUserAttrs) -> list[str]:
     """What a reader should know about a trial's figures, in short words."""
     attrs = trial.user_attrs
     out = []

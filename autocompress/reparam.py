@@ -8,6 +8,8 @@ forward pre-hooks (``torch.nn.utils.prune``) miss.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -18,6 +20,8 @@ from autocompress.grid import QuantSpec, fake_quantize
 
 class Mask(nn.Module):
     """Multiplies the parameter by a fixed 0/1 mask: pruned weights stay zero in training."""
+
+    mask: torch.Tensor  # a buffer
 
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
@@ -77,8 +81,10 @@ def bake(model: nn.Module) -> None:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
-        for attr in list(module.parametrizations.keys()):
-            chain = module.parametrizations[attr]
+        # A parametrized module holds a ParametrizationList per parametrized attribute.
+        chains = cast(nn.ModuleDict, module.parametrizations)
+        for attr in list(chains.keys()):
+            chain = cast(parametrize.ParametrizationList, chains[attr])
             masks = [p for p in chain if isinstance(p, Mask)]
             original = chain.original.detach()
             for mask in masks:

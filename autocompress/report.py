@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,7 @@ def hypervolume_history(
     ideal = ideal_metric_loss(info)
     ideal_box = float(np.prod(reference - np.array([min(ideal, reference[0] - 1e-12), 0.0, 0.0])))
     points: list[list[float]] = []
-    history = []
+    history: list[tuple[int, float, float]] = []
     for t in sorted(trials, key=lambda t: t.number):
         if not _is_feasible(t):  # failed, stopped or over budget: adds nothing
             history.append((t.number, history[-1][1] if history else 0.0,
@@ -111,6 +112,11 @@ def hypervolume_history(
         hv = compute_hypervolume(np.array(points), reference) if points else 0.0
         history.append((t.number, float(hv), float(hv) / ideal_box if ideal_box > 0 else 0.0))
     return history
+
+
+def _objective(i: int) -> Callable[[FrozenTrial], float]:
+    """The ``i``-th objective value of a trial."""
+    return lambda t: t.values[i]
 
 
 def param_importances(
@@ -132,7 +138,7 @@ def param_importances(
             warnings.simplefilter("ignore")
             for i, metric in enumerate(objective_names(study_info(study))):
                 imp = optuna.importance.get_param_importances(
-                    study, evaluator=evaluator, target=lambda t, i=i: t.values[i]
+                    study, evaluator=evaluator, target=_objective(i)
                 )
                 result[metric] = {k: float(v) for k, v in imp.items()}
     except (ValueError, RuntimeError, ZeroDivisionError) as e:

@@ -362,8 +362,12 @@ def thin_ticks(axis: Axis, renderer: RendererBase, pad: float = 3.0) -> None:
 
 def freeze(fig: Figure, projections: list[tuple[Axes, int, int]], data: ReportData) -> None:
     """Compute the layout once, keep it, then thin crowded ticks and number the front."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     fig.draw_without_rendering()
     fig.set_layout_engine("none")
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        raise TypeError("freeze needs a figure on an Agg canvas (FigureCanvasAgg(fig))")
     renderer = fig.canvas.get_renderer()
     for ax, xi, yi in projections:
         thin_ticks(ax.xaxis, renderer)

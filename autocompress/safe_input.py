@@ -114,7 +114,10 @@ class StrictLoader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent: Node | None, index: object) -> Node | None:
-        """Count alias uses and nesting depth while the node graph is built."""
+        """Count alias uses and nesting depth while the node graph is built.
+
+        ``index`` is what PyYAML passes: a position, a key node or ``None`` (its stubs say int).
+        """
         if self.check_event(AliasEvent):
             self._aliases += 1
             if self._aliases > MAX_ALIASES:
@@ -122,14 +125,14 @@ class StrictLoader(yaml.SafeLoader):
                     f"more than {MAX_ALIASES} aliases (*name); write the values out",
                     self.peek_event().start_mark,
                 )
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]  # stubs: int
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _Refused(
                     f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
                 )
-            return super().compose_node(parent, index)
+            return super().compose_node(parent, index)  # type: ignore[arg-type]  # stubs: int
         finally:
             self._depth -= 1
 
@@ -140,9 +143,9 @@ class StrictLoader(yaml.SafeLoader):
             _check_expanded_size(node)
         return node
 
-    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         """A mapping, refused when a key appears twice (YAML would keep the last silently)."""
-        if isinstance(node, MappingNode):
+        if isinstance(node, MappingNode):  # !!map on a scalar or list: the base refuses it
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
                 if key_node.tag == _MERGE_TAG:

@@ -68,7 +68,8 @@ class Dimension:
         values = self.values()
         if values is not None:
             return value in values and type(value) is type(values[values.index(value)])
-        return self.low <= value <= self.high  # type: ignore[operator]
+        low, high = self._range()
+        return low <= value <= high
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask ``trial`` for this parameter (or return the fixed value)."""
@@ -76,13 +77,22 @@ class Dimension:
             return trial.suggest_categorical(self.name, list(self.choices))
         if self.low is None:
             return self.value
+        low, high = self._range()
         if self.is_int:
             return trial.suggest_int(
-                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+                self.name, int(low), int(high), step=int(self.step or 1), log=self.log
             )
-        return trial.suggest_float(
-            self.name, float(self.low), float(self.high), step=self.step, log=self.log
-        )
+        return trial.suggest_float(self.name, float(low), float(high), step=self.step, log=self.log)
+
+    def _range(self) -> tuple[float, float]:
+        """``(low, high)`` of a range.
+
+        Raises:
+            TypeError: This dimension is not a range (``low`` or ``high`` is missing).
+        """
+        if self.low is None or self.high is None:
+            raise TypeError(f"parameter {self.name!r} is not a low/high range")
+        return self.low, self.high
 
 
 @dataclass(frozen=True)

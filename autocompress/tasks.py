@@ -139,11 +139,12 @@ class Classification(Task):
 
     def metric(self, run: Runner, split: Split) -> float:
         if self.score is not None:
-            outs, labels = [], []
+            outs: list[torch.Tensor] = []
+            targets: list[torch.Tensor] = []
             for batch in split.batches():
                 outs.append(run(split_batch(batch)[0]))
-                labels.append(_labels(batch, self.name))
-            return float(self.score(torch.cat(outs), torch.cat(labels)))
+                targets.append(_labels(batch, self.name))
+            return float(self.score(torch.cat(outs), torch.cat(targets)))
         correct = total = 0
         for batch in split.batches():
             labels = _labels(batch, self.name)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import sqlalchemy
@@ -181,7 +181,8 @@ class _Heartbeat:
 def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
     """The RDB storage under the study's cache layer."""
     storage = study._storage
-    return getattr(storage, "_backend", storage)
+    # Studies run by workers live in an RDB storage, which Optuna wraps in a cache layer.
+    return cast(optuna.storages.RDBStorage, getattr(storage, "_backend", storage))
 
 
 def _fail_stale(study: optuna.Study) -> None:

@@ -130,7 +130,7 @@ def export(
         console.print(f"recipe written to {out}")
 
 
-def _fmt(value: object, key: str) -> str:
+def _fmt(value: float | str | None, key: str) -> str:
     if value is None:
         return "-"
     if key.endswith("_bytes"):

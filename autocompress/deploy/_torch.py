@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D
+from autocompress.architecture import HF_CONV1D, bias_of, weight_of
 from autocompress.data import Inputs
 from autocompress.deploy._signature import Signature, flat
 
@@ -73,6 +73,11 @@ def _block_ms(fn: Callable[[], Any], calls: int, rounds: int) -> list[float]:
     return times
 
 
+def _bound(f: Callable[..., Any], args: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
+    """``f`` called with ``args``."""
+    return lambda: f(*args)
+
+
 def faster_of(
     candidate: Callable[..., Any],
     current: Callable[..., Any],
@@ -89,13 +94,14 @@ def faster_of(
     with torch.inference_mode():
         for _ in range(3):
             candidate(*args), current(*args)
-        one = max(min(_block_ms(lambda f=f: f(*args), 1, 3)) for f in (candidate, current))
+        one = max(min(_block_ms(_bound(f, args), 1, 3)) for f in (candidate, current))
         calls = max(1, int(block_ms / max(one, 1e-3)))
-        a, b = [], []
+        a: list[float] = []
+        b: list[float] = []
         for i in range(rounds):
             first, second = (candidate, current) if i % 2 == 0 else (current, candidate)
-            t1 = _block_ms(lambda f=first: f(*args), calls, 1)[0]
-            t2 = _block_ms(lambda f=second: f(*args), calls, 1)[0]
+            t1 = _block_ms(_bound(first, args), calls, 1)[0]
+            t2 = _block_ms(_bound(second, args), calls, 1)[0]
             (a if first is candidate else b).append(t1)
             (b if first is candidate else a).append(t2)
     return statistics.median(a) < statistics.median(b)
@@ -159,7 +165,7 @@ def torchscript(
             )
         finally:
             torch.set_num_threads(saved_threads)
-        if chosen:
+        if chosen and optimized is not None:  # chosen only when there is one
             meta["optimize_for_inference"] = True
             torch.jit.save(frozen, str(path), _extra_files={_INFO: json.dumps(meta)})
             runner, kind = optimized, "torchscript-onednn"
@@ -231,12 +237,13 @@ def conv1d_as_linear(model: nn.Module) -> nn.Module:
         return model
     for name, module in list(model.named_modules()):
         if isinstance(module, HF_CONV1D):
-            n_in, n_out = module.weight.shape
-            linear = nn.Linear(n_in, n_out, bias=module.bias is not None)
+            weight, bias = weight_of(module), bias_of(module)
+            n_in, n_out = weight.shape
+            linear = nn.Linear(n_in, n_out, bias=bias is not None)
             with torch.no_grad():
-                linear.weight.copy_(module.weight.t())
-                if module.bias is not None:
-                    linear.bias.copy_(module.bias)
+                linear.weight.copy_(weight.t())
+                if bias is not None:
+                    linear.bias.copy_(bias)
             parent_name, _, attr = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             setattr(parent, attr, linear)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D
+from autocompress.architecture import HF_CONV1D, bias_of, weight_of
 from autocompress.data import Inputs, call_model
 from autocompress.transformer_parts import TransformerParts, find_transformer_parts
 
@@ -31,58 +31,67 @@ def share(amount: float, count: int) -> int:
     return int(math.floor(amount * count + 1e-9))
 
 
-def is_conv1d(layer: nn.Module) -> bool:
+def is_conv1d(layer: nn.Module | None) -> bool:
     """transformers' ``Conv1D`` (weight stored ``[in, out]``)."""
     return bool(HF_CONV1D) and isinstance(layer, HF_CONV1D)
 
 
 def rows(layer: nn.Module) -> torch.Tensor:
     """The weight of a linear layer as ``[out, in]`` (a view)."""
-    return layer.weight.t() if is_conv1d(layer) else layer.weight
+    return weight_of(layer).t() if is_conv1d(layer) else weight_of(layer)
 
 
 def columns(layer: nn.Module) -> torch.Tensor:
     """The weight of a linear layer as ``[in, out]`` (a view)."""
-    return layer.weight if is_conv1d(layer) else layer.weight.t()
+    return weight_of(layer) if is_conv1d(layer) else weight_of(layer).t()
+
+
+def set_sizes(module: nn.Module, **sizes: int) -> None:
+    """Set plain integer attributes of a module (widths, head counts), e.g. ``nf=768``."""
+    for name, value in sizes.items():
+        setattr(module, name, value)
 
 
 def keep_outputs(layer: nn.Module, index: torch.Tensor) -> None:
     """Keep the output features ``index`` of a linear or ``Conv1D`` layer, in place."""
     with torch.no_grad():
         if is_conv1d(layer):
-            layer.weight = nn.Parameter(layer.weight[:, index].clone())
-            layer.nf = len(index)
+            layer.weight = nn.Parameter(weight_of(layer)[:, index].clone())
+            set_sizes(layer, nf=len(index))
         else:
-            layer.weight = nn.Parameter(layer.weight[index].clone())
-            layer.out_features = len(index)
-        if layer.bias is not None:
-            layer.bias = nn.Parameter(layer.bias[index].clone())
+            layer.weight = nn.Parameter(weight_of(layer)[index].clone())
+            set_sizes(layer, out_features=len(index))
+        bias = bias_of(layer)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias[index].clone())
 
 
 def keep_inputs(layer: nn.Module, index: torch.Tensor) -> None:
     """Keep the input features ``index`` of a linear or ``Conv1D`` layer, in place."""
     with torch.no_grad():
         if is_conv1d(layer):
-            layer.weight = nn.Parameter(layer.weight[index].clone())
-            layer.nx = len(index)
+            layer.weight = nn.Parameter(weight_of(layer)[index].clone())
+            set_sizes(layer, nx=len(index))
         else:
-            layer.weight = nn.Parameter(layer.weight[:, index].clone())
-            layer.in_features = len(index)
+            layer.weight = nn.Parameter(weight_of(layer)[:, index].clone())
+            set_sizes(layer, in_features=len(index))
 
 
 def is_linear(layer: nn.Module | None) -> bool:
     """An ``nn.Linear`` or a ``Conv1D``."""
-    return isinstance(layer, nn.Linear) or is_conv1d(layer)  # type: ignore[arg-type]
+    return isinstance(layer, nn.Linear) or is_conv1d(layer)
 
 
 def in_width(layer: nn.Module) -> int:
     """Input features of a linear or ``Conv1D`` layer."""
-    return int(layer.weight.shape[0] if is_conv1d(layer) else layer.weight.shape[1])
+    shape = weight_of(layer).shape
+    return int(shape[0] if is_conv1d(layer) else shape[1])
 
 
 def out_width(layer: nn.Module) -> int:
     """Output features of a linear or ``Conv1D`` layer."""
-    return int(layer.weight.shape[1] if is_conv1d(layer) else layer.weight.shape[0])
+    shape = weight_of(layer).shape
+    return int(shape[1] if is_conv1d(layer) else shape[0])
 
 
 @contextlib.contextmanager

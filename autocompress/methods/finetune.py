@@ -67,6 +67,8 @@ class Finetune(TrainingConfig, Method):
     def apply(self, model: nn.Module, ctx: Context) -> None:
         if self.epochs == 0:
             return
+        if ctx.train is None:
+            raise ValueError("fine-tuning needs the training split")
         if self.quant_aware:
             from autocompress.methods.weights import weight_plan
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch_pruning.utils import op_counter
 
+from autocompress.architecture import weight_of
 from autocompress.attention import SlicedMultiheadAttention, head_outputs, unsupported
 from autocompress.methods._base import Context, Method, Param, fraction
 from autocompress.methods._transformer import (
@@ -30,6 +31,7 @@ from autocompress.methods._transformer import (
     parts_of,
     rows,
     run_batches,
+    set_sizes,
     share,
 )
 from autocompress.transformer_parts import Attention
@@ -104,7 +106,8 @@ class HeadPruning(Method):
             plan = {}
             for a in eligible:
                 count = min(share(self.amount, a.num_heads), a.num_heads - 1)
-                order = sorted(range(a.num_heads), key=lambda h, s=scores[a.name]: (float(s[h]), h))
+                score = scores[a.name]
+                order = sorted(range(a.num_heads), key=lambda h: (float(score[h]), h))
                 plan[a.name] = sorted(order[:count])
         for name, heads in plan.items():
             if heads:
@@ -134,10 +137,10 @@ def _whole_reason(modules: dict[str, nn.Module], a: Attention) -> str | None:
     if a.kind == "gpt2":
         if getattr(module, "is_cross_attention", False):
             return "cross-attention"
-        if out_width(module.c_attn) != 3 * a.num_heads * a.head_dim:
+        if out_width(module.get_submodule("c_attn")) != 3 * a.num_heads * a.head_dim:
             return "unexpected projection width"
         return None
-    reason = unsupported(module)
+    reason = unsupported(_mha(modules, a))
     return f"nn.MultiheadAttention with {reason}" if reason else None
 
 
@@ -150,17 +153,30 @@ def _check_plan(plan: dict[str, list[int]], attention: dict[str, Attention], who
             raise ValueError(f"cannot remove heads {heads} of {name!r} ({a.num_heads} heads)")
 
 
+def _mha(modules: dict[str, nn.Module], a: Attention) -> nn.MultiheadAttention:
+    """The ``nn.MultiheadAttention`` of ``a`` (of kind ``mha``).
+
+    Raises:
+        TypeError: The module is not one.
+    """
+    module = modules[a.name]
+    if not isinstance(module, nn.MultiheadAttention):
+        raise TypeError(f"{a.name} is {type(module).__name__}, not nn.MultiheadAttention")
+    return module
+
+
 def _in_out(modules: dict[str, nn.Module], a: Attention) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights read by each head, ``[3, heads * head_dim, in]`` (q, k, v), and written,
     ``[heads * head_dim, out]`` (the output projection's columns)."""
-    module = modules[a.name]
     if a.kind == "bert":
         q, k, v, o = (modules[p] for p in a.projections)
-        return torch.stack([q.weight, k.weight, v.weight]), o.weight.t()
+        return torch.stack([weight_of(q), weight_of(k), weight_of(v)]), weight_of(o).t()
     if a.kind == "gpt2":
-        qkv = rows(module.c_attn)
-        return qkv.unflatten(0, (3, -1)), module.c_proj.weight
-    return module.in_proj_weight.unflatten(0, (3, -1)), module.out_proj.weight.t()
+        module = modules[a.name]
+        qkv = rows(module.get_submodule("c_attn"))
+        return qkv.unflatten(0, (3, -1)), weight_of(module.get_submodule("c_proj"))
+    mha = _mha(modules, a)
+    return mha.in_proj_weight.unflatten(0, (3, -1)), mha.out_proj.weight.t()
 
 
 def magnitude_scores(modules: dict[str, nn.Module], a: Attention) -> torch.Tensor:
@@ -191,7 +207,9 @@ def activation_scores(
     for a in attention:
         if a.kind == "mha":
 
-            def mha_hook(m: nn.Module, args: tuple, kwargs: dict, a: Attention = a) -> None:
+            def mha_hook(
+                m: nn.MultiheadAttention, args: tuple, kwargs: dict, a: Attention = a
+            ) -> None:
                 call = _MHA_CALL.bind(m, *args, **kwargs)
                 call.apply_defaults()
                 p = call.arguments
@@ -201,7 +219,7 @@ def activation_scores(
                 )  # fmt: skip
                 add(a, context)
 
-            handles.append(modules[a.name].register_forward_pre_hook(mha_hook, with_kwargs=True))
+            handles.append(_mha(modules, a).register_forward_pre_hook(mha_hook, with_kwargs=True))
         else:
             # The output projection's input is the heads' outputs side by side.
             out = modules[a.projections[-1]]
@@ -233,16 +251,27 @@ def remove_heads(modules: dict[str, nn.Module], a: Attention, heads: list[int]) 
             keep_outputs(layer, index)
         keep_inputs(o, index)
         # attention_head_size and the cached scaling stay: each kept head is unchanged.
-        module.num_attention_heads = len(keep)
-        module.all_head_size = len(keep) * d
+        set_sizes(module, num_attention_heads=len(keep), all_head_size=len(keep) * d)
     elif a.kind == "gpt2":
-        width = module.split_size
-        keep_outputs(module.c_attn, torch.cat([index, index + width, index + 2 * width]))
-        keep_inputs(module.c_proj, index)
-        module.num_heads = len(keep)
-        module.split_size = len(keep) * d
+        width = _int_attr(module, "split_size")
+        c_attn, c_proj = module.get_submodule("c_attn"), module.get_submodule("c_proj")
+        keep_outputs(c_attn, torch.cat([index, index + width, index + 2 * width]))
+        keep_inputs(c_proj, index)
+        set_sizes(module, num_heads=len(keep), split_size=len(keep) * d)
     else:
-        SlicedMultiheadAttention.convert(module, keep)
+        SlicedMultiheadAttention.convert(_mha(modules, a), keep)
+
+
+def _int_attr(module: nn.Module, name: str) -> int:
+    """An integer attribute of a module (a width, a head count).
+
+    Raises:
+        TypeError: It is not an integer.
+    """
+    value = getattr(module, name)
+    if not isinstance(value, int):
+        raise TypeError(f"{type(module).__name__}.{name} is not an integer")
+    return value
 
 
 def _unfuse_encoders(model: nn.Module) -> None:
@@ -268,7 +297,9 @@ def _count_sliced_mha(module: SlicedMultiheadAttention, inputs: tuple, _output: 
         batch, lq, lk = q.shape[1], q.shape[0], k.shape[0]
     inner, width = module.num_heads * module.head_dim, module.embed_dim
     macs = (lq + 2 * lk) * width * inner + 2 * lq * lk * inner + lq * inner * width
-    module.__flops__ += int(macs * batch)
+    # torch-pruning's op counter keeps its count there; torch's stubs type module attributes
+    # as tensors or modules.
+    module.__flops__ += int(macs * batch)  # type: ignore[operator, assignment]
 
 
 op_counter.MODULES_MAPPING.setdefault(SlicedMultiheadAttention, _count_sliced_mha)

@@ -91,7 +91,7 @@ class MlpPruning(Method):
                     continue
                 scores = neuron_scores(modules[mlp.up], modules[mlp.down])
                 count = min(share(self.amount, len(scores)), len(scores) - 1)
-                order = sorted(range(len(scores)), key=lambda i, s=scores: (float(s[i]), i))
+                order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
                 plan[up] = sorted(order[:count])
         for up, removed in plan.items():
             if removed:

@@ -97,6 +97,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> Tokenizer:
     return tokenizer
 
 
+def eos_id(tokenizer: Tokenizer) -> int:
+    """The id of ``EOS`` in ``tokenizer``.
+
+    Raises:
+        WorkloadError: The tokenizer has no ``EOS`` (it was not made by :func:`train_tokenizer`).
+    """
+    eos = tokenizer.token_to_id(EOS)
+    if eos is None:
+        raise WorkloadError(f"the tokenizer has no {EOS} token")
+    return eos
+
+
 def token_rows(tokenizer: Tokenizer, texts: Iterable[str], seq_len: int) -> torch.Tensor:
     """The texts' tokens, each text followed by ``EOS``, cut into rows of ``seq_len``.
 
@@ -106,7 +118,7 @@ def token_rows(tokenizer: Tokenizer, texts: Iterable[str], seq_len: int) -> torc
     Returns:
         Token ids ``[rows, seq_len]`` (int64).
     """
-    eos = tokenizer.token_to_id(EOS)
+    eos = eos_id(tokenizer)
     ids: list[int] = []
     for encoding in tokenizer.encode_batch(list(texts)):
         ids.extend(encoding.ids)

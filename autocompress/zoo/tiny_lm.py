@@ -17,7 +17,7 @@ from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.training import TrainingConfig
 from autocompress.workload import Workload
-from autocompress.zoo.text import EOS, INSTALL_HINT, pydoc_topics, tokenize_corpus
+from autocompress.zoo.text import INSTALL_HINT, eos_id, pydoc_topics, tokenize_corpus
 
 try:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -138,7 +138,7 @@ def tiny_lm(data_dir: Path | None = None, size: str = "full") -> Workload:
     corpus = tokenize_corpus(
         pydoc_topics(), vocab_size=settings.vocab_size, seq_len=settings.seq_len
     )
-    config = gpt2_config(settings, corpus.tokenizer.token_to_id(EOS))
+    config = gpt2_config(settings, eos_id(corpus.tokenizer))
 
     def split(rows: torch.Tensor) -> TensorData:
         rows = rows[: settings.max_rows]

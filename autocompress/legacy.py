@@ -81,6 +81,8 @@ def space_from_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("amount", "per_layer", "layer_scale"):
             if key in pruning:
                 section[key] = pruning[key]
+        if "per_layer" in pruning:
+            section["allocation"] = "sampled"  # what format 1 meant by per-layer
         out[name] = section
     quant = dict(doc.get("quantization") or {})
     bits = quant.get("weight_bits", 32)
@@ -95,6 +97,8 @@ def space_from_v1(doc: Mapping[str, Any]) -> dict[str, Any]:
         for key in ("granularity", "keep_edges_8bit", "per_layer"):
             if key in quant:
                 weights[key] = quant[key]
+        if "per_layer" in quant:
+            weights["allocation"] = "sampled"
         out["weights"] = weights
         int8 = quant.get("int8_activations", False)
         if _toggle(int8, True) is not False:

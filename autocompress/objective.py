@@ -31,7 +31,7 @@ from autocompress.measure import deploy_for_target, measure_deployed
 from autocompress.methods import METHODS
 from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
-from autocompress.record import allowed_worsening, worsening
+from autocompress.record import SENSITIVITY, allowed_worsening, worsening
 from autocompress.settings import StudySettings, Target
 from autocompress.training import TeacherOutputs
 from autocompress.trial_notes import record_constraint, save_trial_note
@@ -160,6 +160,7 @@ class Objective:
             seed=self.settings.seed + trial.number,
             unavailable={**self.unavailable, **withdrawn},
             runtime=self.settings.target.runtime,
+            profile=self.info.get(SENSITIVITY),
         )
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())

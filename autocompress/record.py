@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress.errors import StorageError
 
 ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
+SENSITIVITY = "sensitivity"  # the key of the sensitivity profile in that record
 LATENCY, SIZE = "latency_ms", "size_kb"
 SIZE_KINDS = ("deployed", "packed")
 

@@ -122,6 +122,7 @@ class SearchSpace:
         seed: int = 0,
         unavailable: Mapping[str, str] | None = None,
         runtime: str = "torch",
+        profile: Mapping[str, Any] | None = None,
     ) -> CompressionConfig:
         """Suggest one joint configuration; a method's parameters only when it is on.
 
@@ -132,13 +133,14 @@ class SearchSpace:
             unavailable: Methods not offered in this trial (by name, with the reason):
                 not applicable to the model or target, or withdrawn after failing.
             runtime: The target's runtime; settings it does not use are not asked for.
+            profile: The study's sensitivity profile (per-layer allocation reads it).
         """
         unavailable = unavailable or {}
         chosen: dict[str, Method] = {}
         for name in self.methods:
             if name in unavailable or not self.dims[f"{name}.enabled"].suggest(trial):
                 continue
-            suggester = _TrialSuggester(self, trial, name, facts, chosen, runtime)
+            suggester = _TrialSuggester(self, trial, name, facts, chosen, runtime, profile)
             method = METHODS[name].suggest(suggester)
             if method is not None:
                 chosen[name] = method
@@ -202,8 +204,20 @@ class SearchSpace:
         return starts
 
     def _pinned_layers(self, method: str, params: dict[str, Any], facts: Any) -> dict[str, Any]:
-        """Per-layer parameters of a start, each set to the start's global setting."""
+        """Per-layer parameters of a start, each set to the start's global setting (sampled
+        allocation), or the budget that gives every layer the start's bits (allocation by
+        sensitivity; a pruning start's ``amount`` is already its budget)."""
         pinned: dict[str, Any] = {}
+        allocation = self.dims[f"{method}.allocation"]
+        if allocation.searched and allocation.allows("sampled"):
+            pinned[f"{method}.allocation"] = "sampled"
+        elif allocation.allows("sensitivity"):
+            budget = self.dims.get(f"{method}.budget_bits")
+            bits = params.get("weights.bits")
+            if budget is not None and budget.searched and bits is not None:
+                if budget.allows(float(bits)):
+                    pinned[f"{method}.budget_bits"] = float(bits)
+            return pinned
         if method in ("structured", "unstructured"):
             scale = self.dims.get(f"{method}.layer_scale")
             if scale is not None and scale.searched and scale.allows(1.0):
@@ -225,11 +239,15 @@ class _Probe(Suggester):
 
     def __call__(self, param: str) -> Any:
         defaults = {"amount": 0.5, "bits": 8, "granularity": "per_channel", "algorithm": "rtn",
-                    "embeddings": True, "per_layer": False, "keep_edges_8bit": True}  # fmt: skip
+                    "embeddings": True, "per_layer": False, "keep_edges_8bit": True,
+                    "allocation": "sampled"}  # fmt: skip
         return self.values.get(param, defaults.get(param))
 
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
         return 1.0 if param == "layer_scale" else self.values.get(param, 8)
+
+    def choices(self, param: str) -> tuple[Any, ...] | None:
+        return (self(param),)
 
 
 class _TrialSuggester(Suggester):
@@ -243,12 +261,17 @@ class _TrialSuggester(Suggester):
         facts: Any,
         chosen: dict[str, Method],
         runtime: str = "torch",
+        profile: Mapping[str, Any] | None = None,
     ) -> None:
         self.space, self.trial, self.method = space, trial, method
         self.facts, self.chosen, self.runtime = facts, chosen, runtime
+        self.profile = profile
 
     def __call__(self, param: str) -> Any:
         return self.space.dims[f"{self.method}.{param}"].suggest(self.trial)
+
+    def choices(self, param: str) -> tuple[Any, ...] | None:
+        return self.space.dims[f"{self.method}.{param}"].values()
 
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
         dim = self.space.dims[f"{self.method}.{param}"]
@@ -442,12 +465,7 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
     searched = [
         name
         for name, dim in dims.items()
-        if dim.searched
-        and name.split(".", 1)[0] in methods
-        and not (
-            name.endswith(".layer_scale")
-            and dims[name.rsplit(".", 1)[0] + ".per_layer"].value is False
-        )
+        if dim.searched and name.split(".", 1)[0] in methods and _matters(name, dims)
     ]
     if not searched:
         raise SearchSpaceError(
@@ -455,6 +473,17 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
             "give at least one list of choices or a low/high range"
         )
     return SearchSpace(dims=dims, methods=tuple(methods), source=source, text=text)
+
+
+def _matters(name: str, dims: Mapping[str, Dimension]) -> bool:
+    """Whether the space can ever ask for ``name`` (per-layer settings only in their mode)."""
+    method, _, param = name.partition(".")
+    modes = {"layer_scale": "sampled", "budget_bits": "sensitivity"}
+    if param not in modes:
+        return True
+    return dims[f"{method}.per_layer"].allows(True) and dims[f"{method}.allocation"].allows(
+        modes[param]
+    )
 
 
 def load_search_space(path: str | os.PathLike[str]) -> SearchSpace:

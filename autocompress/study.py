@@ -4,8 +4,9 @@ Objectives, in order: the workload's metric on the validation split (its directi
 task's), latency (ms of one batch of the deployed form on the target), size (KB of the
 deployed file, or of the packed artifact). The budget on the metric is a hard constraint
 (``trial.set_constraint``). The baseline is measured once, when the study is created, and
-stored with it; every process uses the stored record. The trial itself is run by
-:class:`autocompress.objective.Objective`, the trials by
+stored with it; every process uses the stored record. So is the sensitivity profile of a space
+with per-layer allocation (:mod:`autocompress.sensitivity`), measured once on training data.
+The trial itself is run by :class:`autocompress.objective.Objective`, the trials by
 :func:`autocompress.workers.run_worker`, and the record is read through
 :mod:`autocompress.record`.
 """
@@ -35,12 +36,14 @@ from autocompress.objective import TRIAL_LATENCY, Objective, method_failures, wi
 from autocompress.pipeline import save_baseline_artifact
 from autocompress.record import (
     ATTR,
+    SENSITIVITY,
     directions,
     feasible_front,
     is_feasible,
     objective_names,
     study_info,
 )
+from autocompress.sensitivity import profile_for
 from autocompress.settings import SAMPLERS, TARGETS, StudySettings, Target
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
 from autocompress.trial_notes import save_study_note
@@ -298,6 +301,12 @@ def create_or_resume(
                     cache_dir=studies_dir / "baselines",
                 )
             _baseline_matches(workload, info, name)
+            if SENSITIVITY not in info:
+                # A study created before profiles existed: measured once, here, under the lock.
+                profile = profile_for(stored.space(), workload)
+                if profile is not None:
+                    study.set_user_attr(ATTR, {**study.user_attrs[ATTR], SENSITIVITY: profile})
+                    info = study_info(study)
             return study, stored, workload, info
         validate_study_name(name)
         settings = _settings_from(given)
@@ -318,6 +327,7 @@ def create_or_resume(
         task = workload.task
         size_key = "deployed_bytes" if settings.size == "deployed" else "packed_bytes"
         baseline["size_kb"] = baseline[size_key] / 1000
+        profile = profile_for(space, workload)  # once per study, on training data
         info = {
             "version": __version__,
             "uid": uid,
@@ -334,6 +344,8 @@ def create_or_resume(
             "hardware": hardware_fingerprint(settings.target.device, settings.target.threads),
             "workload_info": workload.info,
         }
+        if profile is not None:
+            info[SENSITIVITY] = profile
         study = optuna.create_study(
             study_name=name, storage=storage, directions=directions(task.higher_is_better)
         )

@@ -60,6 +60,17 @@ def tiny_workload() -> Workload:
     )
 
 
+def full_profile(model: nn.Module, example_input: torch.Tensor | None = None) -> dict:
+    """A sensitivity profile of a tiny CNN for every bit-width and ratio (synthetic data)."""
+    from autocompress.sensitivity import ProfileRequest, measure_profile
+    from autocompress.tasks import Classification
+
+    x = torch.zeros(1, 1, 8, 8) if example_input is None else example_input
+    request = ProfileRequest(bits=(8, 7, 6, 5, 4, 3, 2), embeddings=True, prune=True,
+                             channels=True, rows=64)  # fmt: skip
+    return measure_profile(model, Classification(), _blobs(64, 5), x, request)
+
+
 # Trained baselines are cached in the system's temporary folder, never in the checkout.
 BASELINE_CACHE = Path(tempfile.gettempdir()) / "autocompress-tests" / "baselines"
 

@@ -7,7 +7,7 @@ from autocompress.architecture import model_facts
 from autocompress.errors import SearchSpaceError
 from autocompress.methods import METHODS
 from autocompress.search_space import load_search_space, parse_search_space_text
-from tests.conftest import DEFAULT_SPACE, TINY_SPACE, tiny_cnn
+from tests.conftest import DEFAULT_SPACE, TINY_SPACE, full_profile, tiny_cnn
 
 
 @pytest.fixture(scope="module")
@@ -15,6 +15,11 @@ def facts():
     import torch
 
     return model_facts(tiny_cnn().eval(), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def profile(facts):
+    return full_profile(facts.model)
 
 
 def test_shipped_spaces_load_and_name_only_known_methods():
@@ -113,11 +118,11 @@ def test_unavailable_methods_are_never_suggested(facts):
         study.tell(trial, 0.0)
 
 
-def test_per_layer_space_suggests_one_dimension_per_layer(facts):
+def test_sampled_per_layer_space_suggests_one_dimension_per_layer(facts):
     space = parse_search_space_text(
         "structured:\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
-        "  layer_scale: {low: 0.5, high: 1.5}\n"
-        "weights:\n  bits: [8, 4, 2]\n  per_layer: true\n"
+        "  allocation: sampled\n  layer_scale: {low: 0.5, high: 1.5}\n"
+        "weights:\n  bits: [8, 4, 2]\n  per_layer: true\n  allocation: sampled\n"
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
     trial = study.ask()
@@ -134,6 +139,37 @@ def test_per_layer_space_suggests_one_dimension_per_layer(facts):
     assert "per layer" in config.describe()
 
 
+def test_allocated_per_layer_space_searches_budgets_not_layers(facts, profile):
+    space = parse_search_space_text(
+        "structured:\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
+        "unstructured:\n  amount: {low: 0.2, high: 0.6}\n  per_layer: true\n"
+        "weights:\n  bits: [8, 4, 2]\n  per_layer: true\n  budget_bits: {low: 2.0, high: 8.0}\n"
+    )
+    assert space["weights.allocation"].value == "sensitivity"  # the default for per-layer
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    sizes = {p.name: p.numel for p in facts.params}
+    for _ in range(5):
+        trial = study.ask()
+        config = space.suggest(trial, facts, profile=profile)
+        assert not any(p.count(".") > 1 for p in trial.params)  # no per-layer dimensions
+        weights = config.get("weights")
+        assert weights.budget_bits == pytest.approx(trial.params["weights.budget_bits"], abs=1e-4)
+        assert set(weights.layer_bits) == {f"{n}.weight" for n in facts.layers}
+        assert set(weights.layer_bits.values()) <= {8, 4, 2}
+        used = sum(b * sizes[n] for n, b in weights.layer_bits.items())
+        assert used / sum(sizes[n] for n in weights.layer_bits) <= max(weights.budget_bits, 2.0)
+        structured, unstructured = config.get("structured"), config.get("unstructured")
+        assert set(structured.layer_amounts) == set(facts.prunable_layers())
+        assert structured.allocated and unstructured.allocated
+        pruned = sum(a * sizes[n] for n, a in unstructured.layer_amounts.items())
+        assert pruned / sum(sizes[n] for n in unstructured.layer_amounts) >= unstructured.amount
+        label = config.describe()
+        assert "by sensitivity" in label and "per layer" in label
+        study.tell(trial, 0.0)
+    with pytest.raises(ValueError, match="needs the sensitivity profile"):
+        space.suggest(study.ask(), facts)
+
+
 def test_per_layer_off_adds_no_dimensions(facts):
     space = load_search_space(DEFAULT_SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
@@ -144,7 +180,7 @@ def test_per_layer_off_adds_no_dimensions(facts):
         study.tell(trial, 0.0)
 
 
-def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts):
+def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts, profile):
     space = load_search_space(DEFAULT_SPACE)
     starts = space.warm_starts(facts)
     assert [s.get("structured.enabled") for s in starts] == [False, True, False]
@@ -162,7 +198,17 @@ def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts):
         study.enqueue_trial(start)
     int8_start = per_layer.suggest(study.ask(), facts)
     assert int8_start.get("weights").bits == 8 and not int8_start.get("weights").layer_bits
-    structured_start = per_layer.suggest(study.ask(), facts)
+    structured_start = per_layer.suggest(study.ask(), facts, profile=profile)
+    pruning = structured_start.get("structured")
+    assert pruning.amount == 0.5 and pruning.allocated  # the start's amount is the budget
+    text = (DEFAULT_SPACE.parent / "per_layer.yaml").read_text()
+    text = text.replace("allocation: sensitivity", "allocation: [sensitivity, sampled]", 1)
+    sampled = parse_search_space_text(text)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    for start in sampled.warm_starts(facts):
+        study.enqueue_trial(start)
+    study.ask()
+    structured_start = sampled.suggest(study.ask(), facts)
     assert set(structured_start.get("structured").layer_amounts.values()) == {0.5}
 
 

@@ -13,12 +13,13 @@ from autocompress.architecture import model_facts
 from autocompress.errors import SearchSpaceError
 from autocompress.methods import METHODS
 from autocompress.search_space import parse_search_space, parse_search_space_text
-from tests.conftest import tiny_cnn
+from tests.conftest import full_profile, tiny_cnn
 
 _SCHEMA = {name: {"enabled": None, **cls.SEARCH} for name, cls in METHODS.items()}
 _KEYS = [*_SCHEMA, "format_version", "description", "low", "high", "log", "step"]
 _KEYS += [k for params in _SCHEMA.values() for k in params]
 _FACTS = model_facts(tiny_cnn().eval(), torch.zeros(1, 1, 8, 8))
+_PROFILE = full_profile(_FACTS.model)  # what a study gives spaces with per-layer allocation
 
 scalars = st.one_of(
     st.none(),
@@ -56,7 +57,7 @@ def _loads_or_rejects(call) -> None:
     for start in space.warm_starts(_FACTS):
         study.enqueue_trial(start)
     for _ in range(4):  # an accepted space can be searched: every suggestion is a valid config
-        space.suggest(study.ask(), _FACTS)
+        space.suggest(study.ask(), _FACTS, profile=_PROFILE)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -128,11 +128,14 @@ class Suggester:
         chosen: Methods already chosen for this trial, by name (earlier in ``METHODS``).
         runtime: The target's runtime (``torch`` or ``onnxruntime``): a method may ask only
             for the settings that runtime uses.
+        profile: The study's sensitivity profile (:mod:`autocompress.sensitivity`), measured
+            once when the study was created, or ``None`` outside a study that has one.
     """
 
     facts: ModelFacts
     chosen: dict[str, Method]
     runtime: str = "torch"
+    profile: Mapping[str, Any] | None = None
 
     def __call__(self, param: str) -> Any:
         """The value of the method's parameter ``param`` (suggested, or fixed by the space)."""
@@ -141,6 +144,10 @@ class Suggester:
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
         """A value of ``param``'s dimension suggested separately for ``layer`` (its choices
         filtered by ``keep`` when given)."""
+        raise NotImplementedError
+
+    def choices(self, param: str) -> tuple[Any, ...] | None:
+        """The values the space offers for ``param`` (``None`` for a range), asking nothing."""
         raise NotImplementedError
 
 
@@ -188,6 +195,33 @@ class Method:
     def unavailable(cls, facts: ModelFacts) -> str | None:
         """Why this method cannot apply to the model, or ``None`` when it can."""
         return None
+
+
+ALLOCATIONS = ("sensitivity", "sampled")
+
+
+def allocation_param(what: str) -> Param:
+    """The ``allocation`` parameter of a method with per-layer settings."""
+    return Param(
+        str, "sensitivity",
+        f"per layer: {what} from the study's sensitivity profile, or sampled per layer",
+        choices=ALLOCATIONS,
+    )  # fmt: skip
+
+
+def profile_part(s: Suggester, key: str, method: str) -> Mapping[str, Any]:
+    """The part ``key`` of the study's sensitivity profile a method allocates from.
+
+    Raises:
+        ValueError: The suggester has no profile with that part (outside a study).
+    """
+    part = None if s.profile is None else s.profile.get(key)
+    if part is None:
+        raise ValueError(
+            f"{method}: allocation 'sensitivity' needs the sensitivity profile a study measures "
+            "when it is created; outside a study use allocation: sampled"
+        )
+    return part
 
 
 def fraction(value: float, name: str, high: float = 0.95) -> None:

@@ -15,9 +15,19 @@ from typing import Any, ClassVar
 import torch_pruning as tp
 from torch import nn
 
+from autocompress.allocation import allocate_ratios
 from autocompress.architecture import out_features
 from autocompress.data import as_output, call_model
-from autocompress.methods._base import Context, Method, Param, Suggester, fraction
+from autocompress.methods._base import (
+    Context,
+    Method,
+    Param,
+    Suggester,
+    allocation_param,
+    fraction,
+    profile_part,
+)
+from autocompress.sensitivity import profile_sizes
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
@@ -37,31 +47,45 @@ class StructuredPruning(Method):
     Attributes:
         amount: Share of each layer's channels removed.
         layer_amounts: Per-layer shares by layer name, overriding ``amount``.
+        allocated: Whether ``layer_amounts`` were allocated from the study's sensitivity
+            profile so that ``amount`` of the parameters (weighted by layer size) are pruned
+            (a record: what applies is ``layer_amounts``).
     """
 
     amount: float = 0.5
     layer_amounts: dict[str, float] = field(default_factory=dict)
+    allocated: bool = False
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {
         "amount": Param(float, {"low": 0.1, "high": 0.9}, "share of each layer's channels removed",
                         bounds=(0.0, 0.95)),
-        "per_layer": Param(bool, False, "search one multiplier of the amount per layer"),
+        "per_layer": Param(bool, False, "one amount per layer"),
+        "allocation": allocation_param("amounts pruning `amount` of the parameters"),
         "layer_scale": Param(float, {"low": 0.5, "high": 1.5},
-                             "range of the per-layer multipliers", bounds=(0.0, 4.0)),
+                             "sampled: range of the per-layer multipliers of the amount",
+                             bounds=(0.0, 4.0)),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         fraction(self.amount, "structured pruning amount")
         for name, value in self.layer_amounts.items():
             fraction(value, f"structured pruning amount of {name!r}")
+        if not isinstance(self.allocated, bool):
+            raise ValueError(f"allocated must be true or false, got {self.allocated!r}")
 
     @classmethod
     def suggest(cls, s: Suggester) -> Method:
         amount = s("amount")
         layer_amounts = {}
+        if s("per_layer") and s("allocation") == "sensitivity":
+            curves = profile_part(s, "channels", "structured")
+            names = [n for n in pruned_layers(s.facts) if n in curves]
+            sizes = profile_sizes(s.profile or {}, s.facts)
+            found = allocate_ratios({n: curves[n] for n in names}, sizes, amount)
+            return cls(amount=amount, layer_amounts=dict(found.choice), allocated=True)
         if s("per_layer"):
-            for name in _roots(s.facts):
+            for name in pruned_layers(s.facts):
                 factor = s.per_layer("layer_scale", name)
                 layer_amounts[name] = round(min(0.95, amount * factor), 4)
         return cls(amount=amount, layer_amounts=layer_amounts)
@@ -70,11 +94,13 @@ class StructuredPruning(Method):
         if self.layer_amounts:
             lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
             span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+            if self.allocated:
+                return f"structured {self.amount:.0%} by sensitivity, {span} per layer"
             return f"structured {span} per layer"
         return f"structured {self.amount:.0%}"
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
-        roots = _roots(ctx.facts)
+        roots = pruned_layers(ctx.facts)
         modules = dict(model.named_modules())
         unknown = set(self.layer_amounts) - set(roots)
         if unknown:
@@ -122,7 +148,7 @@ class StructuredPruning(Method):
             )
 
 
-def _roots(facts: Any) -> list[str]:
+def pruned_layers(facts: Any) -> list[str]:
     """Layers whose output channels this method removes."""
     roots = facts.prunable_layers()
     parts = facts.transformer

@@ -13,8 +13,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from autocompress.methods._base import Context, Method, Param, Suggester, fraction
+from autocompress.allocation import allocate_ratios
+from autocompress.methods._base import (
+    Context,
+    Method,
+    Param,
+    Suggester,
+    allocation_param,
+    fraction,
+    profile_part,
+)
 from autocompress.reparam import add_mask
+from autocompress.sensitivity import profile_sizes
 
 ROLES = ("weight", "attention")  # conv/linear weights and fused attention projections
 
@@ -27,29 +37,43 @@ class UnstructuredPruning(Method):
         amount: Share of those weights set to zero (over all of them, by magnitude).
         layer_amounts: Per-layer shares by weight name, overriding ``amount``; each layer is
             then pruned by its own magnitudes.
+        allocated: Whether ``layer_amounts`` were allocated from the study's sensitivity
+            profile so that ``amount`` of the parameters (weighted by layer size) are pruned
+            (a record: what applies is ``layer_amounts``).
     """
 
     amount: float = 0.5
     layer_amounts: dict[str, float] = field(default_factory=dict)
+    allocated: bool = False
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {
         "amount": Param(float, {"low": 0.1, "high": 0.9}, "share of weights set to zero",
                         bounds=(0.0, 0.95)),
-        "per_layer": Param(bool, False, "search one multiplier of the amount per layer"),
+        "per_layer": Param(bool, False, "one amount per layer"),
+        "allocation": allocation_param("amounts pruning `amount` of the parameters"),
         "layer_scale": Param(float, {"low": 0.5, "high": 1.5},
-                             "range of the per-layer multipliers", bounds=(0.0, 4.0)),
+                             "sampled: range of the per-layer multipliers of the amount",
+                             bounds=(0.0, 4.0)),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         fraction(self.amount, "unstructured pruning amount")
         for name, value in self.layer_amounts.items():
             fraction(value, f"unstructured pruning amount of {name!r}")
+        if not isinstance(self.allocated, bool):
+            raise ValueError(f"allocated must be true or false, got {self.allocated!r}")
 
     @classmethod
     def suggest(cls, s: Suggester) -> Method:
         amount = s("amount")
         layer_amounts = {}
+        if s("per_layer") and s("allocation") == "sensitivity":
+            curves = profile_part(s, "prune", "unstructured")
+            names = [n for n in [p.name for p in s.facts.iter_params(ROLES)] if n in curves]
+            sizes = profile_sizes(s.profile or {}, s.facts)
+            found = allocate_ratios({n: curves[n] for n in names}, sizes, amount)
+            return cls(amount=amount, layer_amounts=dict(found.choice), allocated=True)
         if s("per_layer"):
             for p in s.facts.iter_params(ROLES):
                 factor = s.per_layer("layer_scale", p.name)
@@ -60,6 +84,8 @@ class UnstructuredPruning(Method):
         if self.layer_amounts:
             lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
             span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+            if self.allocated:
+                return f"unstructured {self.amount:.0%} by sensitivity, {span} per layer"
             return f"unstructured {span} per layer"
         return f"unstructured {self.amount:.0%}"
 
@@ -76,7 +102,7 @@ class UnstructuredPruning(Method):
         if self.layer_amounts:
             for name, current in now.items():
                 amount = self.layer_amounts.get(name, self.amount)
-                masks[current] = _keep_largest(params[current], amount)
+                masks[current] = keep_largest(params[current], amount)
         elif self.amount > 0:
             magnitudes = torch.cat([params[n].detach().abs().reshape(-1) for n in names])
             drop = torch.zeros(len(magnitudes), dtype=torch.bool)
@@ -97,7 +123,8 @@ class UnstructuredPruning(Method):
             )
 
 
-def _keep_largest(weight: torch.Tensor, amount: float) -> torch.Tensor:
+def keep_largest(weight: torch.Tensor, amount: float) -> torch.Tensor:
+    """The mask that zeroes the smallest-magnitude ``amount`` of ``weight`` (rounded)."""
     flat = weight.detach().abs().reshape(-1)
     keep = torch.ones(len(flat), dtype=torch.bool)
     k = int(round(amount * len(flat)))

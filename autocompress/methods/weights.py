@@ -20,9 +20,18 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from autocompress.allocation import allocate_bits
 from autocompress.architecture import HF_CONV1D
 from autocompress.grid import GRANULARITIES, QuantSpec, absmax_scale, codes_for, dequantize
-from autocompress.methods._base import Context, Method, Param, Suggester
+from autocompress.methods._base import (
+    Context,
+    Method,
+    Param,
+    Suggester,
+    allocation_param,
+    profile_part,
+)
+from autocompress.sensitivity import profile_sizes
 
 BITS = (16, 8, 7, 6, 5, 4, 3, 2)
 ALGORITHMS = ("rtn", "gptq")
@@ -42,6 +51,9 @@ class WeightQuantization(Method):
             (the most sensitive, and the smallest).
         embeddings: Also quantize embedding tables and positional parameters.
         layer_bits: Bits of individual weights by parameter name, overriding ``bits``.
+        budget_bits: When ``layer_bits`` were allocated from the study's sensitivity profile,
+            the average code bits per weight they were allocated within (a record: what
+            applies is ``layer_bits``).
     """
 
     bits: int = 8
@@ -50,6 +62,7 @@ class WeightQuantization(Method):
     keep_edges_8bit: bool = True
     embeddings: bool = True
     layer_bits: dict[str, int] = field(default_factory=dict)
+    budget_bits: float | None = None
 
     stage: ClassVar[str] = "quantize"
     SEARCH: ClassVar[dict[str, Param]] = {
@@ -59,7 +72,11 @@ class WeightQuantization(Method):
                            choices=ALGORITHMS),
         "keep_edges_8bit": Param(bool, True, "below 8 bits, first and output layers at 8"),
         "embeddings": Param(bool, True, "quantize embedding tables and positional parameters"),
-        "per_layer": Param(bool, False, "search the bits of each weight from `bits`"),
+        "per_layer": Param(bool, False, "bits of each weight, from those `bits` offers"),
+        "allocation": allocation_param("bits within `budget_bits`"),
+        "budget_bits": Param(float, {"low": 2.0, "high": 8.0},
+                             "average bits per weight the per-layer bits are allocated within",
+                             bounds=(2.0, 8.0)),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -74,9 +91,16 @@ class WeightQuantization(Method):
         for name, bits in self.layer_bits.items():
             if bits not in BITS:
                 raise ValueError(f"weight bits of {name!r} must be one of {BITS}, got {bits!r}")
+        budget = self.budget_bits
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int | float) or not 2 <= budget <= 8
+        ):
+            raise ValueError(f"budget_bits must be a number in [2, 8], got {budget!r}")
 
     @classmethod
     def suggest(cls, s: Suggester) -> Method:
+        if s("per_layer") and s("allocation") == "sensitivity":
+            return cls._allocated(s)
         values = {k: s(k) for k in ("bits", "granularity", "algorithm", "embeddings")}
         layer_bits: dict[str, int] = {}
         keep_edges = True
@@ -89,11 +113,31 @@ class WeightQuantization(Method):
             values["granularity"], values["algorithm"] = "per_channel", "rtn"
         return cls(**values, keep_edges_8bit=keep_edges, layer_bits=layer_bits)
 
+    @classmethod
+    def _allocated(cls, s: Suggester) -> Method:
+        """Bits per weight from the profile, within a searched average (``budget_bits``)."""
+        values = {k: s(k) for k in ("granularity", "algorithm", "embeddings")}
+        budget = float(s("budget_bits"))
+        offered = {b for b in s.choices("bits") or BITS if b <= 8}
+        curves = {
+            name: {b: v for b, v in curve.items() if int(b) in offered}
+            for name, curve in profile_part(s, "bits", "weights").items()
+        }
+        names = [n for n in planned_names(s.facts, values["embeddings"]) if curves.get(n)]
+        sizes = profile_sizes(s.profile or {}, s.facts)
+        found = allocate_bits({n: curves[n] for n in names}, sizes, budget)
+        layer_bits = dict(found.choice)
+        bits = max(layer_bits.values(), default=8)
+        return cls(**values, bits=bits, keep_edges_8bit=False, layer_bits=layer_bits,
+                   budget_bits=round(budget, 4))  # fmt: skip
+
     def describe(self) -> str:
         if self.layer_bits:
             bits = sorted(set(self.layer_bits.values()))
             span = f"{bits[0]}-{bits[-1]}" if len(bits) > 1 else f"{bits[0]}"
             text = f"{span}-bit per layer"
+            if self.budget_bits is not None:
+                text += f" (<= {self.budget_bits:.2f} avg, by sensitivity)"
         elif self.bits == 16:
             return "fp16 weights"
         else:
@@ -144,12 +188,21 @@ class WeightQuantization(Method):
                     continue
                 if name in gptq_inputs:
                     codes, scale = gptq_quantize(weight, spec, gptq_inputs[name])
+                    weight.copy_(dequantize(codes, scale, spec).to(weight.dtype))
                 else:
-                    scale = absmax_scale(weight, spec)
-                    codes = codes_for(weight, scale, spec)
-                weight.copy_(dequantize(codes, scale, spec).to(weight.dtype))
+                    rounded, scale = round_to_grid(weight, spec)
+                    weight.copy_(rounded)
                 ctx.scales[name] = scale
         ctx.records["weights"] = {"plan": {n: s.to_list() for n, s in plan.items()}}
+
+
+def round_to_grid(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round-to-nearest on the grid ``spec`` (absmax scales): the rounded weight, in the
+    weight's dtype, and its scales. What ``rtn`` stores, and what the sensitivity profile
+    measures (:mod:`autocompress.sensitivity`)."""
+    scale = absmax_scale(weight, spec)
+    codes = codes_for(weight, scale, spec)
+    return dequantize(codes, scale, spec).to(weight.dtype), scale
 
 
 def planned_names(facts: object, embeddings: bool) -> list[str]:

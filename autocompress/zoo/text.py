@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 EOS = "<|endoftext|>"
-INSTALL_HINT = "pip install 'autocompress[transformers]'"
+INSTALL_HINT = "pip install -e '.[transformers]' in the autocompress checkout"
 
 
 def pydoc_topics() -> dict[str, str]:

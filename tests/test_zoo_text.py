@@ -152,7 +152,7 @@ def test_unknown_size_is_refused():
 def test_without_transformers_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
     monkeypatch.delitem(sys.modules, "autocompress.zoo.tiny_lm", raising=False)
-    with pytest.raises(WorkloadError, match=r"pip install 'autocompress\[transformers\]'"):
+    with pytest.raises(WorkloadError, match=r"pip install -e '\.\[transformers\]'"):
         load_workload("tiny-lm", cache_dir=None)
 
 

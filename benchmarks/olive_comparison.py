@@ -340,6 +340,8 @@ def run_olive(
     extra: Sequence[str] = (),
 ) -> Path:
     """Olive's search in its own interpreter; returns its ``olive_candidates.json``."""
+    # Olive runs in ``work``: every path it is given must not depend on our working directory.
+    work, model, data = work.resolve(), model.resolve(), data.resolve()
     work.mkdir(parents=True, exist_ok=True)
     command = [
         python, str(DRIVER), "--model", str(model), "--data", str(data), "--work", str(work),

@@ -302,6 +302,8 @@ def main() -> None:
         keep=args.keep,
     )
     name = "search_efficiency-" + "-".join(args.workloads)
+    if args.space is not None:  # one file per space: never overwrite the default space's results
+        name += f"-{args.space.stem}"
     path = write_results(name, {"n_trials": args.n_trials, "results": results}, args.out)
     (args.out / f"{name}.md").write_text(table(results, args.n_trials))
     print(table(results, args.n_trials))

@@ -4,13 +4,14 @@ import onnx
 import pytest
 import torch
 
-from autocompress.data import call_model, input_batches
+from autocompress.data import TensorData, call_model, input_batches
 from autocompress.deploy import deploy, export_onnx, int8_supported
 from autocompress.errors import TrialFailure
 from autocompress.methods.int8 import Int8
 from autocompress.methods.structured import StructuredPruning
 from autocompress.methods.weights import WeightQuantization
 from autocompress.pipeline import CompressionConfig, compress
+from autocompress.tasks import Regression
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +245,39 @@ def test_resident_memory_of_a_deployed_model_grows_with_its_weights(tmp_path):
         sizes[width] = resident_memory_bytes(d.path, torch.zeros(8, width))
     weights = 2048 * 2048 * 4  # 16 MB more float32 weights in the larger model
     assert sizes[2048] - sizes[256] > 0.8 * weights
+
+
+def test_int4_embeddings_keep_the_graph_valid_when_it_has_opset_17_reductions(tmp_path):
+    """MiniLM's study failed here: int4 ``Gather`` needs opset 21, and ONNX Runtime's quantizer
+    raised the opset without converting ``ReduceL2`` (from ``F.normalize``), so the file did not
+    load. The graph is now converted first; the deployed file loads and matches."""
+
+    class Embedder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(64, 32)
+            self.proj = torch.nn.Linear(32, 32)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            pooled = self.proj(self.embed(ids)).mean(dim=1)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    torch.manual_seed(0)
+    model = Embedder().eval()
+    x = torch.randint(0, 64, (2, 8))
+    weights = WeightQuantization(4, "group32", embeddings=True)
+    c = compress(
+        model,
+        CompressionConfig.of(weights=weights),
+        tmp_path / "m.acpk",
+        task=Regression(),
+        train=TensorData(x, torch.zeros(2, 32)),
+        example_input=x,
+    )
+    d = deploy(c.model, tmp_path / "q", example_input=x, runtime="onnxruntime", weights=weights)
+    assert d.kind == "onnx-matmulnbits-int4"
+    ops = {n.op_type for n in onnx.load(str(d.path)).graph.node}
+    assert "GatherBlockQuantized" in ops or "MatMulNBits" in ops
+    with torch.no_grad():
+        expected = c.model(x)
+    assert torch.nn.functional.cosine_similarity(d.run(x), expected).min() > 0.95

@@ -220,14 +220,33 @@ def quantize_weights_nbits(
         op_types_to_quantize=ops,
         channel_wised_quantize=block_size is None,
     )
+    fp32 = onnx.load(str(fp32_path))
+    if "Gather" in ops:
+        # The quantizer sets opset 21 for int4 Gather without converting the graph, which
+        # leaves older nodes invalid (ReduceL2's `axes` attribute became an input in opset 18):
+        # convert the graph first.
+        fp32 = _at_opset(fp32, 21)
     with _quiet_quantizer():
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32_path)), algo_config=config)
+        quantizer = MatMulNBitsQuantizer(fp32, algo_config=config)
         quantizer.process()
         model = quantizer.model.model
     count = sum(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in model.graph.node)
     if count:
         onnx.save(model, str(path))
     return count
+
+
+def _at_opset(model: Any, version: int) -> Any:
+    """``model`` with its default-domain opset raised to ``version`` by ONNX's converter."""
+    import onnx
+    from onnx import version_converter
+
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if current is None or current >= version:
+        return model
+    converted = version_converter.convert_version(model, version)
+    onnx.checker.check_model(converted)
+    return converted
 
 
 def session(path: Path, threads: int, device: str = "cpu") -> Any:

@@ -223,6 +223,21 @@ def test_warm_starts_switch_transformer_pruning_off_where_the_space_can():
     assert starts and all("depth.enabled" not in s for s in starts)
 
 
+def test_the_int8_warm_start_is_dynamic_for_attention_models_only():
+    from types import SimpleNamespace
+
+    space = parse_search_space_text(
+        "weights:\n  enabled: [false, true]\n"
+        "int8:\n  enabled: [false, true]\n  mode: [static, dynamic]\n"
+    )
+    with_attention = SimpleNamespace(transformer=object())
+    without = SimpleNamespace(transformer=None)
+    (start,) = [s for s in space.warm_starts(with_attention) if s.get("int8.enabled")]
+    assert start["int8.mode"] == "dynamic"
+    (start,) = [s for s in space.warm_starts(without) if s.get("int8.enabled")]
+    assert start["int8.mode"] == "static"
+
+
 def test_keep_edges_and_quant_aware_are_offered_only_where_they_matter(facts):
     space = parse_search_space_text(
         """

@@ -70,11 +70,8 @@ def test_targets_speedups_are_the_saved_timings(target_rows: tuple[list[dict], s
     assert set(measured) == expected
     for r in rows:  # the speed-up is eager / deployed, from the two medians saved beside it
         assert r["speedup"] == pytest.approx(r["eager_ms"] / r["median_ms"], rel=1e-9)
-    # The A/A control row (fp32 eager against itself) is reported, not bounded here: on a
-    # loaded 2-core machine its ratio left [0.5, 2], and timings belong in benchmarks.
-    for b in targets.BATCHES:
-        control = measured[("fp32", targets.CONTROL, b)]
-        assert control["eager_ms"] > 0 and control["median_ms"] > 0
+    # The A/A control row (fp32 eager against itself) is checked above like every row, not
+    # bounded: on a loaded 2-core machine its ratio left [0.5, 2]; timings belong in benchmarks.
     for c in TARGET_COMPRESSIONS:  # the markdown shows those same ratios
         shown = [f"x{measured[(c, rt, b)]['eager_ms'] / measured[(c, rt, b)]['median_ms']:.2f}"
                  for rt, b in cells]  # fmt: skip

@@ -168,7 +168,7 @@ class SearchSpace:
         # Attention models keep int8 activations badly (outliers; static int8 cost MiniLM 67
         # points of recall): their int8 start is dynamic, which is also the fast CPU form.
         attention = facts is not None and getattr(facts, "transformer", None) is not None
-        families = [
+        families: list[dict[str, Any]] = [
             {**off, **soft_off, "weights": True, "weights.bits": 8,
              "weights.granularity": "per_channel", "int8": True,
              "int8.mode": "dynamic" if attention else "static",

@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 import torch_pruning as tp
 from torch import nn
 
-from autocompress.allocation import allocate_ratios
 from autocompress.architecture import out_features
 from autocompress.data import as_output, call_model
 from autocompress.methods._base import (
@@ -23,11 +22,13 @@ from autocompress.methods._base import (
     Method,
     Param,
     Suggester,
-    allocation_param,
-    fraction,
-    profile_part,
 )
-from autocompress.sensitivity import profile_sizes
+from autocompress.methods._layer_amounts import (
+    check_layer_amounts,
+    describe_amounts,
+    layer_amount_params,
+    suggest_layer_amounts,
+)
 
 
 def _forward(model: nn.Module, inputs: Any) -> Any:
@@ -57,47 +58,21 @@ class StructuredPruning(Method):
     allocated: bool = False
 
     stage: ClassVar[str] = "prune"
-    SEARCH: ClassVar[dict[str, Param]] = {
-        "amount": Param(float, {"low": 0.1, "high": 0.9}, "share of each layer's channels removed",
-                        bounds=(0.0, 0.95)),
-        "per_layer": Param(bool, False, "one amount per layer"),
-        "allocation": allocation_param("amounts pruning `amount` of the parameters"),
-        "layer_scale": Param(float, {"low": 0.5, "high": 1.5},
-                             "sampled: range of the per-layer multipliers of the amount",
-                             bounds=(0.0, 4.0)),
-    }  # fmt: skip
+    SEARCH: ClassVar[dict[str, Param]] = layer_amount_params(
+        "share of each layer's channels removed"
+    )
 
     def __post_init__(self) -> None:
-        fraction(self.amount, "structured pruning amount")
-        for name, value in self.layer_amounts.items():
-            fraction(value, f"structured pruning amount of {name!r}")
-        if not isinstance(self.allocated, bool):
-            raise ValueError(f"allocated must be true or false, got {self.allocated!r}")
+        check_layer_amounts("structured pruning", self.amount, self.layer_amounts, self.allocated)
 
     @classmethod
     def suggest(cls, s: Suggester) -> Method:
-        amount = s("amount")
-        layer_amounts = {}
-        if s("per_layer") and s("allocation") == "sensitivity":
-            curves = profile_part(s, "channels", "structured")
-            names = [n for n in pruned_layers(s.facts) if n in curves]
-            sizes = profile_sizes(s.profile or {}, s.facts)
-            found = allocate_ratios({n: curves[n] for n in names}, sizes, amount)
-            return cls(amount=amount, layer_amounts=dict(found.choice), allocated=True)
-        if s("per_layer"):
-            for name in pruned_layers(s.facts):
-                factor = s.per_layer("layer_scale", name)
-                layer_amounts[name] = round(min(0.95, amount * factor), 4)
-        return cls(amount=amount, layer_amounts=layer_amounts)
+        names = pruned_layers(s.facts)
+        layer_amounts, allocated = suggest_layer_amounts(s, names, "channels", "structured")
+        return cls(amount=s("amount"), layer_amounts=layer_amounts, allocated=allocated)
 
     def describe(self) -> str:
-        if self.layer_amounts:
-            lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
-            span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
-            if self.allocated:
-                return f"structured {self.amount:.0%} by sensitivity, {span} per layer"
-            return f"structured {span} per layer"
-        return f"structured {self.amount:.0%}"
+        return describe_amounts("structured", self.amount, self.layer_amounts, self.allocated)
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
         roots = pruned_layers(ctx.facts)

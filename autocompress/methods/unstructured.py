@@ -13,18 +13,19 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from autocompress.allocation import allocate_ratios
 from autocompress.methods._base import (
     Context,
     Method,
     Param,
     Suggester,
-    allocation_param,
-    fraction,
-    profile_part,
+)
+from autocompress.methods._layer_amounts import (
+    check_layer_amounts,
+    describe_amounts,
+    layer_amount_params,
+    suggest_layer_amounts,
 )
 from autocompress.reparam import add_mask
-from autocompress.sensitivity import profile_sizes
 
 ROLES = ("weight", "attention")  # conv/linear weights and fused attention projections
 
@@ -47,47 +48,19 @@ class UnstructuredPruning(Method):
     allocated: bool = False
 
     stage: ClassVar[str] = "prune"
-    SEARCH: ClassVar[dict[str, Param]] = {
-        "amount": Param(float, {"low": 0.1, "high": 0.9}, "share of weights set to zero",
-                        bounds=(0.0, 0.95)),
-        "per_layer": Param(bool, False, "one amount per layer"),
-        "allocation": allocation_param("amounts pruning `amount` of the parameters"),
-        "layer_scale": Param(float, {"low": 0.5, "high": 1.5},
-                             "sampled: range of the per-layer multipliers of the amount",
-                             bounds=(0.0, 4.0)),
-    }  # fmt: skip
+    SEARCH: ClassVar[dict[str, Param]] = layer_amount_params("share of weights set to zero")
 
     def __post_init__(self) -> None:
-        fraction(self.amount, "unstructured pruning amount")
-        for name, value in self.layer_amounts.items():
-            fraction(value, f"unstructured pruning amount of {name!r}")
-        if not isinstance(self.allocated, bool):
-            raise ValueError(f"allocated must be true or false, got {self.allocated!r}")
+        check_layer_amounts("unstructured pruning", self.amount, self.layer_amounts, self.allocated)
 
     @classmethod
     def suggest(cls, s: Suggester) -> Method:
-        amount = s("amount")
-        layer_amounts = {}
-        if s("per_layer") and s("allocation") == "sensitivity":
-            curves = profile_part(s, "prune", "unstructured")
-            names = [n for n in [p.name for p in s.facts.iter_params(ROLES)] if n in curves]
-            sizes = profile_sizes(s.profile or {}, s.facts)
-            found = allocate_ratios({n: curves[n] for n in names}, sizes, amount)
-            return cls(amount=amount, layer_amounts=dict(found.choice), allocated=True)
-        if s("per_layer"):
-            for p in s.facts.iter_params(ROLES):
-                factor = s.per_layer("layer_scale", p.name)
-                layer_amounts[p.name] = round(min(0.95, amount * factor), 4)
-        return cls(amount=amount, layer_amounts=layer_amounts)
+        names = [p.name for p in s.facts.iter_params(ROLES)]
+        layer_amounts, allocated = suggest_layer_amounts(s, names, "prune", "unstructured")
+        return cls(amount=s("amount"), layer_amounts=layer_amounts, allocated=allocated)
 
     def describe(self) -> str:
-        if self.layer_amounts:
-            lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
-            span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
-            if self.allocated:
-                return f"unstructured {self.amount:.0%} by sensitivity, {span} per layer"
-            return f"unstructured {span} per layer"
-        return f"unstructured {self.amount:.0%}"
+        return describe_amounts("unstructured", self.amount, self.layer_amounts, self.allocated)
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
         params = dict(model.named_parameters())

@@ -489,3 +489,11 @@ def test_olive_driver_writes_candidates_the_common_meter_can_time(
     for p in points[:2]:
         assert p["bytes"] == Path(p["path"]).stat().st_size < base["bytes"]
         assert 0 < p["latency"] and 0 <= p["accuracy"] <= 1
+
+
+def test_gptq_vs_rtn_reports_the_ratio_of_its_two_errors() -> None:
+    from benchmarks import gptq_vs_rtn
+
+    result = gptq_vs_rtn.run()
+    assert result["rtn_over_gptq"] == pytest.approx(result["rtn"] / result["gptq"])
+    assert result["gptq"] < result["rtn"]  # the property the benchmark claims

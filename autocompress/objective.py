@@ -13,6 +13,7 @@ failed :data:`FAILURES_BEFORE_WITHDRAWAL` times on this model is no longer offer
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,8 +27,15 @@ from autocompress.architecture import model_facts
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import TrialFailure
+from autocompress.fidelity import CheapResult, hopeless_reason
 from autocompress.latency import LatencySettings
-from autocompress.measure import deploy_for_target, measure_deployed
+from autocompress.measure import (
+    deploy_for_target,
+    evaluate,
+    measure_deployed,
+    time_against,
+    timing_input,
+)
 from autocompress.methods import METHODS
 from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
@@ -214,11 +222,77 @@ class Objective:
             trial.set_user_attr("stopped_reason", reason)
             raise optuna.TrialPruned(reason)
 
+    def _cheap_first(self, trial: optuna.Trial, config: CompressionConfig) -> None:
+        """Measure the candidate without fine-tuning; stop it (PRUNED, ``fidelity: cheap``)
+        when fine-tuning could not bring it onto the front (:mod:`autocompress.fidelity`)."""
+        wl, target = self.workload, self.settings.target
+        started = time.perf_counter()
+        self._stage("cheap")
+        cheap_config = config.without("finetune", "distillation")
+        int8 = config.get("int8")
+        with tempfile.TemporaryDirectory(dir=self.artifact_dir) as tmp:
+            compressed = compress(
+                wl.model,
+                cheap_config,
+                Path(tmp) / "cheap.acpk",
+                task=wl.task,
+                train=wl.train,
+                example_input=wl.example_input,
+                facts=self.facts,
+                calibration_rows=CALIBRATION_ROWS,
+                on_stage=self._stage,
+            )
+            deployed = deploy_for_target(
+                wl,
+                compressed.model,
+                Path(tmp) / "cheap",
+                target,
+                int8=int8,
+                weights=config.get("weights"),
+                calibration=self.calibration if int8 is not None else None,
+            )
+            lat = time_against(
+                deployed,
+                self.baseline_deployed,
+                timing_input(wl, target.batch_size),
+                self.latency,
+                target.threads,
+            )
+            value = evaluate(wl, deployed, "val")
+        size_bytes = (
+            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
+        )
+        ratio = lat.ratio_to_reference if lat.ratio_to_reference is not None else math.inf
+        cheap = CheapResult(
+            worsening=worsening(self.info, value) if finite(value) else math.inf,
+            latency_ms=ratio * float(self.info["baseline"]["latency_ms"]),
+            size_kb=size_bytes / 1000,
+        )
+        trial.set_user_attr("cheap_metric", value if finite(value) else None)
+        trial.set_user_attr("cheap_worsening", cheap.worsening if finite(value) else None)
+        trial.set_user_attr("cheap_latency_ms", cheap.latency_ms)
+        trial.set_user_attr("cheap_size_kb", cheap.size_kb)
+        trial.set_user_attr("cheap_seconds", time.perf_counter() - started)
+        reason = hopeless_reason(
+            cheap,
+            trial.study.get_trials(deepcopy=False),
+            allowed_worsening(self.info),
+            str(self.info["task"]["metric"]),
+        )
+        if reason is not None:
+            trial.set_user_attr("fidelity", "cheap")
+            trial.set_user_attr("partial_metric", value if finite(value) else None)
+            trial.set_user_attr("stopped_reason", reason)
+            raise optuna.TrialPruned(reason)
+
     def _run(self, trial: optuna.Trial, config: CompressionConfig) -> tuple[float, float, float]:
         wl, target = self.workload, self.settings.target
         started = time.perf_counter()
         finetune = config.get("finetune")
         epochs = getattr(finetune, "epochs", 0)
+
+        if self.settings.cheap_first and epochs > 0:
+            self._cheap_first(trial, config)
 
         def on_epoch(epoch: int, loss: float, model: torch.nn.Module) -> None:
             if self.reporter is not None:

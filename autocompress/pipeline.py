@@ -65,6 +65,12 @@ class CompressionConfig:
         """
         return cls(methods, seed)
 
+    def without(self, *names: str) -> CompressionConfig:
+        """The same configuration without the methods ``names`` (same seed)."""
+        return CompressionConfig(
+            {n: m for n, m in self.methods.items() if n not in names}, self.seed
+        )
+
     def get(self, name: str) -> Method | None:
         """The method ``name``, or ``None`` when this configuration does not apply it."""
         return self.methods.get(name)

@@ -259,6 +259,7 @@ def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("sampler", str(settings.get("sampler", "not recorded"))),
         ("seed", str(settings.get("seed", "not recorded"))),
         ("early stop", _yes_no(settings.get("early_stop"))),
+        ("cheap fidelity first", _yes_no(settings.get("cheap_first"))),
         ("warm start", _yes_no(settings.get("warm_start"))),
     ]
     if hw.get("torch"):

@@ -82,6 +82,8 @@ class StudySettings:
         seed: Seed of the sampler, the baseline and fine-tuning.
         data_dir: Where a built-in workload's data is.
         early_stop: Stop hopeless trials after a fine-tuning epoch.
+        cheap_first: Measure a fine-tuning trial without fine-tuning first and fine-tune it
+            only if it could still reach the front (see :mod:`autocompress.fidelity`).
         warm_start: Enqueue the known-good starts when the study is created.
         size: The size objective: the ``deployed`` file the runtime loads, or the ``packed``
             artifact.
@@ -97,6 +99,7 @@ class StudySettings:
     seed: int = 0
     data_dir: str | None = None
     early_stop: bool = True
+    cheap_first: bool = True
     warm_start: bool = True
     size: str = "deployed"
 
@@ -153,4 +156,5 @@ class StudySettings:
         if "max_accuracy_drop" in d:
             d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
             d.setdefault("size", "packed")  # earlier studies optimised the packed size
+        d.setdefault("cheap_first", False)  # studies recorded before it ran every trial in full
         return cls(**{**d, "target": Target(**d["target"])})

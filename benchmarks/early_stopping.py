@@ -1,14 +1,21 @@
-"""Compute where it pays: trials per hour with and without early stopping and per-process caching.
+"""Compute where it pays: trials per hour with and without cheap fidelities, early stopping
+and per-process caching.
 
-Runs the same study (same sampler seed, same space) for a fixed wall-clock budget twice on
-``mnist-lenet5``, both arms at once, each in its own process on its own core (so both see the
-same machine load): once as autocompress runs it (hopeless trials stopped after their first
-fine-tuning epoch and at later epochs; the teacher's outputs, the int8 calibration batches and
-the deployed baseline built once per process), once with both switched off (every epoch run;
-those three re-built in every trial). Reports trials per hour and the feasible hypervolume each
-way (the size objective is the default, the deployed file). The default
-space (``search_spaces/mnist_long.yaml``) fine-tunes for 1 to 4 epochs, so that there are
-checkpoints at which to stop.
+Runs the same study (same sampler seed, same space) for a fixed wall-clock budget on
+``mnist-lenet5`` in two arms at once, each in its own process on its own core (so both see the
+same machine load). The arms (``--arms``, two of):
+
+- ``cheap first``: as autocompress runs it: every fine-tuning trial is first measured without
+  fine-tuning and fine-tuned only if it could still reach the front
+  (:mod:`autocompress.fidelity`); hopeless trials stopped after a fine-tuning epoch; the
+  teacher's outputs, the int8 calibration batches and the deployed baseline built once per
+  process;
+- ``early stop + caching``: the same without the cheap fidelity (every trial fine-tuned);
+- ``neither``: every epoch run, those three re-built in every trial.
+
+The default pair compares cheap fidelities on and off. Reports trials per hour and the
+feasible hypervolume each way (the size objective is the default, the deployed file). The
+default space (``search_spaces/mnist_long.yaml``) fine-tunes every trial for 1 to 4 epochs.
 
     python -m benchmarks.early_stopping --data-dir ../shared/datasets/mnist --minutes 60
 """
@@ -71,7 +78,13 @@ def no_caching() -> Iterator[None]:
             setattr(Objective, name, value)
 
 
-ARMS = {"early stop + caching": True, "neither": False}
+# label: (cheap fidelity first, early stopping and per-process caching)
+ARMS = {
+    "cheap first": (True, True),
+    "early stop + caching": (False, True),
+    "neither": (False, False),
+}
+DEFAULT_ARMS = ("cheap first", "early stop + caching")
 
 
 def run_arm(
@@ -80,7 +93,7 @@ def run_arm(
     """One arm in its own process and study, on one thread, for ``minutes`` of wall clock."""
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    smart = ARMS[label]
+    cheap_first, smart = ARMS[label]
     wl = load_workload(workload, data_dir=data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         storage = open_storage(f"sqlite:///{tmp}/es.db")
@@ -92,6 +105,7 @@ def run_arm(
             seed=seed,
             data_dir=data_dir,
             early_stop=smart,
+            cheap_first=cheap_first,
             warm_start=False,
         )
         study, settings, wl, info = create_or_resume(
@@ -122,6 +136,9 @@ def run_arm(
         "complete": len(done),
         "feasible": sum(is_feasible(t) for t in done),
         "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
+        "stopped_before_fine_tuning": sum(
+            t.state == TrialState.PRUNED and t.user_attrs.get("fidelity") == "cheap" for t in trials
+        ),
         "failed": sum(t.state == TrialState.FAIL for t in trials),
         "hours": hours,
         "trials_per_hour": len(trials) / hours,
@@ -145,14 +162,19 @@ def _epochs(trial: FrozenTrial) -> int:
 
 
 def run(
-    workload: str, data_dir: str | None, minutes: float, seed: int, space: Path
+    workload: str,
+    data_dir: str | None,
+    minutes: float,
+    seed: int,
+    space: Path,
+    arms: tuple[str, ...] = DEFAULT_ARMS,
 ) -> dict[str, Any]:
-    """Both arms at once, each in its own process on its own core, same seed and space."""
+    """The arms at once, each in its own process on its own core, same seed and space."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=len(ARMS), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=len(arms), mp_context=context) as pool:
         futures = {
             label: pool.submit(run_arm, label, workload, data_dir, minutes, seed, space)
-            for label in ARMS
+            for label in arms
         }
         return {label: future.result() for label, future in futures.items()}
 
@@ -160,14 +182,16 @@ def run(
 def table(results: dict[str, Any], minutes: float) -> str:
     lines = [
         f"{minutes:.0f} minutes each way\n",
-        "| run | trials | trials/hour | complete | stopped early | fine-tuning epochs run "
-        "(complete trials) | final hypervolume (share of reference box) |",
-        "|---|---|---|---|---|---|---|",
+        "| run | trials | trials/hour | complete | feasible | stopped (of which before "
+        "fine-tuning) | fine-tuning epochs run (complete trials) | final hypervolume (share of "
+        "reference box) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, r in results.items():
         lines.append(
             f"| {label} | {r['trials']} | {r['trials_per_hour']:.0f} | {r['complete']} "
-            f"| {r['stopped_early']} | {r['fine_tune_epochs_run']} "
+            f"| {r['feasible']} | {r['stopped_early']} ({r.get('stopped_before_fine_tuning', 0)}) "
+            f"| {r['fine_tune_epochs_run']} "
             f"| {r['hypervolume']:.4g} ({r.get('hypervolume_fraction', 0.0):.3f}) |"
         )
     return "\n".join(lines) + "\n"
@@ -181,12 +205,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", type=Path, default=SPACE)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--arms", nargs=2, choices=list(ARMS), default=list(DEFAULT_ARMS), help="the two arms"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results = run(args.workload, args.data_dir, args.minutes, args.seed, args.space)
+    results = run(
+        args.workload, args.data_dir, args.minutes, args.seed, args.space, tuple(args.arms)
+    )
     path = write_results(
         "early_stopping",
-        {"minutes": args.minutes, "workload": args.workload, "results": results},
+        {
+            "minutes": args.minutes,
+            "workload": args.workload,
+            "seed": args.seed,
+            "results": results,
+        },  # fmt: skip
         args.out,
     )
     (args.out / "early_stopping.md").write_text(table(results, args.minutes))

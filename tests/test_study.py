@@ -16,7 +16,9 @@ from autocompress.study import (
     create_or_resume,
     load_study,
     open_storage,
+    prepare_objective,
     run_trials,
+    startup_trials,
     summarize,
     validate_study_name,
 )
@@ -233,6 +235,17 @@ def test_warm_starts_are_the_first_trials(digits, tmp_path, settings):
     assert first.user_attrs["warm_start"] is True
     assert first.params["int8.enabled"] is True and first.params["structured.enabled"] is False
     assert "int8" in first.user_attrs["config"]["methods"]
+    # the model takes over two random trials after the three warm starts, not after eight
+    assert study.sampler._n_startup_trials == 5
+    cold, used, wl, info = create_or_resume(
+        "c", storage, replace(settings, warm_start=False), studies_dir=tmp_path, workload=digits
+    )
+    prepare_objective(cold, used, wl, info, studies_dir=tmp_path)
+    assert cold.sampler._n_startup_trials == 8
+
+
+def test_startup_trials_shrink_with_warm_starts_but_never_grow():
+    assert [startup_trials(n) for n in (0, 1, 3, 6, 20)] == [8, 3, 5, 8, 8]
 
 
 def test_a_half_created_study_is_replaced_not_refused(digits, tmp_path, settings):
@@ -272,3 +285,64 @@ def test_old_study_records_are_read(tmp_path):
     assert info["baseline"]["metric"] == 0.99 and info["size"] == "packed"
     assert info["budget"]["absolute"] == 0.01
     assert math.isclose(summarize(load_study("old", url))["n_trials"], 0)
+
+
+FINE_TUNE_ONLY = {
+    "structured.enabled": False,
+    "unstructured.enabled": False,
+    "weights.enabled": False,
+    "int8.enabled": False,
+    "finetune.enabled": True,
+    "finetune.lr": 1e-3,
+    "finetune.schedule": "constant",
+    "distillation.enabled": False,
+}
+
+
+@pytest.mark.parametrize("cheap_first", [True, False])
+def test_a_candidate_that_cannot_reach_the_front_is_stopped_before_fine_tuning(
+    digits, tmp_path, settings, cheap_first
+):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    s = replace(settings, warm_start=False, cheap_first=cheap_first)
+    study, used, wl, info = create_or_resume(
+        "cf", storage, s, studies_dir=tmp_path, workload=digits
+    )
+    # a completed trial better than any candidate can be on every objective
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[1.0, 1e-6, 1e-6],
+            user_attrs={"worsening": -1.0},
+            constraints={"metric_budget": -1.0},
+        )
+    )
+    study.enqueue_trial(FINE_TUNE_ONLY)
+    run_trials(study, used, wl, info, n_trials=1, studies_dir=tmp_path)
+    trial = study.trials[-1]
+    if cheap_first:
+        assert trial.state == TrialState.PRUNED
+        assert trial.user_attrs["fidelity"] == "cheap"
+        assert "stopped before fine-tuning: trial 0 is faster" in trial.user_attrs["stopped_reason"]
+        assert 0.0 <= trial.user_attrs["cheap_metric"] <= 1.0
+        assert trial.user_attrs["cheap_size_kb"] > 0 and trial.user_attrs["cheap_latency_ms"] > 0
+        assert not list(artifact_dir(tmp_path, study).glob("tmp*"))  # cheap files cleaned up
+    else:
+        assert trial.state == TrialState.COMPLETE and "cheap_metric" not in trial.user_attrs
+    assert trial.number not in [t.number for t in feasible_front(study)]
+
+
+def test_fine_tuned_trials_record_both_fidelities_and_untuned_ones_one(digits, tmp_path, settings):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, used, wl, info = create_or_resume(
+        "cf2", storage, replace(settings, warm_start=False), studies_dir=tmp_path, workload=digits
+    )
+    study.enqueue_trial(FINE_TUNE_ONLY)
+    study.enqueue_trial({**FINE_TUNE_ONLY, "finetune.enabled": False, "int8.enabled": True})
+    run_trials(study, used, wl, info, n_trials=2, studies_dir=tmp_path)
+    tuned, untuned = study.trials
+    assert tuned.state == TrialState.COMPLETE and tuned.user_attrs["fidelity"] == "full"
+    assert tuned.user_attrs["cheap_worsening"] is not None
+    # same shapes and formats before and after fine-tuning: the same file size, give or take
+    # the archive's metadata
+    assert tuned.user_attrs["cheap_size_kb"] == pytest.approx(tuned.values[2], rel=1e-3)
+    assert "cheap_metric" not in untuned.user_attrs

@@ -180,6 +180,13 @@ def study_run(
         bool | None,
         typer.Option(help="Stop hopeless trials after a fine-tuning epoch (default on)."),
     ] = None,
+    cheap_first: Annotated[
+        bool | None,
+        typer.Option(
+            help="Measure a fine-tuning trial without fine-tuning first; fine-tune only "
+            "candidates that could still reach the front (default on)."
+        ),
+    ] = None,
 ) -> None:
     """Create a study, or resume it, and run compression trials.
 
@@ -228,6 +235,7 @@ def study_run(
             "data_dir": str(data_dir) if data_dir else None,
             "warm_start": warm_start,
             "early_stop": early_stop,
+            "cheap_first": cheap_first,
             "size": size,
         }
         err_console.print(f"study [bold]{study}[/] on {storage}")

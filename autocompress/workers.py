@@ -234,7 +234,8 @@ def run_worker(
         poll_seconds: How long to wait when the budget is taken by running trials (default:
             the heartbeat interval, at most 5 s).
         max_consecutive_failures: Stop after this many trials in a row that failed or were
-            stopped early.
+            stopped early during fine-tuning (trials stopped before fine-tuning, at the cheap
+            fidelity, neither count nor break the run).
 
     Raises:
         ValueError: No budget (``n_trials``, ``total`` or ``timeout``) was given.
@@ -271,6 +272,8 @@ def run_worker(
         if frozen.state == TrialState.COMPLETE:
             completed, in_a_row = completed + 1, 0
             study_completed += 1
+        elif frozen.state == TrialState.PRUNED and frozen.user_attrs.get("fidelity") == "cheap":
+            pruned += 1  # judged at the cheap fidelity: a decision, not a failure in a row
         elif frozen.state == TrialState.PRUNED:
             pruned, in_a_row = pruned + 1, in_a_row + 1
         else:

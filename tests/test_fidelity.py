@@ -80,3 +80,26 @@ def test_trials_as_damaged_before_fine_tuning_bound_what_a_candidate_can_reach()
     # ... but at the best metric seen (the baseline's), trial 3 is faster and smaller
     reason = hopeless_reason(CheapResult(0.25, 9.0, 90.0), fine_tuned, ALLOWED, "accuracy")
     assert reason is not None and "trial 3 is faster" in reason
+
+
+@pytest.mark.parametrize("fidelity, stopped_because", [("cheap", "budget"), (None, "failures")])
+def test_stops_before_fine_tuning_do_not_count_as_failures_in_a_row(
+    tmp_path, fidelity, stopped_because
+):
+    from autocompress.study import open_storage
+    from autocompress.workers import run_worker
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}")
+    study = optuna.create_study(storage=storage, directions=["maximize", "minimize", "minimize"])
+    calls = iter(range(100))
+
+    def objective(trial: optuna.Trial) -> tuple[float, float, float]:
+        if next(calls) < 12:
+            if fidelity:
+                trial.set_user_attr("fidelity", fidelity)
+            raise optuna.TrialPruned("stopped")
+        return (1.0, 1.0, 1.0)
+
+    result = run_worker(study, objective, n_trials=1)
+    assert result.stopped_because == stopped_because
+    assert result.pruned == (12 if fidelity else 10)

@@ -8,10 +8,15 @@ median is recorded beside it.
 A trial never takes the study down: whatever it raises (but an interrupt or an order to stop)
 ends it FAILED with the exception's type and first line as its reason, and a method that has
 failed :data:`FAILURES_BEFORE_WITHDRAWAL` times on this model is no longer offered.
+
+A configuration that does not fine-tune and repeats a completed trial's exactly is not run
+again (PRUNED, ``duplicate_of``); one that fine-tunes is first judged without fine-tuning
+(:mod:`autocompress.fidelity`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -90,6 +95,20 @@ def withdrawn_methods(study: optuna.Study) -> dict[str, str]:
         for name, count in method_failures(study).items()
         if count >= FAILURES_BEFORE_WITHDRAWAL
     }
+
+
+def deterministic_twin(study: optuna.Study, config: CompressionConfig) -> int | None:
+    """A completed trial with exactly ``config``'s methods, when ``config`` does not fine-tune
+    (so running it again would give the same model, metric and size, and only timing noise).
+    Samplers do propose exact repeats (TPE on categorical choices); they are not run twice."""
+    finetune = config.get("finetune")
+    if getattr(finetune, "epochs", 0) > 0:
+        return None
+    methods = json.loads(json.dumps(config.to_dict()["methods"]))  # as the storage keeps it
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if (t.user_attrs.get("config") or {}).get("methods") == methods:
+            return t.number
+    return None
 
 
 class Objective:
@@ -172,6 +191,15 @@ class Objective:
         )
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())
+        twin = deterministic_twin(trial.study, config)
+        if twin is not None:
+            reason = (
+                f"same configuration as trial {twin}, and without fine-tuning nothing in it is "
+                "random: not run again"
+            )
+            trial.set_user_attr("duplicate_of", twin)
+            trial.set_user_attr("stopped_reason", reason)
+            raise optuna.TrialPruned(reason)
         if self.reporter is not None:
             self.reporter.trial_started(trial.number, config)
         try:

@@ -346,3 +346,21 @@ def test_fine_tuned_trials_record_both_fidelities_and_untuned_ones_one(digits, t
     # the archive's metadata
     assert tuned.user_attrs["cheap_size_kb"] == pytest.approx(tuned.values[2], rel=1e-3)
     assert "cheap_metric" not in untuned.user_attrs
+
+
+def test_an_exact_repeat_without_fine_tuning_is_not_run_again(digits, tmp_path, settings):
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    s = replace(settings, warm_start=False, cheap_first=False)  # the repeat rule alone
+    study, used, wl, info = create_or_resume(
+        "dup", storage, s, studies_dir=tmp_path, workload=digits
+    )
+    int8_only = {**FINE_TUNE_ONLY, "finetune.enabled": False, "int8.enabled": True}
+    for params in (int8_only, int8_only, FINE_TUNE_ONLY, FINE_TUNE_ONLY):
+        study.enqueue_trial(params)
+    run_trials(study, used, wl, info, n_trials=3, studies_dir=tmp_path)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+                      TrialState.COMPLETE]  # fmt: skip
+    assert study.trials[1].user_attrs["duplicate_of"] == 0
+    assert "not run again" in study.trials[1].user_attrs["stopped_reason"]
+    assert "duplicate_of" not in study.trials[3].user_attrs  # fine-tuning is seeded per trial

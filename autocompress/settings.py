@@ -99,7 +99,7 @@ class StudySettings:
     seed: int = 0
     data_dir: str | None = None
     early_stop: bool = True
-    cheap_first: bool = True
+    cheap_first: bool = False
     warm_start: bool = True
     size: str = "deployed"
 

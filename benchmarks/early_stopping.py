@@ -5,12 +5,12 @@ Runs the same study (same sampler seed, same space) for a fixed wall-clock budge
 ``mnist-lenet5`` in two arms at once, each in its own process on its own core (so both see the
 same machine load). The arms (``--arms``, two of):
 
-- ``cheap first``: as autocompress runs it: every fine-tuning trial is first measured without
+- ``cheap first``: with ``--cheap-first``: every fine-tuning trial is first measured without
   fine-tuning and fine-tuned only if it could still reach the front
-  (:mod:`autocompress.fidelity`); hopeless trials stopped after a fine-tuning epoch; the
-  teacher's outputs, the int8 calibration batches and the deployed baseline built once per
-  process;
-- ``early stop + caching``: the same without the cheap fidelity (every trial fine-tuned);
+  (:mod:`autocompress.fidelity`); otherwise as the default;
+- ``early stop + caching``: as autocompress runs by default: hopeless trials stopped after a
+  fine-tuning epoch; the teacher's outputs, the int8 calibration batches and the deployed
+  baseline built once per process;
 - ``neither``: every epoch run, those three re-built in every trial.
 
 The default pair compares cheap fidelities on and off. Reports trials per hour and the

@@ -333,8 +333,9 @@ def test_a_candidate_that_cannot_reach_the_front_is_stopped_before_fine_tuning(
 
 def test_fine_tuned_trials_record_both_fidelities_and_untuned_ones_one(digits, tmp_path, settings):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    s = replace(settings, warm_start=False, cheap_first=True)
     study, used, wl, info = create_or_resume(
-        "cf2", storage, replace(settings, warm_start=False), studies_dir=tmp_path, workload=digits
+        "cf2", storage, s, studies_dir=tmp_path, workload=digits
     )
     study.enqueue_trial(FINE_TUNE_ONLY)
     study.enqueue_trial({**FINE_TUNE_ONLY, "finetune.enabled": False, "int8.enabled": True})

@@ -184,7 +184,8 @@ def study_run(
         bool | None,
         typer.Option(
             help="Measure a fine-tuning trial without fine-tuning first; fine-tune only "
-            "candidates that could still reach the front (default on)."
+            "candidates that could still reach the front (default off: on mnist-lenet5 it cost "
+            "a quarter of the trials per hour for the same hypervolume; BENCHMARKS.md §3)."
         ),
     ] = None,
 ) -> None:

@@ -156,5 +156,4 @@ class StudySettings:
         if "max_accuracy_drop" in d:
             d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
             d.setdefault("size", "packed")  # earlier studies optimised the packed size
-        d.setdefault("cheap_first", False)  # studies recorded before it ran every trial in full
         return cls(**{**d, "target": Target(**d["target"])})

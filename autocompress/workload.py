@@ -38,6 +38,10 @@ from autocompress.tasks import Classification, Task, as_task, eager_runner
 from autocompress.training import TrainingConfig, train
 
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
+# Baselines train on one thread: float sums, and so the trained weights, depend on how work is
+# split between threads, and one is the count every machine has. With the seed, the same
+# workload then trains to the same bytes wherever the thread count was the only difference.
+BASELINE_THREADS = 1
 
 
 @dataclass
@@ -200,6 +204,7 @@ def _baseline_cache_key(workload: Workload, seed: int) -> str:
             "sizes": [len(workload.train), len(workload.val), len(workload.test)],
             "train": _data_fingerprint(workload.train),
             "seed": seed,
+            "threads": BASELINE_THREADS,
             "torch": torch.__version__.split("+")[0],
         },
         sort_keys=True,
@@ -244,6 +249,8 @@ def _train_baseline(workload: Workload, task: Task, cache_dir: Path | None, seed
                 return model.eval()
     torch.manual_seed(seed)
     model = workload.model_factory()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BASELINE_THREADS)
     try:
         train(model, workload.train, task, workload.baseline_training, seed=seed)
     except TrialFailure as e:
@@ -251,6 +258,8 @@ def _train_baseline(workload: Workload, task: Task, cache_dir: Path | None, seed
             f"workload {workload.name!r}: training the baseline failed ({e}); "
             "give a trained model or a gentler baseline_training"
         ) from None
+    finally:
+        torch.set_num_threads(threads)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

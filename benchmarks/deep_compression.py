@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from optuna.trial import TrialState
 from autocompress.pipeline import load_compressed
 from autocompress.record import feasible_front
 from autocompress.study import StudySettings, Target, create_or_resume, open_storage, run_trials
-from autocompress.workload import load_workload
+from autocompress.workload import BASELINE_THREADS, LoadedWorkload, load_workload, state_sha256
 from autocompress.zoo.vision import MNIST_ENV
 from benchmarks.common import RESULTS, write_results
 
@@ -54,7 +56,7 @@ def fp32_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * 4 for p in model.state_dict().values() if p.is_floating_point())
 
 
-def run_network(
+def _search(
     workload_name: str,
     data_dir: str | None,
     minutes: float,
@@ -63,14 +65,16 @@ def run_network(
     seed: int,
     sampler: str,
     n_trials: int | None,
-) -> dict[str, Any]:
-    """One network: baseline check, study, and what its front achieves."""
-    paper = PAPER[workload_name]
+) -> tuple[optuna.Study, LoadedWorkload, dict[str, Any]]:
+    """Create or join the network's study and run its trials for ``minutes`` on one thread.
+
+    Every worker process runs this; the first to arrive creates the study (under the storage's
+    lock) and the others join it, so the trial cap ``n_trials`` is shared.
+    """
     torch.set_num_threads(1)
     wl = load_workload(
         workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines"
     )
-    ref_error = 1.0 - wl.evaluate(wl.model, "test")
     settings = StudySettings(
         workload=workload_name,
         space_text=SPACE.read_text(),
@@ -86,17 +90,45 @@ def run_network(
     study, settings, wl, info = create_or_resume(
         name, open_storage(storage), settings, studies_dir=studies_dir, workload=wl
     )
-    started = time.time()
     run_trials(
-        study,
-        settings,
-        wl,
-        info,
-        n_trials=n_trials,
-        timeout=minutes * 60,
-        studies_dir=studies_dir,
+        study, settings, wl, info, total=n_trials, timeout=minutes * 60, studies_dir=studies_dir
     )
+    return study, wl, info
+
+
+def _join(*args: Any) -> None:
+    """An extra worker (its own process): :func:`_search` without returning the study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _search(*args)
+
+
+def run_network(
+    workload_name: str,
+    data_dir: str | None,
+    minutes: float,
+    storage: str,
+    studies_dir: Path,
+    seed: int,
+    sampler: str,
+    n_trials: int | None,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """One network: baseline check, study (``workers`` processes, one thread each), and what
+    its front achieves."""
+    paper = PAPER[workload_name]
+    args = (workload_name, data_dir, minutes, storage, studies_dir, seed, sampler, n_trials)
+    torch.set_num_threads(1)
+    # the reference is trained (and cached) before any worker starts, so all share it
+    load_workload(workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines")
+    started = time.time()
+    with ProcessPoolExecutor(max(workers - 1, 1), mp_context=get_context("spawn")) as pool:
+        extra = [pool.submit(_join, *args) for _ in range(workers - 1)]
+        study, wl, info = _search(*args)
+        for future in extra:
+            future.result()
     elapsed = time.time() - started
+    name = study.study_name
+    ref_error = 1.0 - wl.evaluate(wl.model, "test")
     original = fp32_bytes(wl.model)
     front = feasible_front(study)
     rows = []
@@ -130,8 +162,14 @@ def run_network(
         "size_objective": info["size"],
         "reference_test_error": ref_error,
         "reference_ok": round(ref_error * len(wl.test)) <= round(paper["ref_error"] * len(wl.test)),
+        # the reference is trained with a fixed seed on a fixed thread count; its checksum
+        # says whether two runs started from the same weights
+        "reference_sha256": state_sha256(wl.model.state_dict()),
+        "reference_seed": seed,
+        "reference_threads": BASELINE_THREADS,
         "fp32_bytes": original,
         "minutes": elapsed / 60,
+        "workers": workers,
         "trials": len(trials),
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
@@ -181,6 +219,9 @@ def main() -> None:
     parser.add_argument("--storage", default=None, help="study storage URL")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default="tpe")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes on one study, one thread each"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--studies-dir", type=Path, default=Path("studies"))
     args = parser.parse_args()
@@ -198,6 +239,7 @@ def main() -> None:
                 args.seed,
                 args.sampler,
                 args.n_trials,
+                args.workers,
             )
         )
         print(report(results[-1:]), flush=True)

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
@@ -133,6 +134,13 @@ def test_deep_compression_ratio_is_fp32_over_packed_bytes_on_disk(tmp_path: Path
     assert result["fp32_bytes"] == 266_610 * 4  # LeNet-300-100, the paper's 1070 KB
     study = load_study(result["study"], url)
     assert result["size_objective"] == study_info(study)["size"] == "packed"
+    # the reference's checksum is the one the study recorded for the weights it compressed
+    assert result["reference_sha256"] == study_info(study)["baseline"]["weights_sha256"]
+    # the paper's per-layer rates come from the sensitivity profile, not from blind sampling
+    (trial,) = study.get_trials(states=(TrialState.COMPLETE,))
+    methods = trial.user_attrs["config"]["methods"]
+    assert methods["weights"]["budget_bits"] is not None and methods["weights"]["layer_bits"]
+    assert methods["unstructured"]["allocated"] and methods["unstructured"]["layer_amounts"]
     for t in study.get_trials(states=(TrialState.COMPLETE,)):  # the study optimised packed bytes
         on_disk = Path(t.user_attrs["artifact"]).stat().st_size
         assert t.user_attrs["packed_bytes"] == on_disk
@@ -151,6 +159,20 @@ def test_deep_compression_ratio_is_fp32_over_packed_bytes_on_disk(tmp_path: Path
     line = deep_compression.report([result]).splitlines()[-1]
     assert f"1066 KB -> {on_disk / 1000:.1f} KB" in line
     assert f"/ {result['fp32_bytes'] / on_disk:.1f}x |" in line
+
+
+def test_deep_compression_workers_share_one_study_and_its_trial_cap(tmp_path: Path) -> None:
+    write_mnist(tmp_path)
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    result = deep_compression.run_network(
+        "mnist-mlp", str(tmp_path), minutes=5, storage=url, studies_dir=tmp_path, seed=0,
+        sampler="random", n_trials=2, workers=2,
+    )  # fmt: skip
+    study = load_study(result["study"], url)
+    states = [t.state for t in study.get_trials()]
+    assert states.count(TrialState.COMPLETE) == 2 and TrialState.FAIL not in states
+    assert len(optuna.get_all_study_names(url)) == 1  # the second worker joined, not created
+    assert result["workers"] == 2 and result["complete"] == 2
 
 
 # --- search efficiency ---------------------------------------------------------------------

@@ -97,6 +97,27 @@ def test_baseline_is_cached(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_baseline_trains_on_a_fixed_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    import autocompress.workload as workload_module
+
+    seen = []
+    real_train = workload_module.train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(workload_module, "train", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path)
+        assert seen == [workload_module.BASELINE_THREADS]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_corrupt_cache_file_is_retrained(tmp_path):
     load_workload("tests.conftest:tiny_workload", cache_dir=tmp_path)
     (cache,) = tmp_path.glob("*.pt")

@@ -3,10 +3,11 @@
 Trains the two reference networks on MNIST, checks their test errors against the paper's
 reference errors, runs a study on ``search_spaces/deep_compression.yaml`` (no hand-picked
 answer) whose size objective is the PACKED artifact (``StudySettings(size="packed")``, the
-paper's stored model), and reports from the study's feasible Pareto front: the largest
-compression (fp32 state-dict bytes / packed artifact bytes on disk) whose TEST error is at or
-below the paper's compressed error, and the best test error at the paper's compression rate.
-The chosen artifact is loaded back from disk and evaluated again.
+paper's stored model), and reports from the study's feasible Pareto front the member one would
+ship, chosen on VALIDATION: the largest compression (fp32 state-dict bytes / packed artifact
+bytes on disk) whose validation error is at or below the paper's compressed error; its test
+error is the result. In hindsight it also shows what the front holds on the test split. The
+chosen artifact is loaded back from disk and evaluated again.
 
     python -m benchmarks.deep_compression --data-dir ../shared/datasets/mnist --minutes 60
 """
@@ -144,13 +145,11 @@ def run_network(
                 "artifact": t.user_attrs.get("artifact"),
             }
         )
-    ok = [r for r in rows if r["test_error"] <= paper["error"]]
-    best = max(ok, key=lambda r: r["compression"]) if ok else None
-    at_rate = [r for r in rows if r["compression"] >= paper["rate"]]
-    best_at_rate = min(at_rate, key=lambda r: r["test_error"]) if at_rate else None
+    picked = picks(rows, paper)
     reloaded = None
-    if best is not None:
-        model, _ = load_compressed(best["artifact"], wl.model, wl.example_input, wl.task)
+    if picked["chosen_on_validation"] is not None:
+        chosen = picked["chosen_on_validation"]
+        model, _ = load_compressed(chosen["artifact"], wl.model, wl.example_input, wl.task)
         reloaded = 1 - wl.evaluate(model, "test")
     trials = study.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -174,34 +173,61 @@ def run_network(
         "complete": sum(t.state == TrialState.COMPLETE for t in trials),
         "stopped_early": sum(t.state == TrialState.PRUNED for t in trials),
         "front": rows,
-        "largest_compression_at_paper_error": best,
+        **picked,
         "reloaded_test_error": reloaded,
-        "best_error_at_paper_rate": best_at_rate,
+    }
+
+
+def picks(rows: list[dict[str, Any]], paper: dict[str, Any]) -> dict[str, Any]:
+    """What the front offers against the paper's row.
+
+    Returns:
+        ``chosen_on_validation``: the most compressed front member whose VALIDATION error is
+        at or below the paper's compressed error, the model one would ship; its test error is
+        the result. ``largest_compression_at_paper_error`` and ``best_error_at_paper_rate``
+        look at the front's test errors, in hindsight: they say what the front holds, and
+        are not a choice the test split may make.
+    """
+    on_val = [r for r in rows if r["val_error"] <= paper["error"]]
+    on_test = [r for r in rows if r["test_error"] <= paper["error"]]
+    at_rate = [r for r in rows if r["compression"] >= paper["rate"]]
+    return {
+        "chosen_on_validation": max(on_val, key=lambda r: r["compression"]) if on_val else None,
+        "largest_compression_at_paper_error": (
+            max(on_test, key=lambda r: r["compression"]) if on_test else None
+        ),
+        "best_error_at_paper_rate": min(at_rate, key=lambda r: r["test_error"])
+        if at_rate
+        else None,
     }
 
 
 def report(results: list[dict[str, Any]]) -> str:
-    """A markdown table in the shape of the paper's."""
+    """A markdown table in the shape of the paper's (picks recomputed from each front)."""
     lines = [
-        "| network | reference error (paper / ours) | compressed error (paper / ours) | "
-        "storage (paper / ours) | compression (paper / ours) | error at paper's rate | "
-        "trials (minutes) |",
-        "|---|---|---|---|---|---|---|",
+        "| network | reference error (paper / ours) | compressed error (paper / ours, chosen "
+        "on validation) | storage (paper / ours) | compression (paper / ours) | in hindsight: "
+        "largest compression on the front at the paper's error | in hindsight: best error "
+        "at the paper's rate | trials (minutes, workers) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        p, best, at = (
-            r["paper"],
-            r["largest_compression_at_paper_error"],
-            r["best_error_at_paper_rate"],
+        p = r["paper"]
+        picked = picks(r["front"], p)
+        chosen = picked["chosen_on_validation"]
+        best, at = picked["largest_compression_at_paper_error"], picked["best_error_at_paper_rate"]
+        ours_err = f"{chosen['test_error']:.2%}" if chosen else "none chosen"
+        ours_kb = (
+            f"{r['fp32_bytes'] / 1000:.0f} KB -> {chosen['size_kb']:.1f} KB" if chosen else "-"
         )
-        ours_err = f"{best['test_error']:.2%}" if best else "none at or below"
-        ours_kb = f"{r['fp32_bytes'] / 1000:.0f} KB -> {best['size_kb']:.1f} KB" if best else "-"
-        ours_rate = f"{best['compression']:.1f}x" if best else "-"
+        ours_rate = f"{chosen['compression']:.1f}x" if chosen else "-"
+        best_txt = f"{best['compression']:.1f}x ({best['test_error']:.2%})" if best else "none"
         at_txt = f"{at['test_error']:.2%} ({at['compression']:.1f}x)" if at else "not reached"
         lines.append(
             f"| {p['network']} | {p['ref_error']:.2%} / {r['reference_test_error']:.2%} | "
             f"{p['error']:.2%} / {ours_err} | {p['kb'][0]} KB -> {p['kb'][1]} KB / {ours_kb} | "
-            f"{p['rate']}x / {ours_rate} | {at_txt} | {r['trials']} ({r['minutes']:.0f}) |"
+            f"{p['rate']}x / {ours_rate} | {best_txt} | {at_txt} | "
+            f"{r['trials']} ({r['minutes']:.0f}, {r.get('workers', 1)}) |"
         )
     return "\n".join(lines) + "\n"
 

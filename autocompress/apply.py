@@ -23,6 +23,7 @@ from torch import nn
 
 from autocompress.data import Split, TensorData, as_split, gather_inputs
 from autocompress.errors import RecipeError
+from autocompress.hardware import torch_threads
 from autocompress.measure import (
     deploy_for_target,
     measure_deployed,
@@ -94,21 +95,21 @@ def rebuild(
     teacher = TeacherOutputs(workload.model, workload.train) if config.get("distillation") else None
     path = Path(artifact_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
     # Same thread count as the study: float sums in fine-tuning then round the same way.
-    torch.set_num_threads(int(recipe.target.get("threads", threads)))
+    threads = int(recipe.target.get("threads", torch.get_num_threads()))
     try:
-        compressed = compress(
-            workload.model,
-            config,
-            path,
-            task=workload.task,
-            train=workload.train,
-            example_input=workload.example_input,
-            teacher_outputs=teacher,
-            replay=recipe.records,
-            calibration_rows=CALIBRATION_ROWS,
-        )
+        with torch_threads(threads):
+            compressed = compress(
+                workload.model,
+                config,
+                path,
+                task=workload.task,
+                train=workload.train,
+                example_input=workload.example_input,
+                teacher_outputs=teacher,
+                replay=recipe.records,
+                calibration_rows=CALIBRATION_ROWS,
+            )
     except RecipeError:
         raise
     except Exception as e:  # noqa: BLE001 - a recipe that does not fit is the user's to know
@@ -116,8 +117,6 @@ def rebuild(
         raise RecipeError(
             f"the recipe does not apply to this model: {type(e).__name__}: {text}"
         ) from None
-    finally:
-        torch.set_num_threads(threads)
     _check_records(recipe, compressed)
     return Rebuilt(compressed, notes)
 

@@ -34,6 +34,7 @@ from autocompress.data import (
     take_rows,
 )
 from autocompress.errors import TrialFailure, WorkloadError
+from autocompress.hardware import torch_threads
 from autocompress.tasks import Classification, Task, as_task, eager_runner
 from autocompress.training import TrainingConfig, train
 
@@ -249,17 +250,14 @@ def _train_baseline(workload: Workload, task: Task, cache_dir: Path | None, seed
                 return model.eval()
     torch.manual_seed(seed)
     model = workload.model_factory()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(BASELINE_THREADS)
     try:
-        train(model, workload.train, task, workload.baseline_training, seed=seed)
+        with torch_threads(BASELINE_THREADS):
+            train(model, workload.train, task, workload.baseline_training, seed=seed)
     except TrialFailure as e:
         raise WorkloadError(
             f"workload {workload.name!r}: training the baseline failed ({e}); "
             "give a trained model or a gentler baseline_training"
         ) from None
-    finally:
-        torch.set_num_threads(threads)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

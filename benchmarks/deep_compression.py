@@ -66,16 +66,19 @@ def _search(
     seed: int,
     sampler: str,
     n_trials: int | None,
+    wl: LoadedWorkload | None = None,
 ) -> tuple[optuna.Study, LoadedWorkload, dict[str, Any]]:
     """Create or join the network's study and run its trials for ``minutes`` on one thread.
 
     Every worker process runs this; the first to arrive creates the study (under the storage's
-    lock) and the others join it, so the trial cap ``n_trials`` is shared.
+    lock) and the others join it, so the trial cap ``n_trials`` is shared. ``wl``: the
+    workload when this process has it loaded already.
     """
     torch.set_num_threads(1)
-    wl = load_workload(
-        workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines"
-    )
+    if wl is None:
+        wl = load_workload(
+            workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines"
+        )
     settings = StudySettings(
         workload=workload_name,
         space_text=SPACE.read_text(),
@@ -120,11 +123,13 @@ def run_network(
     args = (workload_name, data_dir, minutes, storage, studies_dir, seed, sampler, n_trials)
     torch.set_num_threads(1)
     # the reference is trained (and cached) before any worker starts, so all share it
-    load_workload(workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines")
+    loaded = load_workload(
+        workload_name, data_dir=data_dir, seed=seed, cache_dir=studies_dir / "baselines"
+    )
     started = time.time()
     with ProcessPoolExecutor(max(workers - 1, 1), mp_context=get_context("spawn")) as pool:
         extra = [pool.submit(_join, *args) for _ in range(workers - 1)]
-        study, wl, info = _search(*args)
+        study, wl, info = _search(*args, wl=loaded)
         for future in extra:
             future.result()
     elapsed = time.time() - started

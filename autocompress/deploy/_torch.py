@@ -28,6 +28,7 @@ from torch import nn
 from autocompress.architecture import HF_CONV1D, bias_of, weight_of
 from autocompress.data import Inputs
 from autocompress.deploy._signature import Signature, flat
+from autocompress.hardware import torch_threads
 
 INT8_ENGINE = "x86"
 _INFO = "autocompress.json"
@@ -157,14 +158,10 @@ def torchscript(
                 optimized = torch.jit.optimize_for_inference(optimized)
         except RuntimeError:  # a graph the pass cannot take: keep the frozen module
             optimized = None
-        saved_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)  # choose under the thread count the target runs with
-        try:
+        with torch_threads(threads):  # choose under the thread count the target runs with
             chosen = optimized is not None and faster_of(
                 optimized, frozen, signature.flatten(timing_input)
             )
-        finally:
-            torch.set_num_threads(saved_threads)
         if chosen and optimized is not None:  # chosen only when there is one
             meta["optimize_for_inference"] = True
             torch.jit.save(frozen, str(path), _extra_files={_INFO: json.dumps(meta)})

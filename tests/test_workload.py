@@ -200,3 +200,39 @@ def test_a_workload_module_that_exits_is_an_error_not_an_exit(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(WorkloadError, match="SystemExit"):
         load_workload("exiting_wl:make", cache_dir=None)
+
+
+def test_a_transformer_baseline_trains_to_the_same_bytes_under_any_callers_thread_count():
+    # With the caller's count (1 or 2 threads) these weights differ; on the fixed count they match.
+    from autocompress.data import TensorData
+    from autocompress.training import TrainingConfig
+    from autocompress.workload import state_sha256
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Linear(16, 64)
+            layer = torch.nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, 2)
+            self.head = torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.head(self.encoder(self.embed(x)).mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 12, 16, generator=g)
+    y = (x[:, :, 0].sum(1) > 0).long() + (x[:, :, 1].sum(1) > 2).long()
+    training = TrainingConfig(epochs=3, batch_size=32, optimizer="adam", lr=1e-3)
+    before, digests = torch.get_num_threads(), []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            workload = Workload(
+                name="encoder", train=TensorData(x[:400], y[:400]),
+                val=TensorData(x[400:500], y[400:500]), test=TensorData(x[500:], y[500:]),
+                model_factory=Encoder, baseline_training=training,
+            )  # fmt: skip
+            digests.append(state_sha256(prepare(workload, seed=0).model.state_dict()))
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]

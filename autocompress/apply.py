@@ -33,6 +33,7 @@ from autocompress.measure import (
 from autocompress.objective import CALIBRATION_ROWS, TRIAL_LATENCY
 from autocompress.pipeline import CompressedModel, compress
 from autocompress.recipe import Recipe, environment_warnings, load_recipe, weights_sha256
+from autocompress.runtimes import RUNTIMES
 from autocompress.settings import Target
 from autocompress.tasks import Task, as_task
 from autocompress.training import TeacherOutputs
@@ -158,6 +159,7 @@ def remeasure(
         int8=recipe.config.get("int8"),
         weights=recipe.config.get("weights"),
         calibration=_calibration(workload, recipe),
+        runtime=recipe.config.get("runtime"),
     )
     measured = measure_deployed(workload, deployed, target, baseline, TRIAL_LATENCY)
     resident = resident_memory_bytes(
@@ -173,6 +175,7 @@ def remeasure(
         "deployed_bytes": deployed.size_bytes,
         "deployed_kind": deployed.kind,
         "deployed": deployed.path,
+        "deployed_files": list(deployed.files),
         "latency_ratio_to_baseline": lat.ratio_to_reference,
         "latency_measured_median_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
@@ -187,10 +190,13 @@ def export_deployables(
     out_dir: str | os.PathLike[str],
     measured: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write the TorchScript (``model.pt``) and ONNX (``model.onnx``) deployable forms.
+    """Write the deployable form of every runtime installed here (``model.pt``,
+    ``model.onnx``, ``model.xml`` + ``.bin``).
 
     With int8 in the recipe, each is the runtime's int8 form (FX static or dynamic int8 for
-    TorchScript; ORT static or dynamic for ONNX), calibrated like the study's.
+    TorchScript; ORT static or dynamic for ONNX; NNCF for OpenVINO), calibrated like the
+    study's. The recipe's own runtime gets the recipe's runtime settings; the others their
+    defaults.
 
     Args:
         workload: The loaded workload (calibration data, example input).
@@ -207,13 +213,18 @@ def export_deployables(
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, str] = {}
     threads = int(recipe.target.get("threads", 1))
-    for fmt, runtime in (("torchscript", "torch"), ("onnx", "onnxruntime")):
-        if measured is not None and runtime == recipe.target.get("runtime", "torch"):
-            results[fmt] = (
-                f"{measured['deployed']} ({measured['deployed_kind']}, "
-                f"{measured['deployed_bytes']:,} bytes, measured above)"
-            )
+    recipe_runtime = recipe.target.get("runtime", "torch")
+    for runtime, cls in RUNTIMES.items():
+        fmt = cls.FORMAT
+        if measured is not None and runtime == recipe_runtime:
+            files = measured.get("deployed_files") or [measured["deployed"]]
+            results[fmt] = _listing(files, measured["deployed_kind"]) + ", measured above"
             continue
+        missing = cls.available()
+        if missing is not None:
+            results[fmt] = f"skipped: {runtime} {missing}"
+            continue
+        settings = recipe.config.get("runtime") if runtime == recipe_runtime else None
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 deployed = deploy_for_target(
@@ -224,13 +235,24 @@ def export_deployables(
                     int8=recipe.config.get("int8"),
                     weights=recipe.config.get("weights"),
                     calibration=_calibration(workload, recipe),
+                    runtime=settings,
                 )
-            results[fmt] = f"{deployed.path} ({deployed.kind}, {deployed.size_bytes:,} bytes)"
+            results[fmt] = _listing(deployed.files, deployed.kind)
         except Exception as e:  # noqa: BLE001 - export fails in many ways; the reason is reported
             msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its text
             msg = msg.splitlines()[0] if msg else ""
             results[fmt] = f"skipped: {type(e).__name__}: {msg}"
     return results
+
+
+def _listing(files: Any, kind: str) -> str:
+    """The deployed file(s) with their kind and sizes on disk, e.g.
+    ``model.xml (openvino-f32, 9,812 bytes) + model.bin (48,100 bytes; 57,912 bytes in all)``."""
+    sizes = [Path(f).stat().st_size for f in files]
+    parts = [f"{files[0]} ({kind}, {sizes[0]:,} bytes)"]
+    parts += [f"{f} ({n:,} bytes)" for f, n in zip(files[1:], sizes[1:], strict=True)]
+    text = " + ".join(parts)
+    return text if len(files) == 1 else text[:-1] + f"; {sum(sizes):,} bytes in all)"
 
 
 def apply_recipe(

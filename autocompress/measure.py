@@ -28,14 +28,16 @@ def deploy_for_target(
     int8: Any = None,
     weights: Any = None,
     calibration: list[Inputs] | None = None,
+    runtime: Any = None,
 ) -> Deployed:
     """Deploy ``model`` on ``target`` (runtime, device, threads): int8 when ``int8`` is given,
-    low-bit weight-only kernels where the runtime has them for ``weights``."""
+    low-bit weight-only kernels where the runtime has them for ``weights``, the runtime's
+    settings from the configuration's ``runtime`` entry (its defaults without one)."""
     return deploy(
         model,
         out_stem,
         example_input=workload.example_input,
-        runtime=target.runtime,
+        runtime=target.runtime_unit(runtime),
         int8=int8,
         weights=weights,
         calibration=calibration,
@@ -93,27 +95,21 @@ def eager_latency_ms(model: nn.Module, inputs: Inputs, latency: LatencySettings)
 
 _PEAK_PROBE = """
 import gc, os, sys, torch
-from autocompress.deploy import load_onnx, load_torchscript
+from autocompress.runtimes import runtime_for_file
 torch.set_num_threads(int(sys.argv[3]))
 inputs = torch.load(sys.argv[2], weights_only=True)
-import onnxruntime  # noqa: F401 - imported before the first reading, like torch
+path = sys.argv[1]
+runtime = runtime_for_file(path)()
+import importlib.util  # the runtime's library imported before the first reading, like torch
+for name in ("onnxruntime", "openvino"):
+    if importlib.util.find_spec(name):
+        importlib.import_module(name)
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 gc.collect()
 before = rss()
-path = sys.argv[1]
-if path.endswith(".onnx"):
-    run = load_onnx(path, int(sys.argv[3]))
-else:
-    module = load_torchscript(path)
-    if isinstance(inputs, tuple):
-        flat = inputs
-    elif isinstance(inputs, dict):
-        flat = tuple(inputs.values())
-    else:
-        flat = (inputs,)
-    run = lambda _: module(*flat)
+run = runtime.load(path, int(sys.argv[3]))
 with torch.inference_mode():
     for _ in range(3):
         run(inputs)

@@ -278,6 +278,7 @@ class Objective:
                 int8=int8,
                 weights=config.get("weights"),
                 calibration=self.calibration if int8 is not None else None,
+                runtime=config.get("runtime"),
             )
             lat = time_against(
                 deployed,
@@ -351,6 +352,7 @@ class Objective:
             int8=int8,
             weights=config.get("weights"),
             calibration=self.calibration if int8 is not None else None,
+            runtime=config.get("runtime"),
         )
         measured = measure_deployed(wl, deployed, target, self.baseline_deployed, self.latency)
         value, test_value, lat = measured["metric"], measured["test_metric"], measured["latency"]

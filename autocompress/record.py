@@ -262,13 +262,13 @@ def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("cheap fidelity first", _yes_no(settings.get("cheap_first"))),
         ("warm start", _yes_no(settings.get("warm_start"))),
     ]
+    if hw.get("isa"):
+        rows.append(("instruction sets", str(hw["isa"])))
     if hw.get("torch"):
-        rows.append(
-            (
-                "software",
-                f"torch {hw['torch']}" + (f", {hw['machine']}" if hw.get("machine") else ""),
-            )
-        )
+        libraries = [f"torch {hw['torch']}"]
+        libraries += [f"{k} {hw[k]}" for k in ("onnxruntime", "openvino", "nncf") if hw.get(k)]
+        machine = [str(hw["machine"])] if hw.get("machine") else []
+        rows.append(("software", ", ".join(libraries + machine)))
     made = [f"autocompress {info['version']}"] if info.get("version") else []
     made += [f"on {info['created']}"] if info.get("created") else []
     if made:

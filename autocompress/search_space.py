@@ -242,7 +242,7 @@ class _Probe(Suggester):
     def __init__(self, facts: Any, values: dict[str, Any]) -> None:
         self.facts, self.chosen, self.values = facts, {}, values
 
-    def __call__(self, param: str) -> Any:
+    def __call__(self, param: str, keep: Callable[[Any], bool] | None = None) -> Any:
         defaults = {"amount": 0.5, "bits": 8, "granularity": "per_channel", "algorithm": "rtn",
                     "embeddings": True, "per_layer": False, "keep_edges_8bit": True,
                     "allocation": "sampled"}  # fmt: skip
@@ -272,24 +272,28 @@ class _TrialSuggester(Suggester):
         self.facts, self.chosen, self.runtime = facts, chosen, runtime
         self.profile = profile
 
-    def __call__(self, param: str) -> Any:
-        return self.space.dims[f"{self.method}.{param}"].suggest(self.trial)
+    def __call__(self, param: str, keep: Callable[[Any], bool] | None = None) -> Any:
+        dim = self.space.dims[f"{self.method}.{param}"]
+        return _kept(dim, dim.name, keep).suggest(self.trial)
 
     def choices(self, param: str) -> tuple[Any, ...] | None:
         return self.space.dims[f"{self.method}.{param}"].values()
 
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:
         dim = self.space.dims[f"{self.method}.{param}"]
-        name = f"{self.method}.{param}.{layer}"
-        values = dim.values()
-        if values is not None and keep is not None:
-            values = tuple(v for v in values if keep(v))
-            dim = (
-                Dimension(name, choices=values)
-                if len(values) > 1
-                else Dimension(name, value=values[0])
-            )
-        return replace(dim, name=name).suggest(self.trial)
+        return _kept(dim, f"{self.method}.{param}.{layer}", keep).suggest(self.trial)
+
+
+def _kept(dim: Dimension, name: str, keep: Callable[[Any], bool] | None) -> Dimension:
+    """``dim`` named ``name``, its choices filtered by ``keep`` (all of them if none is kept:
+    the caller's own check then says why)."""
+    values = dim.values()
+    if values is not None and keep is not None:
+        values = tuple(v for v in values if keep(v)) or values
+        if len(values) > 1:
+            return Dimension(name, choices=values)
+        return Dimension(name, value=values[0])
+    return replace(dim, name=name)
 
 
 def _is_number(v: Any) -> bool:

@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from autocompress.deploy import RUNTIMES, onnxruntime_available
 from autocompress.errors import AutocompressError
+from autocompress.runtimes import RUNTIMES, Runtime, targets
 from autocompress.search_space import SearchSpace, parse_search_space_text
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
-TARGETS = ("cpu-torch", "cpu-onnxruntime", "cuda-torch", "cuda-onnxruntime")
+TARGETS = targets()
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class Target:
         device: ``cpu`` or ``cuda``.
         threads: Intra-op threads the model runs with.
         batch_size: The batch latency is measured at.
-        runtime: ``torch`` (TorchScript / FX int8) or ``onnxruntime``.
+        runtime: A name in :data:`~autocompress.runtimes.RUNTIMES`: ``torch`` (TorchScript,
+            FX int8, bf16), ``onnxruntime`` or ``openvino``.
     """
 
     device: str = "cpu"
@@ -34,11 +35,17 @@ class Target:
 
     @classmethod
     def parse(cls, name: str, threads: int = 1, batch_size: int = 32) -> Target:
-        """``cpu-torch``, ``cpu-onnxruntime``, ``cuda-torch`` or ``cuda-onnxruntime``."""
+        """A name of :data:`TARGETS`: ``cpu-torch``, ``cpu-onnxruntime``, ``cpu-openvino``..."""
         if name not in TARGETS:
             raise AutocompressError(f"--target {name!r}: use one of {', '.join(TARGETS)}")
         device, runtime = name.split("-", 1)
         return cls(device=device, threads=threads, batch_size=batch_size, runtime=runtime)
+
+    def runtime_unit(self, settings: Any = None) -> Runtime:
+        """The runtime with a trial's settings (its ``runtime`` method), or its defaults."""
+        if settings is None:
+            return RUNTIMES[self.runtime]()
+        return settings.build()
 
     @property
     def name(self) -> str:
@@ -48,16 +55,21 @@ class Target:
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise AutocompressError(f"runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
-        if self.runtime == "onnxruntime" and not onnxruntime_available():
-            raise AutocompressError(
-                "--target *-onnxruntime needs onnxruntime: pip install onnxruntime"
-            )
+        missing = RUNTIMES[self.runtime].available()
+        if missing is not None:
+            raise AutocompressError(f"--target {self.name} {missing}")
         if self.device not in ("cpu", "cuda"):
             raise AutocompressError(f"--device {self.device!r}: use cpu or cuda")
+        if self.device not in RUNTIMES[self.runtime].DEVICES:
+            cpu = [t for t in TARGETS if t.startswith("cpu-")]
+            raise AutocompressError(
+                f"--target {self.name}: the {self.runtime} runtime runs on the CPU only; "
+                f"use one of {', '.join(cpu)}"
+            )
         if self.device == "cuda" and not torch.cuda.is_available():
             raise AutocompressError(
                 f"--target {self.name}: this machine has no CUDA GPU that PyTorch can see; "
-                "use --target cpu-torch or cpu-onnxruntime"
+                "use a CPU target: " + ", ".join(t for t in TARGETS if t.startswith("cpu-"))
             )
         if self.threads < 1:
             raise AutocompressError(f"--threads {self.threads}: use 1 or more")

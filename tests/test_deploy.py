@@ -134,7 +134,7 @@ def test_dynamic_int8_on_a_model_without_linear_layers_fails_as_int8(tmp_path):
 
 def test_cpu_torch_keeps_the_faster_form_and_reloads_it(tiny, tmp_path, monkeypatch):
     """optimize_for_inference is kept only when timed faster, and the file says so."""
-    import autocompress.deploy._torch as torch_deploy
+    import autocompress.runtimes._torchscript_tools as torch_deploy
     from autocompress.deploy import load_torchscript
 
     x = tiny.val.x[:32]

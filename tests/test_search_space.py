@@ -95,7 +95,8 @@ def test_suggest_is_conditional(facts):
         params = trial.params
         seen.update(config.methods)
         for name in space.methods:
-            on = params.get(f"{name}.enabled", False)
+            fixed = space.dims[f"{name}.enabled"].value is True  # always on: runtime
+            on = params.get(f"{name}.enabled", fixed)
             declared = [k for k in params if k.startswith(f"{name}.") and k != f"{name}.enabled"]
             if not on:
                 assert not declared, (name, declared)

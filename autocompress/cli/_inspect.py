@@ -62,7 +62,8 @@ def study_status(
 
         autocompress study status demo
     """
-    from autocompress.record import budget_words, metric_name, study_info
+    from autocompress.hardware import hardware_fingerprint, same_hardware
+    from autocompress.record import budget_words, metric_name, settings_rows, study_info
     from autocompress.study import load_study, summarize
 
     with _user_errors():
@@ -74,6 +75,20 @@ def study_status(
             f"{s['n_trials']} trials, {s['seconds']:.0f} s of trial time",
             highlight=False,
         )
+        # Ratios hold for a host: where and with what the latencies were measured.
+        rows = dict(settings_rows(info))
+        for key in ("target", "instruction sets", "software"):
+            if key in rows:
+                console.print(f"{key}: {rows[key]}", highlight=False, soft_wrap=True)
+        hw = info.get("hardware") or {}
+        here = hardware_fingerprint(str(hw.get("device", "cpu")), int(hw.get("threads", 1) or 1))
+        if hw and not same_hardware(here, hw):
+            console.print(
+                f"[yellow]note:[/] this machine ({here['cpu']}) is not the one the study "
+                "measured on: its latencies are that machine's",
+                highlight=False,
+                soft_wrap=True,
+            )
         console.print(
             "by state: "
             + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "no trials yet")

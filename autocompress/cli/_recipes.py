@@ -198,6 +198,7 @@ def apply_command(
         measured = remeasure(wl, rebuilt.compressed, r, out_dir)
         exports = export_deployables(wl, rebuilt.compressed, r, out_dir, measured=measured)
         deployed = measured.pop("deployed")
+        files = measured.pop("deployed_files")
         table = Table("metric", "recipe", "re-measured", "difference", title=f"{recipe.name}")
         for key in measured:
             want, got = r.metrics.get(key), measured[key]
@@ -211,12 +212,14 @@ def apply_command(
         console.print(table)
         console.print(f"packed model: {rebuilt.compressed.artifact_path} "
                       f"({measured['packed_bytes']:,} bytes)", highlight=False)  # fmt: skip
-        console.print(f"measured on {r.target.get('runtime', 'torch')}: {deployed} "
+        shown = " + ".join(files) if len(files) > 1 else deployed
+        console.print(f"measured on {r.target.get('runtime', 'torch')}: {shown} "
                       f"({measured['deployed_bytes']:,} bytes)", highlight=False)  # fmt: skip
         for fmt, where in exports.items():
             console.print(f"{fmt}: {where}", highlight=False)
         console.print(
             "load the packed model with autocompress.pipeline.load_compressed(PATH, baseline, "
-            "example_input, task); the .pt with autocompress.deploy.load_torchscript(PATH)",
+            "example_input, task); a deployed file (.pt, .onnx, .xml) with "
+            "autocompress.deploy.load_deployed(PATH)",
             highlight=False,
         )

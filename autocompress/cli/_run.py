@@ -139,8 +139,8 @@ def study_run(
     target: Annotated[
         str | None,
         typer.Option(
-            help="Where the model runs: cpu-torch (default), cpu-onnxruntime, cuda-torch, "
-            "cuda-onnxruntime."
+            help="Where the model runs: cpu-torch (default), cpu-onnxruntime, cpu-openvino "
+            "(pip install 'autocompress[openvino]'), cuda-torch, cuda-onnxruntime."
         ),
     ] = None,
     threads: Annotated[
@@ -273,6 +273,10 @@ def _print_baseline(info: dict[str, Any], settings: Any) -> None:
         f"{(b.get('packed_bytes') or 0) / 1000:.1f} KB; budget: {budget_words(info)}",
         soft_wrap=True,
     )
+    from autocompress.methods.runtime import not_offered
+
+    for line in not_offered(settings.space(), t.runtime, t.device):
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 
 def worker(

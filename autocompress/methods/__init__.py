@@ -16,6 +16,7 @@ from autocompress.methods.finetune import Finetune
 from autocompress.methods.heads import HeadPruning
 from autocompress.methods.int8 import Int8
 from autocompress.methods.mlp import MlpPruning
+from autocompress.methods.runtime import RuntimeSettings
 from autocompress.methods.structured import StructuredPruning
 from autocompress.methods.unstructured import UnstructuredPruning
 from autocompress.methods.weights import WeightQuantization
@@ -23,7 +24,8 @@ from autocompress.methods.weights import WeightQuantization
 # In pipeline order within each stage; a method's parameters are suggested in this order too
 # (fine-tuning sees the chosen weight quantization, distillation the chosen fine-tuning).
 # Depth first, so that head and MLP pruning work on the kept blocks; the transformer methods
-# before structured pruning, which leaves attention and MLP outputs to them.
+# before structured pruning, which leaves attention and MLP outputs to them. The runtime's own
+# settings come after int8, whose mode decides which of them a trial uses.
 METHODS: dict[str, type[Method]] = {
     "depth": DepthPruning,
     "heads": HeadPruning,
@@ -32,6 +34,7 @@ METHODS: dict[str, type[Method]] = {
     "unstructured": UnstructuredPruning,
     "weights": WeightQuantization,
     "int8": Int8,
+    "runtime": RuntimeSettings,
     "finetune": Finetune,
     "distillation": Distillation,
 }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from torch import nn
 
 from autocompress.data import Inputs, Split
+from autocompress.params import Param
 from autocompress.tasks import Task
 
 if TYPE_CHECKING:
@@ -25,32 +26,6 @@ if TYPE_CHECKING:
     from autocompress.pipeline import CompressionConfig
 
 STAGES = ("prune", "train", "quantize", "deploy")
-
-
-@dataclass(frozen=True)
-class Param:
-    """One searchable parameter of a method.
-
-    Attributes:
-        kind: ``bool``, ``int``, ``float`` or ``str``.
-        default: What a search space that omits the parameter gets: a value, a list of
-            choices or a ``{"low", "high"}`` range.
-        help: One line for users.
-        choices: The values allowed, when the parameter is categorical by nature.
-        bounds: The closed range allowed, for numbers.
-    """
-
-    kind: type
-    default: Any
-    help: str
-    choices: tuple[Any, ...] | None = None
-    bounds: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in (bool, int, float, str):
-            raise TypeError(f"a parameter's kind is bool, int, float or str, not {self.kind}")
-        if self.kind is bool and self.choices is None:
-            object.__setattr__(self, "choices", (False, True))
 
 
 @dataclass
@@ -126,8 +101,8 @@ class Suggester:
     Attributes:
         facts: The baseline's architecture facts (layer names, transformer parts).
         chosen: Methods already chosen for this trial, by name (earlier in ``METHODS``).
-        runtime: The target's runtime (``torch`` or ``onnxruntime``): a method may ask only
-            for the settings that runtime uses.
+        runtime: The target's runtime (a name in :data:`autocompress.runtimes.RUNTIMES`): a
+            method may ask only for the settings that runtime uses.
         profile: The study's sensitivity profile (:mod:`autocompress.sensitivity`), measured
             once when the study was created, or ``None`` outside a study that has one.
     """
@@ -137,8 +112,9 @@ class Suggester:
     runtime: str = "torch"
     profile: Mapping[str, Any] | None = None
 
-    def __call__(self, param: str) -> Any:
-        """The value of the method's parameter ``param`` (suggested, or fixed by the space)."""
+    def __call__(self, param: str, keep: Callable[[Any], bool] | None = None) -> Any:
+        """The value of the method's parameter ``param`` (suggested, or fixed by the space),
+        among its choices that ``keep`` accepts when given."""
         raise NotImplementedError
 
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:

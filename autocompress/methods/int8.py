@@ -10,6 +10,10 @@ never assumed).
   (Hugging Face models, attention), dynamic is ``torch.ao.quantization.quantize_dynamic``.
 - ``cpu-onnxruntime``: ONNX Runtime's ``quantize_static`` (QDQ or QOperator, MinMax / Entropy /
   Percentile calibration) or ``quantize_dynamic``, on the exported float model.
+- ``cpu-openvino``: NNCF's ``quantize`` (static; its preset and SmoothQuant alpha are the
+  runtime's settings) or int8 weights with the CPU plugin's dynamic activation quantization.
+
+Each runtime declares which of these settings it reads (``INT8_PARAMS``); only those are asked.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import ClassVar
 from torch import nn
 
 from autocompress.methods._base import Context, Method, Param, Suggester
+from autocompress.runtimes import RUNTIMES
 
 MODES = ("static", "dynamic")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -69,9 +74,9 @@ class Int8(Method):
         weights = s.chosen.get("weights")
         if weights is not None and getattr(weights, "bits", 8) > 8:
             return None  # int8 kernels need weights of 8 bits or fewer
-        # Calibration method and graph format are ONNX Runtime's: not asked for elsewhere.
-        ort_only = ("calibration", "quant_format")
-        values = {k: s(k) for k in cls.SEARCH if s.runtime == "onnxruntime" or k not in ort_only}
+        # Each runtime reads its own subset (ORT's calibration method and graph format).
+        used = RUNTIMES[s.runtime].INT8_PARAMS
+        values = {k: s(k) for k in cls.SEARCH if k in used}
         if values.get("mode") == "dynamic":
             values.pop("calibration", None), values.pop("quant_format", None)
         return cls(**values)

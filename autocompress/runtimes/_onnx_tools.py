@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from autocompress.data import Inputs
-from autocompress.deploy._signature import Signature, flat
+from autocompress.runtimes._signature import Signature, flat
 
 OUTPUT_NAME = "output"
 

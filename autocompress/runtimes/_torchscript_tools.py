@@ -27,8 +27,8 @@ from torch import nn
 
 from autocompress.architecture import HF_CONV1D, bias_of, weight_of
 from autocompress.data import Inputs
-from autocompress.deploy._signature import Signature, flat
 from autocompress.hardware import torch_threads
+from autocompress.runtimes._signature import Signature, flat
 
 INT8_ENGINE = "x86"
 _INFO = "autocompress.json"

@@ -1,0 +1,166 @@
+"""ONNX Runtime: the float model exported to ONNX, ORT's int8 or weight-only low-bit forms.
+
+int8 is ORT's static (QDQ / QOperator, MinMax / Entropy / Percentile calibration) or dynamic
+quantization of the export; weights of 8 bits or fewer without int8 are deployed as
+``MatMulNBits``. The ONNX path never depends on PyTorch's int8 tracer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from autocompress.data import Inputs
+from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, step_failure
+from autocompress.runtimes._onnx_tools import (
+    export_onnx,
+    feeds,
+    onnxruntime_available,
+    quantize_dynamic_int8,
+    quantize_static_int8,
+    quantize_weights_nbits,
+    session,
+)
+from autocompress.runtimes._signature import Signature
+
+
+def nbits(weights: Any) -> tuple[int, int | None] | None:
+    """(bits, block size) of a weight-only low-bit deployment of ``weights``, or ``None``."""
+    if weights is None or weights.bits > 8 or weights.granularity == "per_tensor":
+        return None
+    bits = 4 if max([weights.bits, *weights.layer_bits.values()]) <= 4 else 8
+    group = weights.granularity.removeprefix("group")
+    return bits, int(group) if group.isdigit() else None
+
+
+def _run_session(sess: Any, signature: Signature) -> Callable[[Inputs], torch.Tensor]:
+    def run(inputs: Inputs) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, feeds(signature, inputs))[0])
+
+    return run
+
+
+@dataclass(frozen=True)
+class OnnxRuntime(Runtime):
+    """ONNX Runtime's CPU (or CUDA) execution provider, all graph optimisations on."""
+
+    name: ClassVar[str] = "onnxruntime"
+    FORMAT: ClassVar[str] = "onnx"
+    DEVICES: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    SUFFIXES: ClassVar[tuple[str, ...]] = (".onnx",)
+    INT8_PARAMS: ClassVar[tuple[str, ...]] = (
+        "mode", "per_channel", "calibration", "quant_format", "reduce_range",
+    )  # fmt: skip
+
+    @classmethod
+    def available(cls) -> str | None:
+        if onnxruntime_available():
+            return None
+        return "needs onnxruntime: pip install onnxruntime"
+
+    def deploy(self, model: nn.Module, out_stem: Path, request: DeployRequest) -> Deployed:
+        path = out_stem.with_suffix(".onnx")
+        int8, device = request.int8, request.device
+        low_bits = None if int8 is not None or device != "cpu" else nbits(request.weights)
+        fp32_path = path.with_suffix(".fp32.onnx") if int8 is not None or low_bits else path
+        signature = export_onnx(model, request.example, fp32_path)
+        kind = "onnx-fp32"
+        notes: list[str] = []
+        if low_bits is not None:
+            kind = self._weight_only(fp32_path, path, low_bits, request.weights, notes) or kind
+        if int8 is not None:
+            kind = self._int8(fp32_path, path, signature, request)
+        try:
+            sess = session(path, request.threads, device)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001
+            if int8 is not None:
+                raise step_failure("int8", f"loading the {kind} model in ONNX Runtime", e) from e
+            raise
+        return Deployed(
+            _run_session(sess, signature), kind, str(path), path.stat().st_size, device, notes
+        )
+
+    @staticmethod
+    def _weight_only(
+        fp32_path: Path,
+        path: Path,
+        low_bits: tuple[int, int | None],
+        weights: Any,
+        notes: list[str],
+    ) -> str | None:
+        bits, block = low_bits
+        try:
+            count = quantize_weights_nbits(
+                fp32_path, path, bits=bits, block_size=block, embeddings=weights.embeddings
+            )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - a failed weight-only export keeps the float file
+            count = 0
+            notes.append(
+                f"MatMulNBits weight-only export failed ({type(e).__name__}); deployed fp32"
+            )
+        if not count:
+            fp32_path.replace(path)
+            return None
+        fp32_path.unlink(missing_ok=True)
+        notes.append(
+            f"{count} MatMul/Gather nodes deployed as ONNX Runtime {bits}-bit weight-only "
+            "(smaller file; other layers float32)"
+        )
+        return f"onnx-matmulnbits-int{bits}"
+
+    @staticmethod
+    def _int8(fp32_path: Path, path: Path, signature: Signature, request: DeployRequest) -> str:
+        int8 = request.int8
+        try:
+            if int8.mode == "static":
+                if request.calibration is None:
+                    raise ValueError("static int8 needs calibration batches")
+                quantize_static_int8(
+                    fp32_path,
+                    path,
+                    signature,
+                    request.calibration,
+                    per_channel=int8.per_channel,
+                    reduce_range=int8.reduce_range,
+                    quant_format=int8.quant_format,
+                    calibration_method=int8.calibration,
+                )
+                return f"onnx-{int8.quant_format}-int8"
+            quantize_dynamic_int8(
+                fp32_path, path, per_channel=int8.per_channel, reduce_range=int8.reduce_range
+            )
+            return "onnx-dynamic-int8"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise step_failure("int8", f"ONNX Runtime {int8.mode} int8", e) from e
+        finally:
+            fp32_path.unlink(missing_ok=True)
+
+    def load(
+        self, path: str | os.PathLike[str], threads: int = 1
+    ) -> Callable[[Inputs], torch.Tensor]:
+        sess = session(Path(path), threads)
+        names = tuple(i.name for i in sess.get_inputs())
+
+        def run(inputs: Inputs) -> torch.Tensor:
+            kind = (
+                "dict"
+                if isinstance(inputs, dict)
+                else "tuple"
+                if isinstance(inputs, tuple)
+                else "tensor"
+            )
+            return torch.from_numpy(sess.run(None, feeds(Signature(kind, names), inputs))[0])
+
+        return run

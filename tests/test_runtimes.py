@@ -205,7 +205,7 @@ def test_the_search_asks_only_what_the_host_offers_and_the_runtime_uses(facts, m
     rows = _suggested("openvino", facts)
     precisions = {r.build().precision for r, _, _ in rows}
     assert precisions == {"f32", "f16"}  # bf16 is never tried on a host without it
-    for settings, int8, params in rows:
+    for _settings, int8, params in rows:
         static = getattr(int8, "mode", None) == "static"
         # NNCF's knobs are asked for only when static int8 runs
         assert ("runtime.int8_preset" in params) == static

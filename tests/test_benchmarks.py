@@ -538,3 +538,42 @@ def test_gptq_vs_rtn_reports_the_ratio_of_its_two_errors() -> None:
     result = gptq_vs_rtn.run()
     assert result["rtn_over_gptq"] == pytest.approx(result["rtn"] / result["gptq"])
     assert result["gptq"] < result["rtn"]  # the property the benchmark claims
+
+
+def test_practitioner_recipes_compare_the_front_with_the_fastest_feasible_recipe(
+    tmp_path: Path,
+) -> None:
+    from benchmarks import practitioner_recipes
+
+    pytest.importorskip("openvino")
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    settings = StudySettings(workload=TINY_MLP, space_text=TINY_SPACE.read_text(),
+                             target=Target(runtime="openvino", batch_size=8),
+                             max_metric_drop=1.0, warm_start=False)  # fmt: skip
+    study, settings, wl, info = create_or_resume("p", open_storage(url), settings,
+                                                 studies_dir=tmp_path)  # fmt: skip
+    run_trials(study, settings, wl, info, n_trials=2, studies_dir=tmp_path)
+    recipes = ("torch-eager-fp32", "ort-fp32", "openvino-default")
+    payload = practitioner_recipes.run(
+        TINY_MLP, "p", url, tmp_path, out_dir=tmp_path / "out", recipes=recipes, timing=QUICK
+    )
+    saved = json.loads(
+        (tmp_path / "out" / "practitioner-tests.tiny_workloads-tiny.json").read_text()
+    )
+    assert set(saved["recipes"]) == set(recipes)
+    for row in saved["recipes"].values():
+        assert {"speedup_vs_eager", "val_metric", "test_metric", "deployed_bytes"} <= set(row)
+    # eager against itself: its outputs are the reference
+    assert saved["recipes"]["torch-eager-fp32"]["cosine_to_fp32"] == pytest.approx(1.0)
+    front = payload["front_best"]
+    fastest = min((t for t in load_study("p", url).trials if is_feasible(t)),
+                  key=lambda t: (t.values[1], t.number))  # fmt: skip
+    assert front["trial"] == fastest.number
+    assert front["deployed_bytes"] == fastest.user_attrs["deployed_bytes"]  # .xml + .bin
+    feasible = {k: r for k, r in payload["recipes"].items() if r["feasible"]}
+    best = payload["fastest_feasible_recipe"]
+    assert best == max(feasible, key=lambda k: feasible[k]["speedup_vs_eager"])
+    if front["feasible"]:
+        expected = front["speedup_vs_eager"] / feasible[best]["speedup_vs_eager"]
+        assert payload["front_over_best_recipe"] == pytest.approx(expected)
+    assert saved["host"]["cpu"] and "load_average" in saved["host"]

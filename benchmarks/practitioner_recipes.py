@@ -111,41 +111,20 @@ def _ort_fp32(wl: LoadedWorkload, out: Path) -> tuple[Run, int]:
     return load_onnx(path), _files_bytes(path)
 
 
-def _transformer_type(model: torch.nn.Module) -> tuple[str, int, int] | None:
-    """(optimizer model type, heads, hidden size) of a Hugging Face BERT or GPT-2 inside."""
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        kind = getattr(config, "model_type", None)
-        if kind in ("bert", "gpt2", "vit"):
-            heads = getattr(config, "num_attention_heads", None) or config.n_head
-            hidden = getattr(config, "hidden_size", None) or config.n_embd
-            return kind, int(heads), int(hidden)
-    return None
-
-
 def _ort_fused_int8(wl: LoadedWorkload, out: Path, facts: dict[str, Any]) -> tuple[Run, int]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     fp32 = out / "fused-fp32.onnx"
-    export_onnx(wl.model, wl.example_input, fp32)
-    kind = _transformer_type(wl.model)
-    source = fp32
+    kind = transformer_type(wl.model)
+    export_onnx(with_eager_attention(wl.model) if kind else wl.model, wl.example_input, fp32)
     if kind is not None:
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        with _quiet():
-            optimized = optimize_model(str(fp32), model_type=kind[0], num_heads=kind[1],
-                                       hidden_size=kind[2])  # fmt: skip
-        facts["fused_operators"] = {
-            k: v for k, v in optimized.get_fused_operator_statistics().items() if v
-        }
-        source = out / "fused-opt.onnx"
-        optimized.save_model_to_file(str(source))
+        facts["fused_operators"] = fuse_transformer(fp32, kind)
     else:
         facts["fused_operators"] = "not a BERT/GPT-2/ViT: no transformer fusion"
     path = out / "ort-fused-int8.onnx"
     with _quiet():
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": 1})  # float: fused ops  # fmt: skip
     return load_onnx(path), _files_bytes(path)
 
 

@@ -178,6 +178,7 @@ int8:
   enabled: [false, true]
   mode: [static, dynamic]
 runtime:
+  graph: [plain, fused]
   precision: [f32, bf16, f16]
   int8_preset: [performance, mixed]
   smooth_quant: {low: 0.5, high: 0.95}
@@ -207,9 +208,9 @@ def test_the_search_asks_only_what_the_host_offers_and_the_runtime_uses(facts, m
     assert precisions == {"f32", "f16"}  # bf16 is never tried on a host without it
     for _settings, int8, params in rows:
         static = getattr(int8, "mode", None) == "static"
-        # NNCF's knobs are asked for only when static int8 runs
+        # NNCF's preset only when static int8 runs; SmoothQuant never on a CNN
         assert ("runtime.int8_preset" in params) == static
-        assert ("runtime.smooth_quant" in params) == static
+        assert "runtime.smooth_quant" not in params
         # the int8 method asks OpenVINO for its mode only (ORT's calibration is not asked)
         assert not any(
             k.startswith("int8.") and k not in ("int8.enabled", "int8.mode") for k in params
@@ -218,6 +219,28 @@ def test_the_search_asks_only_what_the_host_offers_and_the_runtime_uses(facts, m
     assert not_offered(space, "openvino") == [
         "runtime.precision: bf16 not offered by openvino on this CPU; searching f32, f16"
     ]
+
+
+def test_onnxruntime_asks_to_fuse_only_a_transformer(facts):
+    from autocompress.architecture import model_facts
+
+    assert all("runtime.graph" not in params for _, _, params in _suggested("onnxruntime", facts))
+    bert_facts = model_facts(bert(), tokens(2, 8))
+    rows = _suggested("onnxruntime", bert_facts, n=12)
+    assert {settings.build().graph for settings, _, _ in rows} == {"plain", "fused"}
+
+
+@pytest.mark.parametrize("make", [bert, gpt2], ids=["bert", "gpt2"])
+def test_fused_onnx_graphs_keep_the_outputs_and_list_what_was_fused(tmp_path, make):
+    from autocompress.runtimes import OnnxRuntime
+
+    model, x = make(), tokens(3, 12, 1)
+    d = deploy(model, tmp_path / "m", example_input=tokens(2, 8), runtime=OnnxRuntime("fused"))
+    assert d.kind == "onnx-fused-fp32"
+    assert "SkipLayerNormalization x4" in " ".join(d.notes)  # two blocks, two norms each
+    torch.testing.assert_close(d.run(x), _eager(model, x), rtol=1e-4, atol=1e-4)
+    plain = deploy(model, tmp_path / "p", example_input=tokens(2, 8), runtime="onnxruntime")
+    assert "fused" not in " ".join(plain.notes)
 
 
 def test_torch_asks_for_precision_only_without_int8(facts):

@@ -122,7 +122,7 @@ class RuntimeSettings(Method):
         runtime = RUNTIMES[s.runtime]
         settings = {}
         for key, param in runtime.SEARCH.items():
-            if runtime.asks(key, s.chosen):
+            if runtime.asks(key, s.chosen, s.facts):
                 keep = _keep(host_choices(s.runtime, key), param.choices)
                 settings[key] = s(key, keep=keep)
         return cls(runtime=s.runtime, settings=settings)

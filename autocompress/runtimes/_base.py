@@ -145,8 +145,9 @@ class Runtime:
         return None
 
     @classmethod
-    def asks(cls, param: str, chosen: Mapping[str, Any]) -> bool:
-        """Whether a trial with the methods ``chosen`` uses ``param`` (else it is not asked)."""
+    def asks(cls, param: str, chosen: Mapping[str, Any], facts: Any = None) -> bool:
+        """Whether a trial with the methods ``chosen`` on a model with the architecture
+        ``facts`` uses ``param`` (else it is not asked)."""
         return True
 
     def params(self) -> dict[str, Any]:

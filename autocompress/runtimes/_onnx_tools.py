@@ -179,6 +179,7 @@ def quantize_dynamic_int8(
     fp32_path: Path, path: Path, *, per_channel: bool, reduce_range: bool
 ) -> None:
     """ONNX Runtime dynamic int8: int8 weights, activation ranges measured per batch."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_quantizer():
@@ -188,6 +189,8 @@ def quantize_dynamic_int8(
             per_channel=per_channel,
             reduce_range=reduce_range,
             weight_type=QuantType.QInt8,
+            # Fused operators (com.microsoft domain) have no shape inference: float by default.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
 
 
@@ -262,3 +265,51 @@ def session(path: Path, threads: int, device: str = "cpu") -> Any:
     if device == "cuda":
         providers.insert(0, "CUDAExecutionProvider")
     return ort.InferenceSession(str(path), options, providers=providers)
+
+
+# onnxruntime.transformers.optimizer's model types for the Hugging Face model types it fuses.
+FUSABLE = {"bert": "bert", "gpt2": "gpt2", "vit": "vit"}
+
+
+def transformer_type(model: nn.Module) -> tuple[str, int, int] | None:
+    """(optimizer model type, heads, hidden size) of the Hugging Face BERT, GPT-2 or ViT in
+    ``model``, or ``None``."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        kind = FUSABLE.get(str(getattr(config, "model_type", "")))
+        if kind is None:
+            continue
+        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+        return kind, int(heads), int(hidden)
+    return None
+
+
+def with_eager_attention(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose Hugging Face attention is the eager (MatMul/Softmax) form,
+    the one ONNX Runtime's optimizer recognises; ``model`` itself where there is none."""
+    targets = [m for m in model.modules() if hasattr(m, "set_attn_implementation")]
+    if not targets:
+        return model
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if hasattr(module, "set_attn_implementation"):
+            with contextlib.suppress(Exception):  # a model that offers no eager form keeps its own
+                module.set_attn_implementation("eager")
+    return model
+
+
+def fuse_transformer(path: Path, kind: tuple[str, int, int]) -> dict[str, int]:
+    """Rewrite the ONNX file at ``path`` with ONNX Runtime's transformer optimizer (attention,
+    layer norm, GELU fusions; no float16); return the fused operators and their counts.
+
+    The heads and hidden size are detected from the graph (0): after head or width pruning
+    they are no longer the configuration's.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _quiet_quantizer():
+        optimized = optimize_model(str(path), model_type=kind[0], num_heads=0, hidden_size=0)
+        fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized.save_model_to_file(str(path))
+    return fused

@@ -17,15 +17,19 @@ import torch
 from torch import nn
 
 from autocompress.data import Inputs
+from autocompress.params import Param
 from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, step_failure
 from autocompress.runtimes._onnx_tools import (
     export_onnx,
     feeds,
+    fuse_transformer,
     onnxruntime_available,
     quantize_dynamic_int8,
     quantize_static_int8,
     quantize_weights_nbits,
     session,
+    transformer_type,
+    with_eager_attention,
 )
 from autocompress.runtimes._signature import Signature
 
@@ -48,7 +52,15 @@ def _run_session(sess: Any, signature: Signature) -> Callable[[Inputs], torch.Te
 
 @dataclass(frozen=True)
 class OnnxRuntime(Runtime):
-    """ONNX Runtime's CPU (or CUDA) execution provider, all graph optimisations on."""
+    """ONNX Runtime's CPU (or CUDA) execution provider, all graph optimisations on.
+
+    Attributes:
+        graph: ``plain`` (the export as it is) or ``fused``: for Hugging Face BERT, GPT-2 and
+            ViT models, exported with eager attention and rewritten by ONNX Runtime's
+            transformer optimizer (fused attention, layer norm and GELU) before any int8.
+    """
+
+    graph: str = "plain"
 
     name: ClassVar[str] = "onnxruntime"
     FORMAT: ClassVar[str] = "onnx"
@@ -57,6 +69,16 @@ class OnnxRuntime(Runtime):
     INT8_PARAMS: ClassVar[tuple[str, ...]] = (
         "mode", "per_channel", "calibration", "quant_format", "reduce_range",
     )  # fmt: skip
+    SEARCH: ClassVar[dict[str, Param]] = {
+        "graph": Param(str, "plain", "ONNX Runtime: fuse a BERT/GPT-2/ViT graph with its "
+                       "transformer optimizer", choices=("plain", "fused")),
+    }  # fmt: skip
+
+    @classmethod
+    def asks(cls, param: str, chosen: Any, facts: Any = None) -> bool:
+        if param == "graph":  # only a transformer has something to fuse
+            return facts is None or getattr(facts, "transformer", None) is not None
+        return True
 
     @classmethod
     def available(cls) -> str | None:
@@ -69,9 +91,13 @@ class OnnxRuntime(Runtime):
         int8, device = request.int8, request.device
         low_bits = None if int8 is not None or device != "cpu" else nbits(request.weights)
         fp32_path = path.with_suffix(".fp32.onnx") if int8 is not None or low_bits else path
-        signature = export_onnx(model, request.example, fp32_path)
-        kind = "onnx-fp32"
         notes: list[str] = []
+        fusable = transformer_type(model) if self.graph == "fused" else None
+        exported = with_eager_attention(model) if fusable else model
+        signature = export_onnx(exported, request.example, fp32_path)
+        kind = "onnx-fp32"
+        if self.graph == "fused":
+            kind = self._fuse(fp32_path, fusable, notes) or kind
         if low_bits is not None:
             kind = self._weight_only(fp32_path, path, low_bits, request.weights, notes) or kind
         if int8 is not None:
@@ -87,6 +113,21 @@ class OnnxRuntime(Runtime):
         return Deployed(
             _run_session(sess, signature), kind, str(path), path.stat().st_size, device, notes
         )
+
+    @staticmethod
+    def _fuse(path: Path, fusable: tuple[str, int, int] | None, notes: list[str]) -> str | None:
+        if fusable is None:
+            notes.append("graph fused: not a Hugging Face BERT, GPT-2 or ViT; nothing fused")
+            return None
+        try:
+            fused = fuse_transformer(path, fusable)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise step_failure("runtime", "ONNX Runtime transformer optimizer", e) from e
+        listed = ", ".join(f"{op} x{n}" for op, n in sorted(fused.items())) or "nothing"
+        notes.append(f"ONNX Runtime transformer optimizer ({fusable[0]}) fused: {listed}")
+        return "onnx-fused-fp32"
 
     @staticmethod
     def _weight_only(

@@ -164,9 +164,12 @@ class OpenVINO(Runtime):
         return cpu_precisions() if param == "precision" else None
 
     @classmethod
-    def asks(cls, param: str, chosen: Mapping[str, Any]) -> bool:
-        if param in ("int8_preset", "smooth_quant"):
-            return getattr(chosen.get("int8"), "mode", None) == "static"
+    def asks(cls, param: str, chosen: Mapping[str, Any], facts: Any = None) -> bool:
+        static = getattr(chosen.get("int8"), "mode", None) == "static"
+        if param == "smooth_quant":  # SmoothQuant applies to attention models only
+            return static and (facts is None or getattr(facts, "transformer", None) is not None)
+        if param == "int8_preset":
+            return static
         return True
 
     def __post_init__(self) -> None:

@@ -112,7 +112,7 @@ class TorchRuntime(Runtime):
         return PRECISIONS if any(f in cpu_flags() for f in BF16_FLAGS) else ("f32",)
 
     @classmethod
-    def asks(cls, param: str, chosen: Any) -> bool:
+    def asks(cls, param: str, chosen: Any, facts: Any = None) -> bool:
         return not (param == "precision" and chosen.get("int8") is not None)
 
     def deploy(self, model: nn.Module, out_stem: Path, request: DeployRequest) -> Deployed:

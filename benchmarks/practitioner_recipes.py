@@ -60,6 +60,11 @@ from autocompress.hardware import cpu_flags
 from autocompress.latency import LatencySettings, measure_latency
 from autocompress.record import allowed_worsening, feasible_front, study_info, worsening
 from autocompress.runtimes import has_attention
+from autocompress.runtimes._onnx_tools import (
+    fuse_transformer,
+    transformer_type,
+    with_eager_attention,
+)
 from autocompress.study import artifact_dir, load_study
 from autocompress.workload import LoadedWorkload, load_workload
 from benchmarks.common import RESULTS, machine

@@ -281,7 +281,7 @@ def transformer_type(model: nn.Module) -> tuple[str, int, int] | None:
             continue
         heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
         hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
-        return kind, int(heads), int(hidden)
+        return kind, int(heads or 0), int(hidden or 0)
     return None
 
 
@@ -295,7 +295,7 @@ def with_eager_attention(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if hasattr(module, "set_attn_implementation"):
             with contextlib.suppress(Exception):  # a model that offers no eager form keeps its own
-                module.set_attn_implementation("eager")
+                getattr(module, "set_attn_implementation")("eager")  # noqa: B009 - typed Tensor
     return model
 
 

@@ -1,7 +1,7 @@
 """A static report of a study: the Pareto front in 2-D, hypervolume over trials, importances.
 
 Two forms: one self-contained HTML file (figures embedded as base64 PNGs, opens offline) or one
-PNG image. The hypervolume is Optuna's own (``optuna._hypervolume.compute_hypervolume``) over
+PNG image. The hypervolume (:mod:`autocompress.hypervolume`, exact) is over
 the feasible trials, in minimisation form (accuracy negated), with a reference point fixed by
 the baseline: accuracy = baseline - budget, latency and size = 1.1 x baseline. It is also shown
 as a fraction of the box between that reference and the ideal point (accuracy 1, latency 0,
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
+from autocompress.hypervolume import hypervolume
 from autocompress.record import (
     allowed_worsening,
     as_losses,
@@ -109,7 +109,7 @@ def hypervolume_history(
         loss = as_losses(info, list(t.values))
         if np.all(np.array(loss) <= reference):
             points.append(loss)
-        hv = compute_hypervolume(np.array(points), reference) if points else 0.0
+        hv = hypervolume(points, reference) if points else 0.0
         history.append((t.number, float(hv), float(hv) / ideal_box if ideal_box > 0 else 0.0))
     return history
 

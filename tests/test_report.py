@@ -121,6 +121,23 @@ def test_report_command(study, studies, tmp_path):
     assert result.exit_code == 2 and "--format 'pdf'" in result.output
 
 
+def test_report_takes_its_format_from_the_name_or_refuses_a_mismatch(study, studies, tmp_path):
+    url = f"sqlite:///{studies / 's.db'}"
+    png = tmp_path / "x.png"
+    result = CliRunner().invoke(app, ["report", "dash", "--storage", url, "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # a PNG, not HTML under that name
+    html = tmp_path / "x.html"
+    result = CliRunner().invoke(app, ["report", "dash", "--storage", url, "--out", str(html)])
+    assert result.exit_code == 0 and html.read_text().lstrip().lower().startswith("<!doctype html")
+    clash = tmp_path / "y.png"
+    result = CliRunner().invoke(
+        app, ["report", "dash", "--storage", url, "--out", str(clash), "--format", "html"]
+    )
+    assert result.exit_code == 2 and "ends in .png but --format is html" in result.output
+    assert not clash.exists()
+
+
 # --- the pictures -----------------------------------------------------------------------------
 
 # Beyond TRIALS: two trials far off the feasible region, one in accuracy, one in latency and size.

@@ -207,9 +207,13 @@ def report(
         Path | None, typer.Option(help="Output file (default: NAME-report.html or .png).")
     ] = None,
     fmt: Annotated[
-        str,
-        typer.Option("--format", help="html (self-contained, opens offline) or png (one image)."),
-    ] = "html",
+        str | None,
+        typer.Option(
+            "--format",
+            help="html (self-contained, opens offline) or png (one image); default: from the "
+            "--out extension, else html.",
+        ),
+    ] = None,
 ) -> None:
     """Write a static report: Pareto front projections, hypervolume over trials, importances.
 
@@ -222,8 +226,16 @@ def report(
     from autocompress.study import load_study
 
     with _user_errors():
+        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+        if fmt is None:
+            fmt = suffix if suffix in FORMATS else "html"
         if fmt not in FORMATS:
             raise AutocompressError(f"--format {fmt!r}: use html or png")
+        if suffix in FORMATS and suffix != fmt:
+            raise AutocompressError(
+                f"--out {out} ends in .{suffix} but --format is {fmt}: give a matching name, or "
+                "leave --format out to take it from the name"
+            )
         path = out or Path(f"{name}-report.{fmt}")
         check_output_path(path, "report", AutocompressError)
         study = load_study(name, _existing_storage(storage))

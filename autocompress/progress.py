@@ -16,7 +16,11 @@ class RichReporter:
     """Receives the objective's events and drives two rich progress bars."""
 
     def __init__(
-        self, n_trials: int | None, console: Console | None = None, metric: str = "accuracy"
+        self,
+        n_trials: int | None,
+        console: Console | None = None,
+        metric: str = "accuracy",
+        completed: int = 0,
     ) -> None:
         self.console = console or Console(stderr=True)
         self.metric = metric
@@ -28,9 +32,10 @@ class RichReporter:
             console=self.console,
             transient=False,
         )
-        self.study_task = self.progress.add_task("study", total=n_trials)
+        self.study_task = self.progress.add_task("study", total=n_trials, completed=completed)
         self.trial_task = self.progress.add_task("trial", total=len(_STAGES), visible=False)
         self._epochs = 0
+        self._others: dict[str, int] = {}
 
     def __enter__(self) -> RichReporter:
         self.progress.start()
@@ -61,7 +66,15 @@ class RichReporter:
 
     def trial_finished(self, trial: Any) -> None:
         self.progress.update(self.trial_task, visible=False)
-        self.progress.advance(self.study_task)
+        # The budget counts completed trials: stopped and failed ones are told apart, not
+        # counted (the bar read 23/20 when three trials had stopped early).
+        if trial.state.name == "COMPLETE":
+            self.progress.advance(self.study_task)
+        else:
+            word = "stopped" if trial.state.name == "PRUNED" else "failed"
+            self._others[word] = self._others.get(word, 0) + 1
+            extra = ", ".join(f"{n} {w}" for w, n in sorted(self._others.items()))
+            self.progress.update(self.study_task, description=f"study ({extra})")
         if trial.state.name == "COMPLETE":
             value, lat, size = trial.values
             mark = "" if is_feasible(trial) else "  [yellow](over the budget)[/]"

@@ -201,3 +201,30 @@ def test_demo_tops_up_to_its_total(digits, tmp_path):
     assert "already has 2 completed trials" in result.output
     result = runner.invoke(app, ["study", "status", "demo", "--storage", url])
     assert "COMPLETE 2" in result.output
+
+
+def test_the_study_bar_counts_completed_trials_and_names_the_others():
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from autocompress.progress import RichReporter
+
+    reporter = RichReporter(2, Console(file=io.StringIO(), width=120))
+
+    def trial(number, state, **attrs):
+        values = (0.9, 1.0, 10.0) if state == "COMPLETE" else None
+        return SimpleNamespace(number=number, state=SimpleNamespace(name=state), values=values,
+                               user_attrs={"stopped_reason": "stopped early", **attrs},
+                               system_attrs={}, constraints=None)  # fmt: skip
+
+    with reporter:
+        for t in (trial(0, "PRUNED"), trial(1, "COMPLETE"), trial(2, "FAIL"), trial(3, "COMPLETE")):
+            reporter.trial_finished(t)
+    study = reporter.progress.tasks[reporter.study_task]
+    assert (study.completed, study.total) == (2, 2)  # 2/2, not 4/2
+    assert study.description == "study (1 failed, 1 stopped)"
+    # --total 4 on a study that has 3: the bar starts at 3 of 4
+    resumed = RichReporter(4, Console(file=io.StringIO()), completed=3)
+    assert resumed.progress.tasks[resumed.study_task].completed == 3

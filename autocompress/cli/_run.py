@@ -69,13 +69,16 @@ def _loop(
 
     # Failed trials are reported with their reason; Optuna's log would add tracebacks.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    done = 0
     if total is not None:
         done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
         if done >= total and n_trials is None:
             err_console.print(f"study {study.study_name!r} already has {done} completed trials")
     bar_total = n_trials if n_trials is not None else total
+    # --total counts the study's completed trials: the bar starts where the study is.
+    start = done if n_trials is None else 0
     try:
-        with RichReporter(bar_total, err_console, info["task"]["metric"]) as reporter:
+        with RichReporter(bar_total, err_console, info["task"]["metric"], start) as reporter:
             # Each feasible trial uploads its recipe as an Optuna artifact before it completes.
             return run_trials(
                 study, settings, workload, info,

@@ -25,6 +25,7 @@ import optuna
 from autocompress.errors import SearchSpaceError
 from autocompress.methods import METHODS, Method, Param, Suggester
 from autocompress.pipeline import CompressionConfig
+from autocompress.runtimes import RUNTIMES
 from autocompress.safe_input import load_yaml, read_text
 
 FORMAT_VERSION = 2
@@ -146,7 +147,7 @@ class SearchSpace:
                 chosen[name] = method
         return CompressionConfig(chosen, seed)
 
-    def warm_starts(self, facts: Any = None) -> list[dict[str, Any]]:
+    def warm_starts(self, facts: Any = None, runtime: str = "torch") -> list[dict[str, Any]]:
         """Known-good starting points, one per family, as parameters this space allows.
 
         int8 alone (real int8 kernels, usually no accuracy cost; dynamic int8 for models with
@@ -166,12 +167,14 @@ class SearchSpace:
         }
         soft_off = {"finetune": False, "distillation": False, **transformer_off}
         # Attention models keep int8 activations badly (outliers; static int8 cost MiniLM 67
-        # points of recall): their int8 start is dynamic, which is also the fast CPU form.
+        # points of recall on ORT): their int8 start is the mode the runtime says suits them
+        # (dynamic, or static where the runtime's quantizer handles outliers).
         attention = facts is not None and getattr(facts, "transformer", None) is not None
+        attention_int8 = RUNTIMES[runtime].ATTENTION_INT8
         families: list[dict[str, Any]] = [
             {**off, **soft_off, "weights": True, "weights.bits": 8,
              "weights.granularity": "per_channel", "int8": True,
-             "int8.mode": "dynamic" if attention else "static",
+             "int8.mode": attention_int8 if attention else "static",
              "finetune.epochs": 0},
             {**off, "structured": True, "structured.amount": 0.5, "weights": True,
              "weights.bits": 8, "weights.granularity": "per_channel", "int8": True,

@@ -141,6 +141,7 @@ class OpenVINO(Runtime):
     FORMAT: ClassVar[str] = "openvino"
     SUFFIXES: ClassVar[tuple[str, ...]] = (".xml",)
     INT8_PARAMS: ClassVar[tuple[str, ...]] = ("mode",)
+    ATTENTION_INT8: ClassVar[str] = "static"  # NNCF's transformer model type with SmoothQuant
     SEARCH: ClassVar[dict[str, Param]] = {
         "precision": Param(str, "f32", "float precision the model runs in (as the CPU offers)",
                            choices=PRECISIONS),

@@ -100,8 +100,13 @@ def step_failure(step: str, message: str, cause: BaseException | None = None) ->
     """A trial failure blamed on the method ``step`` (``int8``, ``weights``, ``runtime``)."""
     detail = ""
     if cause is not None:
-        text = str(cause).strip()
-        detail = f": {type(cause).__name__}: {text.splitlines()[0] if text else ''}"
+        lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+        # A first line that only names where the error came from (OpenVINO's "Exception
+        # from src/...:") says nothing; the cause is then the last line.
+        text = lines[0] if lines else ""
+        if len(lines) > 1 and text.startswith("Exception from"):
+            text = lines[-1]
+        detail = f": {type(cause).__name__}: {text[:300]}"
     failure = TrialFailure(f"{step} failed: {message}{detail}")
     failure.method = step  # type: ignore[attr-defined]
     return failure

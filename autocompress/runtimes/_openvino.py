@@ -28,7 +28,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -109,6 +109,21 @@ def _runner(compiled: Any, names: tuple[str, ...]) -> Callable[[Inputs], torch.T
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return run
+
+
+def _last_line(error: BaseException) -> str:
+    """OpenVINO's errors start with the call stack's files: the cause is the last line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(error).__name__
+
+
+def _blamed(request: DeployRequest) -> str:
+    """The step a failure to compile the deployed model is blamed on."""
+    if request.int8 is not None:
+        return "int8"
+    if request.weights is not None and request.weights.bits <= 8:
+        return "weights"
+    return "runtime"
 
 
 def _low_bit_constants(model: Any) -> int:
@@ -199,24 +214,54 @@ class OpenVINO(Runtime):
             onnx_path = Path(tmp) / "model.onnx"
             signature = export_onnx(model, request.example, onnx_path)
             ov_model = ov.convert_model(str(onnx_path))
+        float_model = ov_model
         notes: list[str] = []
-        kind = f"openvino-{self.precision}"
-        dynamic = False
-        if request.int8 is not None:
-            ov_model, kind, dynamic = self._int8(ov_model, signature, request, notes)
-        elif request.weights is not None and request.weights.bits <= 8:
-            ov_model, kind = self._weight_only(ov_model, request.weights, notes, kind)
-        ov_model.set_rt_info(self.precision, [_RT_INFO])
-        ov_model.set_rt_info(str(dynamic), [_RT_DYNAMIC])
-        ov.save_model(ov_model, str(xml), compress_to_fp16=self.precision != "f32")
+        ov_model, kind, dynamic = self._compress(float_model, signature, request, notes)
+        files = (str(xml), str(xml.with_suffix(".bin")))
+        try:
+            compiled = self._save_and_compile(ov_model, xml, request.threads, dynamic)
+        except RuntimeError as e:
+            static = getattr(request.int8, "mode", None) == "static"
+            if not (static and request.attention):
+                raise step_failure(_blamed(request), "compiling the OpenVINO model", e) from e
+            # NNCF's transformer model type can leave a graph the CPU plugin cannot fold
+            # (seen on GPT-2 exports); the default model type compiles.
+            notes = [f"NNCF's transformer model type gave a graph the CPU plugin rejects "
+                     f"({_last_line(e)}); quantized with the default model type"]  # fmt: skip
+            ov_model, kind, dynamic = self._compress(
+                float_model, signature, replace(request, attention=False), notes
+            )
+            try:
+                compiled = self._save_and_compile(ov_model, xml, request.threads, dynamic)
+            except RuntimeError as again:
+                raise step_failure("int8", "compiling the OpenVINO model", again) from again
         if self.precision != "f32":
             notes.append("float weights stored as float16 in the .bin")
-        files = (str(xml), str(xml.with_suffix(".bin")))
-        compiled = _compile(str(xml), self.precision, request.threads, dynamic)
         return Deployed(
             _runner(compiled, signature.names), kind, str(xml), files_size(files), "cpu",
             notes, files,
         )  # fmt: skip
+
+    def _compress(
+        self, ov_model: Any, signature: Signature, request: DeployRequest, notes: list[str]
+    ) -> tuple[Any, str, bool]:
+        """The float model with the request's int8 or low-bit weights: model, kind, dynamic."""
+        if request.int8 is not None:
+            return self._int8(ov_model, signature, request, notes)
+        if request.weights is not None and request.weights.bits <= 8:
+            compressed, kind = self._weight_only(
+                ov_model, request.weights, notes, f"openvino-{self.precision}"
+            )
+            return compressed, kind, False
+        return ov_model, f"openvino-{self.precision}", False
+
+    def _save_and_compile(self, ov_model: Any, xml: Path, threads: int, dynamic: bool) -> Any:
+        import openvino as ov
+
+        ov_model.set_rt_info(self.precision, [_RT_INFO])
+        ov_model.set_rt_info(str(dynamic), [_RT_DYNAMIC])
+        ov.save_model(ov_model, str(xml), compress_to_fp16=self.precision != "f32")
+        return _compile(str(xml), self.precision, threads, dynamic)
 
     def _int8(
         self, ov_model: Any, signature: Signature, request: DeployRequest, notes: list[str]

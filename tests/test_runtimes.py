@@ -299,3 +299,46 @@ def test_a_study_on_cpu_openvino_runs_exports_and_applies(tmp_path, monkeypatch)
     assert xml.exists() and bin_.exists()
     # the size the apply reports is both files, as the study recorded
     assert done[0].user_attrs["deployed_bytes"] == xml.stat().st_size + bin_.stat().st_size
+
+
+@openvino_only
+def test_a_transformer_int8_graph_the_cpu_rejects_is_quantized_again_plainly(tmp_path, monkeypatch):
+    from autocompress.runtimes import OpenVINO
+
+    real = OpenVINO._save_and_compile
+    model_types = []
+
+    def compile_rejecting_the_first(self, ov_model, xml, threads, dynamic):
+        model_types.append(ov_model.get_rt_info()["nncf"]["quantization"]["model_type"].astype(str)
+                           if ov_model.has_rt_info(["nncf", "quantization", "model_type"])
+                           else None)  # fmt: skip
+        if len(model_types) == 1:
+            raise RuntimeError(
+                "Exception from src/inference/src/cpp/core.cpp:132:\nCheck 'x' failed"
+            )
+        return real(self, ov_model, xml, threads, dynamic)
+
+    monkeypatch.setattr(OpenVINO, "_save_and_compile", compile_rejecting_the_first)
+    model, x = bert(), tokens(3, 12, 1)
+    d = deploy(model, tmp_path / "m", example_input=tokens(2, 8), runtime="openvino",
+               int8=Int8(mode="static"), calibration=[tokens(4, 8, s) for s in range(3)])  # fmt: skip
+    assert len(model_types) == 2 and model_types[0] != model_types[1]
+    assert d.kind == "openvino-nncf-int8"
+    assert "rejects (Check 'x' failed); quantized with the default model type" in d.notes[0]
+    assert "default model type" in d.notes[1]
+    assert (d.run(x) - _eager(model, x)).abs().max() < 0.1
+
+
+@openvino_only
+def test_a_float_graph_the_cpu_rejects_fails_as_the_runtime_with_the_cause(tmp_path, monkeypatch):
+    from autocompress.runtimes import OpenVINO
+
+    def reject(self, ov_model, xml, threads, dynamic):
+        raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:132:\nno kernel for X")
+
+    monkeypatch.setattr(OpenVINO, "_save_and_compile", reject)
+    with pytest.raises(
+        TrialFailure, match="compiling the OpenVINO model: RuntimeError: no kernel"
+    ) as err:
+        deploy(_cnn(), tmp_path / "m", example_input=_image(2), runtime="openvino")
+    assert err.value.method == "runtime"

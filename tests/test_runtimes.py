@@ -320,8 +320,9 @@ def test_a_transformer_int8_graph_the_cpu_rejects_is_quantized_again_plainly(tmp
 
     monkeypatch.setattr(OpenVINO, "_save_and_compile", compile_rejecting_the_first)
     model, x = bert(), tokens(3, 12, 1)
+    calibration = [tokens(4, 8, s) for s in range(3)]
     d = deploy(model, tmp_path / "m", example_input=tokens(2, 8), runtime="openvino",
-               int8=Int8(mode="static"), calibration=[tokens(4, 8, s) for s in range(3)])  # fmt: skip
+               int8=Int8(mode="static"), calibration=calibration)  # fmt: skip
     assert len(model_types) == 2 and model_types[0] != model_types[1]
     assert d.kind == "openvino-nncf-int8"
     assert "rejects (Check 'x' failed); quantized with the default model type" in d.notes[0]

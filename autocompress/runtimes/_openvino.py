@@ -332,9 +332,19 @@ class OpenVINO(Runtime):
         bits = max([weights.bits, *weights.layer_bits.values()])
         group = weights.granularity.removeprefix("group")
         if bits <= 4:
+            from nncf.quantization.advanced_parameters import (
+                AdvancedCompressionParameters,
+                GroupSizeFallbackMode,
+            )
+
             mode = nncf.CompressWeightsMode.INT4_SYM
             extra: dict[str, Any] = {"group_size": int(group) if group.isdigit() else -1}
             extra["ratio"] = 1.0
+            # A pruned layer whose width the group does not divide gets the largest power of
+            # two below it that does (NNCF's ADJUST), instead of failing the trial.
+            extra["advanced_parameters"] = AdvancedCompressionParameters(
+                group_size_fallback_mode=GroupSizeFallbackMode.ADJUST
+            )
         else:
             mode, extra = nncf.CompressWeightsMode.INT8_SYM, {}
         try:

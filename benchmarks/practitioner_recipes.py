@@ -60,6 +60,7 @@ from autocompress.hardware import cpu_flags
 from autocompress.latency import LatencySettings, measure_latency
 from autocompress.record import allowed_worsening, feasible_front, study_info, worsening
 from autocompress.runtimes import has_attention
+from autocompress.runtimes._base import files_size
 from autocompress.runtimes._onnx_tools import (
     fuse_transformer,
     transformer_type,
@@ -76,7 +77,7 @@ Run = Callable[[Inputs], torch.Tensor]
 
 
 def _files_bytes(*paths: Path) -> int:
-    return sum(p.stat().st_size for p in paths)
+    return files_size(paths)
 
 
 @contextlib.contextmanager

@@ -195,13 +195,7 @@ class OnnxRuntime(Runtime):
         names = tuple(i.name for i in sess.get_inputs())
 
         def run(inputs: Inputs) -> torch.Tensor:
-            kind = (
-                "dict"
-                if isinstance(inputs, dict)
-                else "tuple"
-                if isinstance(inputs, tuple)
-                else "tensor"
-            )
-            return torch.from_numpy(sess.run(None, feeds(Signature(kind, names), inputs))[0])
+            signature = Signature.named(inputs, names)
+            return torch.from_numpy(sess.run(None, feeds(signature, inputs))[0])
 
         return run

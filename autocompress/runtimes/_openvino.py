@@ -98,14 +98,7 @@ def _runner(compiled: Any, names: tuple[str, ...]) -> Callable[[Inputs], torch.T
     request = compiled.create_infer_request()
 
     def run(inputs: Inputs) -> torch.Tensor:
-        kind = (
-            "dict"
-            if isinstance(inputs, dict)
-            else "tuple"
-            if isinstance(inputs, tuple)
-            else "tensor"
-        )
-        request.infer(feeds(Signature(kind, names), inputs))
+        request.infer(feeds(Signature.named(inputs, names), inputs))
         return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
     return run

@@ -30,6 +30,13 @@ class Signature:
     kind: str
     names: tuple[str, ...]
 
+    @classmethod
+    def named(cls, inputs: Inputs, names: tuple[str, ...]) -> Signature:
+        """The signature of ``inputs`` under a loaded graph's input ``names``."""
+        if isinstance(inputs, Mapping):
+            return cls("dict", names)
+        return cls("tuple" if isinstance(inputs, tuple | list) else "tensor", names)
+
     def flatten(self, inputs: Inputs) -> tuple[torch.Tensor, ...]:
         """The input tensors in signature order."""
         if self.kind == "dict":

@@ -43,6 +43,7 @@ from autocompress.record import (
     objective_names,
     study_info,
 )
+from autocompress.runtimes import RUNTIMES
 from autocompress.sensitivity import profile_for
 from autocompress.settings import SAMPLERS, TARGETS, StudySettings, Target
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
@@ -179,10 +180,14 @@ def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) ->
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on the user's target
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        other = "cpu-torch" if target.name != "cpu-torch" else "cpu-onnxruntime"
+        others = [
+            t for t in TARGETS
+            if t.startswith(f"{target.device}-") and t != target.name
+            and RUNTIMES[t.split("-", 1)[1]].available() is None
+        ]  # fmt: skip
         raise WorkloadError(
             f"the baseline cannot be deployed or run on {target.name} ({type(e).__name__}: "
-            f"{text}); try --target {other}"
+            f"{text}); try --target {' or '.join(others) or 'cpu-torch'}"
         ) from None
     if not finite(value):
         raise WorkloadError(

@@ -365,3 +365,20 @@ def test_an_exact_repeat_without_fine_tuning_is_not_run_again(digits, tmp_path, 
     assert study.trials[1].user_attrs["duplicate_of"] == 0
     assert "not run again" in study.trials[1].user_attrs["stopped_reason"]
     assert "duplicate_of" not in study.trials[3].user_attrs  # fine-tuning is seeded per trial
+
+
+def test_a_baseline_that_cannot_deploy_names_the_other_targets_of_its_device(
+    tiny, tmp_path, monkeypatch
+):
+    import autocompress.study as study_module
+    from autocompress.errors import WorkloadError
+    from autocompress.settings import Target
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no kernel for this op")
+
+    monkeypatch.setattr(study_module, "deploy_for_target", refuse)
+    with pytest.raises(WorkloadError, match="no kernel for this op") as err:
+        study_module.measure_baseline(tiny, Target(runtime="onnxruntime"), tmp_path)
+    hint = str(err.value).split("try --target ", 1)[1]
+    assert "cpu-torch" in hint and "cpu-onnxruntime" not in hint and "cuda" not in hint

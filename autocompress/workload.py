@@ -7,13 +7,16 @@ returns a :class:`LoadedWorkload`, whose every field is set.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import math
 import os
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,12 +157,51 @@ class LoadedWorkload:
         )  # fmt: skip
 
 
-def _import_user_workload(ref: str) -> Workload:
-    module_name, _, func_name = ref.partition(":")
+def _import_module(module_name: str) -> Any:
+    """``module_name`` as ``python -m`` finds it (the current folder first), or a ``.py`` file
+    by path (its folder first, so that it imports its neighbours)."""
+    if module_name.endswith(".py") or os.sep in module_name or "/" in module_name:
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"no file {path}")
+        name = f"autocompress_workload_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{path} is not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        with _first_on_path(str(path.parent)):
+            spec.loader.exec_module(module)
+        return module
+    with _first_on_path(os.getcwd()):
+        return importlib.import_module(module_name)
+
+
+@contextlib.contextmanager
+def _first_on_path(folder: str) -> Iterator[None]:
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
-        module = importlib.import_module(module_name)
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def _import_user_workload(ref: str) -> Workload:
+    module_name, _, func_name = ref.rpartition(":")
+    try:
+        module = _import_module(module_name)
     except KeyboardInterrupt:
         raise
+    except ModuleNotFoundError as e:
+        raise WorkloadError(
+            f"workload {ref!r}: cannot import module {module_name!r} ({e}); looked in the "
+            f"current folder {os.getcwd()} and the installed packages: run from the folder "
+            "that holds it, install its package, or give its file: --workload "
+            "path/to/file.py:function"
+        ) from None
     except BaseException as e:  # noqa: BLE001 - SystemExit too: any import failure is the user's
         raise WorkloadError(
             f"workload {ref!r}: cannot import module {module_name!r} ({type(e).__name__}: {e})"
@@ -304,7 +346,8 @@ def load_workload(
     """Resolve ``ref`` to a checked workload with a trained baseline in eval mode.
 
     Args:
-        ref: A built-in name or ``package.module:function``.
+        ref: A built-in name, ``package.module:function`` (found from the current folder
+            too, as ``python -m`` does) or ``path/to/file.py:function``.
         data_dir: Where a built-in workload's data is (MNIST's IDX files).
         cache_dir: Where trained baselines are cached; ``None`` disables the cache.
         seed: Seed of the baseline's training.
@@ -324,7 +367,7 @@ def load_workload(
     else:
         raise WorkloadError(
             f"unknown workload {ref!r}: use one of {', '.join(BUILTIN_WORKLOADS)} "
-            "or package.module:function"
+            "or package.module:function or path/to/file.py:function"
         )
     return prepare(workload, cache_dir=cache_dir, seed=seed)
 

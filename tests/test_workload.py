@@ -1,5 +1,6 @@
 import gzip
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -236,3 +237,63 @@ def test_a_transformer_baseline_trains_to_the_same_bytes_under_any_callers_threa
     finally:
         torch.set_num_threads(before)
     assert digests[0] == digests[1]
+
+
+_USER_MODULE = """
+import torch
+from torch import nn
+from autocompress.workload import Workload
+from {helper} import rows
+
+def make_workload():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    return Workload(model=model, train=rows(64, 0), val=rows(32, 1), test=rows(32, 2))
+"""
+_HELPER = """
+import torch
+def rows(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, generator=g), torch.randint(0, 2, (n,), generator=g)
+"""
+
+
+def _user_package(root):
+    """``mywl/sig1d.py`` importing its neighbour ``mywl/data_rows.py``, as users lay them out."""
+    package = root / "mywl"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data_rows.py").write_text(_HELPER)
+    (package / "sig1d.py").write_text(_USER_MODULE.format(helper="mywl.data_rows"))
+    (root / "alone").mkdir()
+    (root / "alone" / "helper_rows.py").write_text(_HELPER)
+    (root / "alone" / "wl.py").write_text(_USER_MODULE.format(helper="helper_rows"))
+
+
+def test_a_module_in_the_current_folder_loads_as_python_m_finds_it(tmp_path, monkeypatch):
+    _user_package(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    wl = load_workload("mywl.sig1d:make_workload", cache_dir=None)
+    assert wl.name == "mywl.sig1d:make_workload" and len(wl.val) == 32
+    assert str(tmp_path) not in sys.path  # the folder is searched, not left on the path
+    for name in [m for m in sys.modules if m == "mywl" or m.startswith("mywl.")]:
+        del sys.modules[name]  # other tests must not find it imported
+
+
+def test_a_file_by_path_loads_with_its_neighbours(tmp_path, monkeypatch):
+    _user_package(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    wl = load_workload("alone/wl.py:make_workload", cache_dir=None)
+    assert len(wl.test) == 32
+    with pytest.raises(WorkloadError, match="no file .*missing.py"):
+        load_workload("alone/missing.py:make_workload", cache_dir=None)
+
+
+def test_a_module_not_found_names_the_folder_searched_and_the_fixes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WorkloadError) as err:
+        load_workload("nowhere_pkg.sig1d:make_workload", cache_dir=None)
+    message = str(err.value)
+    assert f"looked in the current folder {tmp_path}" in message
+    assert "--workload path/to/file.py:function" in message and "\n" not in message

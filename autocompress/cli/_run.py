@@ -122,7 +122,7 @@ def study_run(
         str | None,
         typer.Option(
             help="Built-in digits, mnist-mlp, mnist-lenet5, tiny-lm, minilm, or "
-            "package.module:function (default: digits)."
+            "package.module:function, path/to/file.py:function (default: digits)."
         ),
     ] = None,
     space: Annotated[

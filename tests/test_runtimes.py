@@ -302,17 +302,23 @@ def test_a_study_on_cpu_openvino_runs_exports_and_applies(tmp_path, monkeypatch)
 
 
 @openvino_only
-def test_a_transformer_int8_graph_the_cpu_rejects_is_quantized_again_plainly(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "rejected, how",
+    [(1, "converted from PyTorch directly"), (2, "quantized with the default model type")],
+)
+def test_a_transformer_int8_graph_the_cpu_rejects_is_built_another_way(
+    tmp_path, monkeypatch, rejected, how
+):
     from autocompress.runtimes import OpenVINO
 
     real = OpenVINO._save_and_compile
     model_types = []
 
     def compile_rejecting_the_first(self, ov_model, xml, threads, dynamic):
-        model_types.append(ov_model.get_rt_info()["nncf"]["quantization"]["model_type"].astype(str)
-                           if ov_model.has_rt_info(["nncf", "quantization", "model_type"])
-                           else None)  # fmt: skip
-        if len(model_types) == 1:
+        key = ["nncf", "quantization", "model_type"]
+        model_types.append(ov_model.get_rt_info(key).astype(str)
+                           if ov_model.has_rt_info(key) else None)  # fmt: skip
+        if len(model_types) <= rejected:
             raise RuntimeError(
                 "Exception from src/inference/src/cpp/core.cpp:132:\nCheck 'x' failed"
             )
@@ -323,11 +329,15 @@ def test_a_transformer_int8_graph_the_cpu_rejects_is_quantized_again_plainly(tmp
     calibration = [tokens(4, 8, s) for s in range(3)]
     d = deploy(model, tmp_path / "m", example_input=tokens(2, 8), runtime="openvino",
                int8=Int8(mode="static"), calibration=calibration)  # fmt: skip
-    assert len(model_types) == 2 and model_types[0] != model_types[1]
+    assert len(model_types) == rejected + 1
+    assert model_types[0] == "transformer" and model_types[1] == "transformer"
+    if rejected == 2:  # the last way gives up the transformer model type
+        assert model_types[2] != "transformer"
     assert d.kind == "openvino-nncf-int8"
-    assert "rejects (Check 'x' failed); quantized with the default model type" in d.notes[0]
-    assert "default model type" in d.notes[1]
+    assert f"rejects (Check 'x' failed); {how}" in d.notes[0]
     assert (d.run(x) - _eager(model, x)).abs().max() < 0.1
+    # what was measured is what reloads: input names as the export's
+    torch.testing.assert_close(load_deployed(d.path)(x), d.run(x), rtol=0, atol=0)
 
 
 @openvino_only

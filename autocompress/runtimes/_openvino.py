@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,6 +118,22 @@ def _blamed(request: DeployRequest) -> str:
     if request.weights is not None and request.weights.bits <= 8:
         return "weights"
     return "runtime"
+
+
+def _convert_direct(model: nn.Module, request: DeployRequest, signature: Signature) -> Any:
+    """``model`` converted by OpenVINO from PyTorch (no ONNX), its inputs named as ours."""
+    import openvino as ov
+
+    from autocompress.runtimes._onnx_tools import exportable
+    from autocompress.runtimes._signature import flat
+
+    wrapped, _, args = flat(exportable(model), request.example)
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings; the result is measured
+        converted = ov.convert_model(wrapped, example_input=args)
+    for port, name in zip(converted.inputs, signature.names, strict=True):
+        port.get_tensor().set_names({name})
+    return converted
 
 
 def _low_bit_constants(model: Any) -> int:
@@ -217,23 +234,49 @@ class OpenVINO(Runtime):
             static = getattr(request.int8, "mode", None) == "static"
             if not (static and request.attention):
                 raise step_failure(_blamed(request), "compiling the OpenVINO model", e) from e
-            # NNCF's transformer model type can leave a graph the CPU plugin cannot fold
-            # (seen on GPT-2 exports); the default model type compiles.
-            notes = [f"NNCF's transformer model type gave a graph the CPU plugin rejects "
-                     f"({_last_line(e)}); quantized with the default model type"]  # fmt: skip
-            ov_model, kind, dynamic = self._compress(
-                float_model, signature, replace(request, attention=False), notes
-            )
-            try:
-                compiled = self._save_and_compile(ov_model, xml, request.threads, dynamic)
-            except RuntimeError as again:
-                raise step_failure("int8", "compiling the OpenVINO model", again) from again
+            # NNCF's transformer model type can leave a graph of our ONNX export that the CPU
+            # plugin cannot fold (GPT-2, pruned or not); the same quantization of the model
+            # converted from PyTorch directly compiles, and else the default model type.
+            rejected = _last_line(e)
+            compiled, ov_model, kind, notes = self._recover(model, float_model, signature,
+                                                            request, xml, rejected)  # fmt: skip
         if self.precision != "f32":
             notes.append("float weights stored as float16 in the .bin")
         return Deployed(
             _runner(compiled, signature.names), kind, str(xml), files_size(files), "cpu",
             notes, files,
         )  # fmt: skip
+
+    def _recover(
+        self,
+        model: nn.Module,
+        float_model: Any,
+        signature: Signature,
+        request: DeployRequest,
+        xml: Path,
+        rejected: str,
+    ) -> tuple[Any, Any, str, list[str]]:
+        """Static int8 of an attention model again, after the CPU plugin rejected the graph."""
+        attempts = (
+            ("converted from PyTorch directly", lambda: _convert_direct(model, request, signature),
+             request),
+            ("quantized with the default model type", lambda: float_model,
+             replace(request, attention=False)),
+        )  # fmt: skip
+        error: BaseException | None = None
+        for how, convert, attempt in attempts:
+            notes = [f"NNCF's transformer int8 of the ONNX export gave a graph the CPU plugin "
+                     f"rejects ({rejected}); {how}"]  # fmt: skip
+            try:
+                ov_model, kind, dynamic = self._compress(convert(), signature, attempt, notes)
+                compiled = self._save_and_compile(ov_model, xml, request.threads, dynamic)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001 - the next way, or the failure below
+                error = e
+                continue
+            return compiled, ov_model, kind, notes
+        raise step_failure("int8", "compiling the OpenVINO model", error) from error
 
     def _compress(
         self, ov_model: Any, signature: Signature, request: DeployRequest, notes: list[str]

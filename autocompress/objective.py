@@ -407,10 +407,8 @@ def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:
     if weights is None or config.get("int8") is not None:
         return []
     bits = getattr(weights, "bits", 32)
-    if bits < 16 and not any(k in deployed.kind for k in ("int8", "matmulnbits")):
-        return [
-            f"{bits}-bit weights run as float32 on {deployed.kind}: smaller artifact, not faster"
-        ]
+    if bits < 16 and not deployed.low_bit_weights:
+        return [f"{bits}-bit weights run as float on {deployed.kind}: smaller artifact, not faster"]
     return []
 
 

@@ -353,3 +353,22 @@ def test_a_float_graph_the_cpu_rejects_fails_as_the_runtime_with_the_cause(tmp_p
     ) as err:
         deploy(_cnn(), tmp_path / "m", example_input=_image(2), runtime="openvino")
     assert err.value.method == "runtime"
+
+
+# Whether each runtime keeps 4-bit weights low-bit in its file (TorchScript runs them as float).
+KEEPS_LOW_BITS = {"torch": False, "onnxruntime": True, "openvino": True}
+
+
+@pytest.mark.parametrize("runtime", AVAILABLE)
+def test_low_bit_weights_are_said_to_run_as_float_only_where_they_do(tmp_path, runtime):
+    from autocompress.objective import _runtime_notes
+    from autocompress.pipeline import CompressionConfig
+
+    weights = WeightQuantization(4, "group32")
+    d = deploy(bert(), tmp_path / "m", example_input=tokens(2, 8), runtime=runtime,
+               weights=weights)  # fmt: skip
+    assert d.low_bit_weights is KEEPS_LOW_BITS[runtime]
+    notes = _runtime_notes(CompressionConfig.of(weights=weights), d)
+    assert bool(notes) is not KEEPS_LOW_BITS[runtime]
+    if notes:
+        assert notes[0].startswith(f"4-bit weights run as float on {d.kind}")

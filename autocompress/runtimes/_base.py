@@ -38,6 +38,9 @@ class Deployed:
         device: Where the model runs (``cpu`` or ``cuda``).
         notes: What a user should know about this form (a fallback taken, float kernels).
         files: Every file the deployed form needs (its size is ``size_bytes``).
+        low_bit_weights: Whether the deployed file stores weights in 8 bits or fewer (int8
+            kernels, ``MatMulNBits``, OpenVINO's compressed weights), so that low-bit weights
+            are not said to run as float where they do not.
     """
 
     run: Callable[[Inputs], torch.Tensor]
@@ -47,6 +50,7 @@ class Deployed:
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
     files: tuple[str, ...] = ()
+    low_bit_weights: bool = False
 
     def __post_init__(self) -> None:
         if not self.files:

@@ -111,8 +111,9 @@ class OnnxRuntime(Runtime):
                 raise step_failure("int8", f"loading the {kind} model in ONNX Runtime", e) from e
             raise
         return Deployed(
-            _run_session(sess, signature), kind, str(path), path.stat().st_size, device, notes
-        )
+            _run_session(sess, signature), kind, str(path), path.stat().st_size, device, notes,
+            low_bit_weights=int8 is not None or kind.startswith("onnx-matmulnbits"),
+        )  # fmt: skip
 
     @staticmethod
     def _fuse(path: Path, fusable: tuple[str, int, int] | None, notes: list[str]) -> str | None:

@@ -244,7 +244,7 @@ class OpenVINO(Runtime):
             notes.append("float weights stored as float16 in the .bin")
         return Deployed(
             _runner(compiled, signature.names), kind, str(xml), files_size(files), "cpu",
-            notes, files,
+            notes, files, low_bit_weights=_low_bit_constants(ov_model) > 0,
         )  # fmt: skip
 
     def _recover(

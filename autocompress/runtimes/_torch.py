@@ -152,7 +152,10 @@ class TorchRuntime(Runtime):
                 args = [t.to(device, non_blocking=True) for t in signature.flatten(inputs)]
                 return runner(*args).cpu()
 
-        return Deployed(run, kind, str(path), path.stat().st_size, device, notes)
+        return Deployed(
+            run, kind, str(path), path.stat().st_size, device, notes,
+            low_bit_weights=int8 is not None,
+        )  # fmt: skip
 
     def load(
         self, path: str | os.PathLike[str], threads: int = 1

@@ -87,14 +87,17 @@ def _quiet() -> Any:
         yield
 
 
-def _eager(model: torch.nn.Module, out: Path) -> tuple[Run, int]:
-    torch.save(model.state_dict(), out / "eager.pt")
-
+def _eager_run(model: torch.nn.Module) -> Run:
     def run(x: Inputs) -> torch.Tensor:
         with torch.inference_mode():
             return as_output(call_model(model, x))
 
-    return run, _files_bytes(out / "eager.pt")
+    return run
+
+
+def _eager(model: torch.nn.Module, out: Path) -> tuple[Run, int]:
+    torch.save(model.state_dict(), out / "eager.pt")
+    return _eager_run(model), _files_bytes(out / "eager.pt")
 
 
 def _eager_bf16(model: torch.nn.Module, out: Path) -> tuple[Run, int]:
@@ -323,9 +326,7 @@ def run(
     rows: dict[str, dict[str, Any]] = {}
     allowed = allowed_worsening(info)
     rows_for_cosine = min(64, len(wl.val))
-    reference = [
-        _eager(wl.model, Path(tempfile.gettempdir()))[0](gather_inputs(wl.val, rows_for_cosine))
-    ]
+    reference = [_eager_run(wl.model)(gather_inputs(wl.val, rows_for_cosine))]
     with tempfile.TemporaryDirectory() as tmp:
         for name, build in builders.items():
             facts: dict[str, Any] = {}

@@ -372,3 +372,19 @@ def test_low_bit_weights_are_said_to_run_as_float_only_where_they_do(tmp_path, r
     assert bool(notes) is not KEEPS_LOW_BITS[runtime]
     if notes:
         assert notes[0].startswith(f"4-bit weights run as float on {d.kind}")
+
+
+@pytest.mark.skipif(
+    "bf16" not in (RUNTIMES["torch"].offered("precision") or ()), reason="no bf16 on this CPU"
+)
+@pytest.mark.parametrize("model_name", ["cnn", "bert"])
+def test_torch_bf16_runs_in_bfloat16_and_reloads_as_measured(tmp_path, model_name):
+    from autocompress.runtimes import TorchRuntime
+
+    make, example, other = MODELS[model_name]
+    model, x = make(), other()
+    d = deploy(model, tmp_path / "m", example_input=example(), runtime=TorchRuntime("bf16"))
+    assert d.kind == "torchscript-bf16" and d.run(x).dtype == torch.float32
+    difference = (d.run(x) - _eager(model, x)).abs().max()
+    assert 0 < difference < 0.1  # really bfloat16, still close
+    torch.testing.assert_close(load_deployed(d.path)(x), d.run(x), rtol=0, atol=0)

@@ -38,13 +38,14 @@ from autocompress.measure import (
     deploy_for_target,
     evaluate,
     measure_deployed,
+    resident_memory_bytes,
     time_against,
     timing_input,
 )
 from autocompress.methods import METHODS
 from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
-from autocompress.record import SENSITIVITY, allowed_worsening, worsening
+from autocompress.record import SENSITIVITY, allowed_worsening, limit_excess, worsening
 from autocompress.settings import StudySettings, Target
 from autocompress.training import TeacherOutputs
 from autocompress.trial_notes import record_constraint, save_trial_note
@@ -367,6 +368,23 @@ class Objective:
         )
         worse = worsening(self.info, value)
         record_constraint(trial, "metric_budget", worse - allowed_worsening(self.info))
+        memory_mb = None
+        if self.settings.max_memory_mb is not None:
+            resident = resident_memory_bytes(
+                deployed.path, timing_input(wl, target.batch_size), target.threads
+            )
+            if resident is None:
+                raise TrialFailure(
+                    "the resident memory of the deployed model could not be measured (the probe "
+                    "process failed); --max-memory-mb needs it"
+                )
+            memory_mb = resident / 1e6
+            trial.set_user_attr("resident_memory_bytes", resident)
+        measured_limits = {"latency_ms": latency_ms, "size_kb": size_bytes / 1000}
+        for key, excess in limit_excess(
+            self.info, {**measured_limits, "memory_mb": memory_mb}
+        ).items():
+            record_constraint(trial, key, excess)
         report = compressed.report
         notes = list(report["notes"]) + list(deployed.notes) + _runtime_notes(config, deployed)
         attrs = {

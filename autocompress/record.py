@@ -97,6 +97,38 @@ def budget_words(info: dict[str, Any]) -> str:
     return f"{name} {change} <= {float(budget['absolute']):g}"
 
 
+# Production limits stored in the settings: the measured figure each one bounds and its unit.
+LIMITS = {
+    "max_latency_ms": ("latency", "ms"),
+    "max_size_kb": ("size", "KB"),
+    "max_memory_mb": ("resident memory", "MB"),
+}
+
+
+def limits(info: dict[str, Any]) -> dict[str, float]:
+    """The study's production limits that are set, e.g. ``{"max_latency_ms": 5.0}``."""
+    settings = info.get("settings") or {}
+    return {k: float(settings[k]) for k in LIMITS if settings.get(k) is not None}
+
+
+def limit_words(info: dict[str, Any]) -> str:
+    """The limits in words, e.g. ``latency <= 5 ms, size <= 300 KB``; ``none`` without any."""
+    words = [f"{LIMITS[k][0]} <= {v:g} {LIMITS[k][1]}" for k, v in limits(info).items()]
+    return ", ".join(words) or "none"
+
+
+def limit_excess(info: dict[str, Any], measured: dict[str, float | None]) -> dict[str, float]:
+    """Each set limit's constraint value (> 0: over the limit), from the measured figures
+    (``latency_ms``, ``size_kb``, ``memory_mb``); a figure that could not be measured is
+    infinitely over its limit."""
+    keys = {"max_latency_ms": "latency_ms", "max_size_kb": "size_kb", "max_memory_mb": "memory_mb"}
+    out = {}
+    for key, limit in limits(info).items():
+        value = measured.get(keys[key])
+        out[key] = math.inf if value is None or not math.isfinite(value) else value - limit
+    return out
+
+
 def is_feasible(trial: FrozenTrial) -> bool:
     """The one feasibility rule: complete, at full fidelity, every constraint <= 0."""
     return (
@@ -253,6 +285,7 @@ def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("workload", str(settings.get("workload", "not recorded"))),
         ("task", f"{task.get('name', '?')}: {metric_name(info)}, {better} is better"),
         ("budget", budget_words(info)),
+        ("limits", limit_words(info)),
         ("size objective", size.get(info["size"], str(info["size"]))),
         ("target", target_words(info)),
         ("search space", str(settings.get("space_source", "not recorded"))),

@@ -13,6 +13,12 @@ from autocompress.runtimes import RUNTIMES, Runtime, targets
 from autocompress.search_space import SearchSpace, parse_search_space_text
 
 SAMPLERS = ("tpe", "nsga2", "random", "gp")
+# Production limits: constraints of the study beside the metric budget, by setting and flag.
+LIMIT_FLAGS = {
+    "max_latency_ms": "--max-latency-ms",
+    "max_size_kb": "--max-size-kb",
+    "max_memory_mb": "--max-memory-mb",
+}
 TARGETS = targets()
 
 
@@ -99,6 +105,11 @@ class StudySettings:
         warm_start: Enqueue the known-good starts when the study is created.
         size: The size objective: the ``deployed`` file the runtime loads, or the ``packed``
             artifact.
+        max_latency_ms: A production limit on the latency (ms per batch on the target): a
+            constraint of the study like the metric budget.
+        max_size_kb: A limit on the size objective (KB).
+        max_memory_mb: A limit on the resident memory (MB) the deployed model takes once loaded
+            and run, measured per trial in a fresh process (Linux ``/proc``).
     """
 
     workload: str = "digits"
@@ -114,6 +125,9 @@ class StudySettings:
     cheap_first: bool = False
     warm_start: bool = True
     size: str = "deployed"
+    max_latency_ms: float | None = None
+    max_size_kb: float | None = None
+    max_memory_mb: float | None = None
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -134,6 +148,12 @@ class StudySettings:
             raise AutocompressError(
                 f"--max-relative-drop {self.max_relative_drop}: use a fraction >= 0, e.g. 0.05"
             )
+        for key, value in self.limits().items():
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and 0 < value < math.inf
+            ):
+                flag = LIMIT_FLAGS[key]
+                raise AutocompressError(f"{flag} {value}: use a positive number, e.g. {flag} 10")
         if self.size not in ("deployed", "packed"):
             raise AutocompressError(f"--size {self.size!r}: use deployed or packed")
         if (
@@ -152,6 +172,10 @@ class StudySettings:
         if task_name == "classification":
             return {"absolute": 0.01, "relative": None}
         return {"absolute": None, "relative": 0.05}
+
+    def limits(self) -> dict[str, float]:
+        """The production limits that are set: ``{"max_latency_ms": 5.0, ...}``."""
+        return {k: v for k in LIMIT_FLAGS if (v := getattr(self, k)) is not None}
 
     def space(self) -> SearchSpace:
         """The validated search space."""

@@ -31,7 +31,13 @@ from autocompress.architecture import model_facts
 from autocompress.errors import AutocompressError, StorageError, WorkloadError
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import measure_latency
-from autocompress.measure import deploy_for_target, eager_latency_ms, evaluate, timing_input
+from autocompress.measure import (
+    deploy_for_target,
+    eager_latency_ms,
+    evaluate,
+    resident_memory_bytes,
+    timing_input,
+)
 from autocompress.objective import TRIAL_LATENCY, Objective, method_failures, withdrawn_methods
 from autocompress.pipeline import save_baseline_artifact
 from autocompress.record import (
@@ -45,7 +51,7 @@ from autocompress.record import (
 )
 from autocompress.runtimes import RUNTIMES
 from autocompress.sensitivity import profile_for
-from autocompress.settings import SAMPLERS, TARGETS, StudySettings, Target
+from autocompress.settings import LIMIT_FLAGS, SAMPLERS, TARGETS, StudySettings, Target
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
 from autocompress.trial_notes import save_study_note
 from autocompress.workers import WorkerResult, budget_lock, failure_reasons, run_worker
@@ -160,12 +166,18 @@ def artifact_dir(studies_dir: Path, study: optuna.Study) -> Path:
     return Path(studies_dir) / study.study_name
 
 
-def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) -> dict[str, Any]:
+def measure_baseline(
+    workload: LoadedWorkload, target: Target, out_dir: Path, *, memory: bool = False
+) -> dict[str, Any]:
     """Metric, latency and sizes of the uncompressed model, deployed and measured like a trial.
+
+    Args:
+        memory: Also measure the resident memory of the deployed form (when the study has a
+            memory limit).
 
     Raises:
         WorkloadError: The baseline cannot be deployed or run on the target, or its metric is
-            not finite.
+            not finite, or its memory cannot be measured when asked.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     packed = save_baseline_artifact(workload.model, out_dir / "baseline.acpk")
@@ -194,7 +206,17 @@ def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) ->
             f"the baseline's validation {workload.task.metric_name} on {target.name} is {value}; "
             "check that the deployed model gives finite outputs"
         )
+    extra: dict[str, Any] = {}
+    if memory:
+        resident = resident_memory_bytes(deployed.path, x, target.threads)
+        if resident is None:
+            raise WorkloadError(
+                "--max-memory-mb: the resident memory of the deployed baseline cannot be "
+                "measured here (it needs Linux's /proc and a probe process); leave it out"
+            )
+        extra["resident_memory_bytes"] = resident
     return {
+        **extra,
         "metric": value,
         "test_metric": test_value,
         "latency_ms": lat.median_ms,
@@ -212,10 +234,12 @@ def measure_baseline(workload: LoadedWorkload, target: Target, out_dir: Path) ->
 
 # Options a resume compares with the stored ones; data_dir is where this machine keeps data.
 _COMPARED = ("workload", "space_text", "target", "max_metric_drop", "max_relative_drop",
-             "sampler", "seed", "early_stop", "cheap_first", "warm_start", "size")  # fmt: skip
+             "sampler", "seed", "early_stop", "cheap_first", "warm_start", "size",
+             *LIMIT_FLAGS)  # fmt: skip
 _FLAGS = {"space_text": "--space", "max_metric_drop": "--max-metric-drop",
           "max_relative_drop": "--max-relative-drop", "early_stop": "--early-stop",
-          "cheap_first": "--cheap-first", "warm_start": "--warm-start"}  # fmt: skip
+          "cheap_first": "--cheap-first", "warm_start": "--warm-start",
+          **LIMIT_FLAGS}  # fmt: skip
 
 
 def _differences(given: Mapping[str, Any], stored: StudySettings) -> list[str]:
@@ -346,7 +370,9 @@ def create_or_resume(
             on_baseline()
         uid = uuid.uuid4().hex[:12]
         out_dir = Path(studies_dir) / f"{name}-{uid}"
-        baseline = measure_baseline(workload, settings.target, out_dir)
+        baseline = measure_baseline(
+            workload, settings.target, out_dir, memory=settings.max_memory_mb is not None
+        )
         task = workload.task
         size_key = "deployed_bytes" if settings.size == "deployed" else "packed_bytes"
         baseline["size_kb"] = baseline[size_key] / 1000

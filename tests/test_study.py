@@ -382,3 +382,59 @@ def test_a_baseline_that_cannot_deploy_names_the_other_targets_of_its_device(
         study_module.measure_baseline(tiny, Target(runtime="onnxruntime"), tmp_path)
     hint = str(err.value).split("try --target ", 1)[1]
     assert "cpu-torch" in hint and "cpu-onnxruntime" not in hint and "cuda" not in hint
+
+
+def test_production_limits_are_constraints_of_the_study(digits, tmp_path, settings):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    limited = replace(settings, max_size_kb=300.0, max_memory_mb=10_000.0)
+    study, used, wl, info = create_or_resume(
+        "t", open_storage(url), limited, studies_dir=tmp_path, workload=digits
+    )
+    assert info["baseline"]["resident_memory_bytes"] > 0  # measured once, with the baseline
+    run_trials(study, used, wl, info, n_trials=3, studies_dir=tmp_path)
+    done = load_study("t", url).get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3
+    for t in done:
+        size_kb = t.user_attrs["deployed_bytes"] / 1000
+        assert t.constraints["max_size_kb"] == pytest.approx(size_kb - 300.0)
+        memory_mb = t.user_attrs["resident_memory_bytes"] / 1e6
+        assert t.constraints["max_memory_mb"] == pytest.approx(memory_mb - 10_000.0)
+        within = size_kb <= 300.0 and t.constraints["metric_budget"] <= 0
+        assert is_feasible(t) == within
+    front = feasible_front(load_study("t", url))
+    assert all(t.values[2] <= 300.0 for t in front)
+    # the baseline (>300 KB deployed) is over the size limit: nothing that large is feasible
+    assert info["baseline"]["deployed_bytes"] / 1000 > 300.0
+    # stored with the study and checked on resume
+    assert used.max_size_kb == 300.0 and study_info(study)["settings"]["max_size_kb"] == 300.0
+    with pytest.raises(AutocompressError, match=r"--max-size-kb \(study: 300.0\)"):
+        create_or_resume("t", open_storage(url), {"max_size_kb": 500.0}, studies_dir=tmp_path)
+
+
+def test_a_latency_limit_no_trial_meets_leaves_the_front_empty(digits, tmp_path, settings):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study, used, wl, info = create_or_resume(
+        "t",
+        open_storage(url),
+        replace(settings, max_latency_ms=1e-6),
+        studies_dir=tmp_path,
+        workload=digits,
+    )
+    run_trials(study, used, wl, info, n_trials=2, studies_dir=tmp_path)
+    done = load_study("t", url).get_trials(states=(TrialState.COMPLETE,))
+    assert done and all(t.constraints["max_latency_ms"] > 0 for t in done)
+    assert feasible_front(load_study("t", url)) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("max_latency_ms", 0.0, "--max-latency-ms"),
+        ("max_size_kb", -1.0, "--max-size-kb"),
+        ("max_memory_mb", math.inf, "--max-memory-mb"),
+        ("max_latency_ms", math.nan, "--max-latency-ms"),
+    ],
+)
+def test_production_limits_must_be_positive_numbers(field, value, flag):
+    with pytest.raises(AutocompressError, match=f"^{flag} "):
+        StudySettings(**{field: value})

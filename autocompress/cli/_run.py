@@ -168,6 +168,23 @@ def study_run(
         str | None,
         typer.Option(help="Size objective: deployed (the runtime's file, default) or packed."),
     ] = None,
+    max_latency_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="Production limit: trials slower than this (ms per batch) are never on the front."
+        ),
+    ] = None,
+    max_size_kb: Annotated[
+        float | None,
+        typer.Option(help="Production limit on the size objective (KB)."),
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Production limit on the resident memory of the loaded, running "
+            "deployed model (MB; measured per trial in a fresh process, Linux)."
+        ),
+    ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
@@ -241,6 +258,9 @@ def study_run(
             "early_stop": early_stop,
             "cheap_first": cheap_first,
             "size": size,
+            "max_latency_ms": max_latency_ms,
+            "max_size_kb": max_size_kb,
+            "max_memory_mb": max_memory_mb,
         }
         err_console.print(f"study [bold]{study}[/] on {storage}")
         the_study, settings, wl, info = create_or_resume(
@@ -266,14 +286,15 @@ def _names(storage: Any) -> set[str]:
 
 
 def _print_baseline(info: dict[str, Any], settings: Any) -> None:
-    from autocompress.record import budget_words, metric_name
+    from autocompress.record import budget_words, limit_words, limits, metric_name
 
     b, t = info["baseline"], settings.target
     err_console.print(
         f"baseline: {metric_name(info)} {b['metric']:.4f}, latency {b['latency_ms']:.3f} ms "
         f"({t.name}, batch {t.batch_size}, {t.threads} thread(s)), deployed "
         f"{(b.get('deployed_bytes') or 0) / 1000:.1f} KB, packed "
-        f"{(b.get('packed_bytes') or 0) / 1000:.1f} KB; budget: {budget_words(info)}",
+        f"{(b.get('packed_bytes') or 0) / 1000:.1f} KB; budget: {budget_words(info)}"
+        + (f"; limits: {limit_words(info)}" if limits(info) else ""),
         soft_wrap=True,
     )
     from autocompress.methods.runtime import not_offered

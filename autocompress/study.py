@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autocompress import __version__
 from autocompress.architecture import model_facts
@@ -448,15 +448,19 @@ def run_trials(
     studies_dir: Path = STUDIES_DIR,
     reporter: Any | None = None,
     wrap: Callable[[Objective], Callable[[optuna.Trial], Any]] | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> WorkerResult:
     """Run trials of ``study`` in this process (the loop every verb uses; see
     :func:`autocompress.workers.run_worker` for the budget rules).
 
     Args:
         wrap: Wraps the objective (the CLI adds recipe artifacts this way).
+        callbacks: Optuna callbacks ``(study, frozen_trial)`` called after each trial.
     """
     objective = prepare_objective(study, settings, workload, info, studies_dir, reporter)
-    callbacks = [] if reporter is None else [lambda s, t: reporter.trial_finished(t)]
+    callbacks = list(callbacks)
+    if reporter is not None:
+        callbacks.append(lambda s, t: reporter.trial_finished(t))
     return run_worker(
         study,
         wrap(objective) if wrap is not None else objective,

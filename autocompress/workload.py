@@ -42,6 +42,8 @@ from autocompress.tasks import Classification, Task, as_task, eager_runner
 from autocompress.training import TrainingConfig, train
 
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
+# What a study records for a workload given as a Python object: its record cannot rebuild it.
+PYTHON_OBJECT = "python object"
 # Baselines train on one thread: float sums, and so the trained weights, depend on how work is
 # split between threads, and one is the count every machine has. With the seed, the same
 # workload then trains to the same bytes wherever the thread count was the only difference.
@@ -358,6 +360,12 @@ def load_workload(
     """
     from autocompress.zoo import BUILTIN_WORKLOADS
 
+    if ref == PYTHON_OBJECT:
+        raise WorkloadError(
+            "this study's workload was given as a Python object, which the study cannot rebuild: "
+            "resume it from Python with autocompress.load_study(NAME, workload=obj), or name a "
+            "module:function with --workload"
+        )
     if ref in BUILTIN_WORKLOADS:
         workload = BUILTIN_WORKLOADS[ref](
             Path(data_dir) if data_dir else None, Path(cache_dir) if cache_dir else None

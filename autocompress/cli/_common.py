@@ -14,6 +14,7 @@ from rich.console import Console
 
 from autocompress import __version__
 from autocompress.errors import AutocompressError
+from autocompress.shipped import resolve_space
 
 # Tables stay readable when the output is a file or a pipe, not a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -21,8 +22,6 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state = {"debug": False, "interrupted": False}
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
-DEFAULT_SPACE = Path("search_spaces") / "default.yaml"
-_REPO_SPACES = Path(__file__).resolve().parent.parent.parent / "search_spaces"
 
 StorageOpt = Annotated[
     str,
@@ -61,11 +60,7 @@ def _user_errors() -> Iterator[None]:
 
 
 def _resolve_space(path: Path | None) -> Path:
-    if path is None:
-        path = DEFAULT_SPACE
-    if not path.exists() and not path.is_absolute() and (_REPO_SPACES / path.name).exists():
-        return _REPO_SPACES / path.name
-    return path
+    return resolve_space(path)
 
 
 def _quiet_libraries() -> None:

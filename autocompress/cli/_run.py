@@ -13,7 +13,6 @@ from typing import Annotated, Any
 import typer
 
 from autocompress.cli._common import (
-    DEFAULT_SPACE,
     StorageOpt,
     _default_storage,
     _existing_storage,
@@ -23,8 +22,9 @@ from autocompress.cli._common import (
     interruptible,
 )
 from autocompress.cli._inspect import _print_front
-from autocompress.cli._validate import check_run_options
+from autocompress.cli._validate import check_budget, check_run_options
 from autocompress.errors import AutocompressError
+from autocompress.shipped import DEFAULT_SPACE
 
 NTrialsOpt = Annotated[
     int | None, typer.Option(help="Complete this many more trials in this process.")
@@ -34,18 +34,6 @@ TotalOpt = Annotated[
     typer.Option(help="Run until the study has this many completed trials (shared by workers)."),
 ]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Start no trial after S seconds.")]
-
-
-def _check_budget(n_trials: int | None, total: int | None, timeout: float | None) -> None:
-    import math
-
-    if n_trials is None and total is None and timeout is None:
-        raise AutocompressError("give --n-trials N, --total N or --timeout S")
-    for flag, value in (("--n-trials", n_trials), ("--total", total)):
-        if value is not None and value < 1:
-            raise AutocompressError(f"{flag} {value}: use 1 or more")
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise AutocompressError(f"--timeout {timeout}: use a positive number of seconds")
 
 
 def _loop(
@@ -223,7 +211,7 @@ def study_run(
     from autocompress.study import create_or_resume, open_storage
 
     with _user_errors(), interruptible():
-        _check_budget(n_trials, total, timeout)
+        check_budget(n_trials, total, timeout)
         check_run_options(
             n_trials=n_trials, timeout=timeout, seed=seed, threads=threads, batch_size=batch_size
         )
@@ -333,7 +321,7 @@ def worker(
     from autocompress.study import create_or_resume, load_study
 
     with _user_errors(), interruptible():
-        _check_budget(n_trials, total, timeout)
+        check_budget(n_trials, total, timeout)
         check_run_options(n_trials=n_trials, timeout=timeout)
         storage = storage or _default_storage()
         storage_obj = _existing_storage(storage, write=True)
@@ -382,7 +370,7 @@ def demo(
     from autocompress.study import create_or_resume, open_storage
 
     with _user_errors(), interruptible():
-        _check_budget(None, total, None)
+        check_budget(None, total, None)
         check_run_options(threads=threads)
         storage = storage or _default_storage()
         storage_obj = open_storage(storage, write=True)

@@ -47,6 +47,21 @@ def check_run_options(
         raise AutocompressError(f"--batch-size {batch_size}: use 1 or more")
 
 
+def check_budget(n_trials: int | None, total: int | None, timeout: float | None) -> None:
+    """Refuse a run with no trial budget, or an impossible one.
+
+    Raises:
+        AutocompressError: One line naming the option and what to use.
+    """
+    if n_trials is None and total is None and timeout is None:
+        raise AutocompressError("give --n-trials N, --total N or --timeout S")
+    for flag, value in (("--n-trials", n_trials), ("--total", total)):
+        if value is not None and value < 1:
+            raise AutocompressError(f"{flag} {value}: use 1 or more")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise AutocompressError(f"--timeout {timeout}: use a positive number of seconds")
+
+
 def check_listen(host: str, port: int) -> None:
     """Refuse a port outside 0..65535 and a host that is neither an IP address nor a name.
 

@@ -5,12 +5,19 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test lint
 
+# The demo needs the package and its core dependencies only; the tests need the `test` extra
+# (which holds every runtime and tool, so it serves the demo too).
+$(VENV)/.demo-installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
-	touch $@
+	touch $@ $(VENV)/.demo-installed
 
-demo: $(VENV)/.installed
+demo: $(VENV)/.demo-installed
 	$(VENV)/bin/autocompress demo
 
 test: $(VENV)/.installed

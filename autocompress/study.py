@@ -455,7 +455,9 @@ def run_trials(
 
     Args:
         wrap: Wraps the objective (the CLI adds recipe artifacts this way).
-        callbacks: Optuna callbacks ``(study, frozen_trial)`` called after each trial.
+        callbacks: Optuna callbacks ``(study, frozen_trial)``, called in order after each
+            trial this process finishes (complete, failed or stopped), before the reporter's:
+            e.g. :class:`autocompress.tracking.MLflowTracker`, or Optuna's own.
     """
     objective = prepare_objective(study, settings, workload, info, studies_dir, reporter)
     callbacks = list(callbacks)

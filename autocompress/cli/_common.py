@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from autocompress import __version__
 from autocompress.errors import AutocompressError
@@ -55,7 +56,8 @@ def _user_errors() -> Iterator[None]:
     except AutocompressError as e:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # Escaped: a message may hold brackets (pip install 'autocompress[openvino]').
+        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
 
 

@@ -34,6 +34,37 @@ TotalOpt = Annotated[
     typer.Option(help="Run until the study has this many completed trials (shared by workers)."),
 ]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Start no trial after S seconds.")]
+MLflowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlflow",
+        metavar="URI",
+        help="Also log each trial this process finishes as an MLflow run (experiment: the "
+        "study's name) at this tracking URI: http://host:5000, sqlite:///mlflow.db. Needs "
+        "pip install 'autocompress[tracking]'.",
+    ),
+]
+
+
+def _trackers(uri: str | None, experiment: str) -> list[Any]:
+    """The tracking callbacks ``--mlflow`` asks for, connected before any work."""
+    if uri is None:
+        return []
+    from rich.markup import escape
+
+    from autocompress.tracking import MLflowTracker
+
+    tracker = MLflowTracker(
+        uri,
+        experiment,
+        on_error=lambda line: err_console.print(
+            f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True
+        ),
+    )
+    err_console.print(
+        f"logging trials to MLflow at {uri}, experiment {experiment!r}", highlight=False
+    )
+    return [tracker]
 
 
 def _loop(
@@ -47,6 +78,7 @@ def _loop(
     total: int | None,
     timeout: float | None,
     resume_command: str,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Run trials with progress bars; Ctrl-C and SIGTERM record the trial in flight."""
     import optuna
@@ -74,6 +106,7 @@ def _loop(
                 wrap=lambda objective: RecipeArtifacts(
                     objective, workload.model, artifact_dir(STUDIES_DIR, study)
                 ),
+                callbacks=callbacks or [],
             )  # fmt: skip
     except KeyboardInterrupt:
         err_console.print(
@@ -196,6 +229,7 @@ def study_run(
             "a quarter of the trials per hour for the same hypervolume; BENCHMARKS.md §3)."
         ),
     ] = None,
+    mlflow: MLflowOpt = None,
 ) -> None:
     """Create a study, or resume it, and run compression trials.
 
@@ -215,6 +249,7 @@ def study_run(
         check_run_options(
             n_trials=n_trials, timeout=timeout, seed=seed, threads=threads, batch_size=batch_size
         )
+        trackers = _trackers(mlflow, study)
         storage = storage or _default_storage()
         storage_obj = open_storage(storage, write=True)
         space_text = space_source = None
@@ -262,6 +297,7 @@ def study_run(
             the_study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
             resume_command=f"autocompress study run --study {study} --storage {storage}",
+            callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, study)
         _print_front(study, storage)
@@ -308,6 +344,7 @@ def worker(
         Path | None,
         typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
+    mlflow: MLflowOpt = None,
 ) -> None:
     """Join an existing study and run its trials, with any number of other workers.
 
@@ -323,6 +360,7 @@ def worker(
     with _user_errors(), interruptible():
         check_budget(n_trials, total, timeout)
         check_run_options(n_trials=n_trials, timeout=timeout)
+        trackers = _trackers(mlflow, name)
         storage = storage or _default_storage()
         storage_obj = _existing_storage(storage, write=True)
         info = study_info(load_study(name, storage_obj))
@@ -348,6 +386,7 @@ def worker(
             study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
             resume_command=f"autocompress worker {name} --storage {storage}{budget}",
+            callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, name)
 
@@ -359,6 +398,7 @@ def demo(
     study: Annotated[str, typer.Option("--study", help="Study name.")] = "demo",
     storage: StorageOpt = "",
     threads: Annotated[int, typer.Option(help="Threads the model runs with.")] = 1,
+    mlflow: MLflowOpt = None,
 ) -> None:
     """Run the default study: the digits CNN, the default space, until 20 trials, then its front.
 
@@ -372,6 +412,7 @@ def demo(
     with _user_errors(), interruptible():
         check_budget(None, total, None)
         check_run_options(threads=threads)
+        trackers = _trackers(mlflow, study)
         storage = storage or _default_storage()
         storage_obj = open_storage(storage, write=True)
         exists = study in _names(storage_obj)
@@ -394,6 +435,7 @@ def demo(
             the_study, settings, wl, info,
             storage=storage, n_trials=None, total=total, timeout=None,
             resume_command=f"autocompress demo --study {study} --storage {storage}",
+            callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, study)
         _print_front(study, storage)

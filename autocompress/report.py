@@ -1,4 +1,5 @@
-"""A static report of a study: the Pareto front in 2-D, hypervolume over trials, importances.
+"""A static report of a study: the Pareto front in 2-D, hypervolume over trials, importances
+and, when the study measured one, its per-layer sensitivity profile.
 
 Two forms: one self-contained HTML file (figures embedded as base64 PNGs, opens offline) or one
 PNG image. The hypervolume (:mod:`autocompress.hypervolume`, exact) is over
@@ -39,7 +40,14 @@ from autocompress.record import (
     study_info,
     target_words,
 )
-from autocompress.report_figures import draw_hypervolume, report_figure
+from autocompress.report_figures import draw_hypervolume, report_figure, sensitivity_figure
+from autocompress.sensitivity_view import (
+    format_increase,
+    format_params,
+    legend,
+    profile_sections,
+    study_profile,
+)
 
 FORMATS = ("html", "png")
 
@@ -221,6 +229,7 @@ _CSS = (
     "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
     "td:last-child,th:last-child{text-align:left}"
     "#importances td:first-child{text-align:left}"
+    "table[id^=sensitivity] td:first-child{text-align:left}"
     "#settings td{text-align:left}#settings th{text-align:left}"
 )
 
@@ -237,6 +246,38 @@ def _figure_caption(data: ReportData) -> str:
         "flags column below). Each projection is zoomed to the feasible trials and the "
         "baseline; trials outside that view are counted above it.</p>"
     )
+
+
+def _sensitivity_html(data: ReportData) -> list[str]:
+    """The sensitivity profile's heatmaps and tables; nothing for a study without one."""
+    profile = study_profile(data.info)
+    sections = profile_sections(profile) if profile is not None else []
+    if profile is None or not sections:
+        return []
+    parts = [
+        "<h2>Sensitivity per layer</h2>",
+        f"<p>{html.escape(legend(data.info, profile))} Heatmaps: rows in the model's order, "
+        "colour on a log scale; the tables list the most sensitive first.</p>",
+        _img(
+            _png_bytes(
+                sensitivity_figure(sections, "loss increase when one layer alone is compressed")
+            ),
+            "sensitivity profile",
+        ),  # fmt: skip
+    ]
+    for section in sections:
+        rows = [
+            [row.name, format_params(row.params), *map(format_increase, row.increases)]
+            for row in section.sorted_rows("sensitivity")
+        ]
+        header = ["weight" if section.key != "channels" else "layer", "params", *section.headers]
+        parts += [
+            f"<details><summary>{html.escape(section.method)}: {html.escape(section.what)}"
+            "</summary>",
+            _table(f"sensitivity-{section.key}", header, rows),
+            "</details>",
+        ]
+    return parts
 
 
 def write_html(data: ReportData, path: Path) -> Path:
@@ -276,6 +317,7 @@ def write_html(data: ReportData, path: Path) -> Path:
         "</details>",
         "<h2>Parameter importances</h2>",
         _importance_html(data),
+        *_sensitivity_html(data),
         "</body></html>",
     ]
     path.write_text("\n".join(parts), encoding="utf-8")

@@ -1,4 +1,5 @@
-"""The report's figures: three 2-D projections of the front and the hypervolume over trials.
+"""The report's figures: three 2-D projections of the front, the hypervolume over trials and,
+for a study with a sensitivity profile, its heatmaps (layers by settings, loss increase).
 
 Each projection is zoomed to the feasible region (the feasible trials, the baseline and the
 budget's limit, with a margin): infeasible trials far outside it are not drawn but counted in
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from optuna.trial import FrozenTrial
 
 from autocompress.record import allowed_worsening, budget_words, flags
+from autocompress.sensitivity_view import ProfileRow, ProfileSection
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -400,4 +402,86 @@ def report_figure(data: ReportData, *, with_hypervolume: bool) -> Figure:
         f"front {len(data.front)} ({budget_words(data.info)})"
     )
     freeze(fig, [(ax, xi, yi) for ax, (xi, yi) in zip(axes, PROJECTIONS, strict=False)], data)
+    return fig
+
+
+MAX_PROFILE_ROWS = 60  # rows per heatmap; the most sensitive are kept, in the model's order
+MAX_ANNOTATED = 400  # cells; above it the numbers are left to the table
+
+
+def profile_norm(values: Sequence[float]) -> Any:
+    """Colour scale of loss increases: logarithmic over four decades below the largest (the
+    increases of 8 and 2 bits differ by orders of magnitude); zero, negative and smaller
+    increases take the lowest colour. Linear from 0 when nothing increased."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    positive = [v for v in values if math.isfinite(v) and v > 0]
+    if not positive:
+        return Normalize(vmin=0.0, vmax=1.0)
+    top = max(positive)
+    low = max(min(positive), top * 1e-4)
+    return LogNorm(vmin=low if low < top else top / 10, vmax=top, clip=True)
+
+
+def kept_rows(section: ProfileSection, limit: int = MAX_PROFILE_ROWS) -> list[ProfileRow]:
+    """The rows a heatmap draws: all, or the ``limit`` most sensitive, in the model's order."""
+    if len(section.rows) <= limit:
+        return list(section.rows)
+    keep = {id(r) for r in section.sorted_rows("sensitivity")[:limit]}
+    return [r for r in section.rows if id(r) in keep]
+
+
+def _grid(rows: Sequence[ProfileRow]) -> Any:
+    import numpy as np
+
+    values = [[math.nan if v is None else v for v in r.increases] for r in rows]
+    return np.ma.masked_invalid(np.array(values, dtype=float))
+
+
+def draw_profile_section(ax: Axes, section: ProfileSection, norm: Any) -> Any:
+    """One heatmap: the section's weights or layers (rows, the model's order) by settings,
+    coloured by ``norm``; returns the image."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    rows = kept_rows(section)
+    grid = _grid(rows)
+    cmap = colormaps["YlOrRd"].with_extremes(bad="#dddddd")
+    image = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+    image.set_gid(f"sensitivity-{section.key}")
+    ax.set_xticks(range(len(section.headers)), section.headers, rotation=45, ha="right",
+                  fontsize=8)  # fmt: skip
+    ax.set_yticks(range(len(rows)), [r.name for r in rows], fontsize=7 if len(rows) > 30 else 8)
+    left_out = len(section.rows) - len(rows)
+    more = f"\n({len(rows)} most sensitive of {len(section.rows)})" if left_out else ""
+    ax.set_title(f"{section.method}{more}", fontsize=10)
+    if grid.size <= MAX_ANNOTATED:
+        for (i, j), value in np.ndenumerate(grid.filled(math.nan)):
+            if math.isfinite(value):
+                dark = norm(max(value, norm.vmin)) > 0.6
+                ax.text(j, i, f"{value:.2g}", ha="center", va="center", fontsize=6,
+                        color="white" if dark else "black")  # fmt: skip
+    return image
+
+
+def sensitivity_figure(sections: Sequence[ProfileSection], title: str) -> Figure:
+    """One heatmap per section of the sensitivity profile, side by side, on one colour scale
+    (the increases are all of the same loss, so sections compare)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n_rows = max(len(kept_rows(s)) for s in sections)
+    widths = [max(len(s.settings), 2) + 3 for s in sections]
+    fig = Figure(
+        figsize=(min(4.2 * len(sections) + 1, 15), min(2.0 + 0.24 * n_rows, 16)),
+        dpi=100,
+        layout="constrained",
+    )
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(sections), width_ratios=widths, squeeze=False)[0]
+    norm = profile_norm([float(v) for s in sections for v in _grid(kept_rows(s)).compressed()])
+    for ax, section in zip(axes, sections, strict=True):
+        image = draw_profile_section(ax, section, norm)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="loss increase (log scale)")
+    fig.suptitle(title, fontsize=11)
     return fig

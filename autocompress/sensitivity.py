@@ -153,7 +153,8 @@ def measure_profile(
     Returns:
         The profile, JSON-ready: ``bits`` (weight -> bits -> loss increase), ``prune``
         (weight -> ratio -> loss increase), ``channels`` (layer -> ratio -> loss increase),
-        ``base_loss``, ``calibration`` (split and rows), ``request`` and ``seconds``.
+        ``params`` (weight or layer -> its number of weights), ``base_loss``, ``calibration``
+        (split and rows), ``request`` and ``seconds``.
     """
     from autocompress.methods import Context
     from autocompress.methods.structured import pruned_layers
@@ -209,6 +210,7 @@ def measure_profile(
                 module = modules[layer]
                 curves[layer] = _channel_curve(module, request.ratios, increase)
             profile["channels"] = curves
+    profile["params"] = profile_sizes(profile, facts)  # what readers of the profile show
     profile["base_loss"] = round(base, 8)
     profile["calibration"] = {"split": "train", "rows": rows}
     profile["seconds"] = round(time.perf_counter() - started, 3)

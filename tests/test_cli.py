@@ -17,6 +17,7 @@ VERBS = [
     ["pareto"],
     ["dashboard"],
     ["report"],
+    ["sensitivity"],
     ["demo"],
     ["export"],
     ["apply"],

@@ -168,6 +168,7 @@ def test_the_profile_is_stored_with_the_study_and_never_measured_again(tiny, tmp
     done = study2.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 3
     sizes = {"fc1.weight": 16 * N_FEATURES, "fc2.weight": N_CLASSES * 16}
+    assert profile["params"] == sizes  # what `autocompress sensitivity` shows
     for t in done:
         config = CompressionConfig.from_dict(t.user_attrs["config"])
         assert config.to_dict() == t.user_attrs["config"]  # replays exactly

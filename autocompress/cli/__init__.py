@@ -11,7 +11,14 @@ import sys
 import typer
 
 from autocompress.cli._common import _main, err_console
-from autocompress.cli._inspect import dashboard, pareto, report, study_list, study_status
+from autocompress.cli._inspect import (
+    dashboard,
+    pareto,
+    report,
+    sensitivity,
+    study_list,
+    study_status,
+)
 from autocompress.cli._recipes import apply_command, export
 from autocompress.cli._run import demo, study_run, worker
 
@@ -33,6 +40,7 @@ app.command()(worker)
 app.command()(pareto)
 app.command()(dashboard)
 app.command()(report)
+app.command()(sensitivity)
 app.command()(demo)
 app.command()(export)
 app.command("apply")(apply_command)

@@ -1,4 +1,5 @@
-"""The read-only verbs: ``study list``, ``study status``, ``pareto``, ``dashboard``, ``report``."""
+"""The read-only verbs: ``study list``, ``study status``, ``pareto``, ``dashboard``, ``report``,
+``sensitivity``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from autocompress.cli._common import (
     _existing_storage,
     _user_errors,
     console,
+    err_console,
 )
 from autocompress.cli._validate import check_listen
 from autocompress.errors import AutocompressError
@@ -247,3 +249,109 @@ def report(
             f"hypervolume {final:.4f} of the reference box",
             soft_wrap=True,
         )
+
+
+def sensitivity(
+    name: Annotated[str, typer.Argument(help="Study name.")],
+    storage: StorageOpt = "",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="text (tables), csv (one row per layer and setting) or json (the stored "
+            "profile as it is).",
+        ),
+    ] = "text",
+    sort: Annotated[
+        str,
+        typer.Option(
+            help="sensitivity (most sensitive first: largest loss increase in the row) or "
+            "model (the network's order)."
+        ),
+    ] = "sensitivity",
+) -> None:
+    """Print the study's per-layer sensitivity profile: loss increase per bit-width and ratio.
+
+    A study without a profile (its space allocates nothing per layer by sensitivity) says so
+    in one line and exits 0; with --format csv or json the output is then a header alone or
+    null.
+
+    Example:
+
+        autocompress sensitivity per-layer-1 --format csv
+    """
+    from autocompress.sensitivity_view import SORTS, study_profile
+    from autocompress.study import load_study, study_info
+
+    with _user_errors():
+        if fmt not in ("text", "csv", "json"):
+            raise AutocompressError(f"--format {fmt!r}: use text, csv or json")
+        if sort not in SORTS:
+            raise AutocompressError(f"--sort {sort!r}: use sensitivity or model")
+        info = study_info(load_study(name, _existing_storage(storage)))
+        profile = study_profile(info)
+        if fmt == "json":
+            import json
+
+            print(json.dumps(profile, indent=2))
+        elif fmt == "csv":
+            _print_profile_csv(profile, sort)
+        else:
+            _print_profile_tables(name, info, profile, sort)
+        if profile is None and fmt != "text":
+            from autocompress.sensitivity_view import NO_PROFILE_HINT
+
+            err_console.print(
+                f"study {name!r} has no sensitivity profile: {NO_PROFILE_HINT}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+PROFILE_CSV = ("section", "method", "name", "params", "setting", "loss_increase")
+
+
+def _print_profile_csv(profile: dict | None, sort: str) -> None:
+    import csv
+    import sys
+
+    from autocompress.sensitivity_view import profile_sections
+
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(PROFILE_CSV)
+    for section in profile_sections(profile or {}):
+        for row in section.sorted_rows(sort):
+            for setting, value in zip(section.settings, row.increases, strict=True):
+                params = "" if row.params is None else row.params
+                shown = "" if value is None else repr(value)
+                out.writerow((section.key, section.method, row.name, params, setting, shown))
+
+
+def _print_profile_tables(name: str, info: dict, profile: dict | None, sort: str) -> None:
+    from autocompress.sensitivity_view import (
+        NO_PROFILE_HINT,
+        format_increase,
+        format_params,
+        legend,
+        profile_sections,
+    )
+
+    if profile is None:
+        console.print(
+            f"study {name!r} has no sensitivity profile: {NO_PROFILE_HINT}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    order = "most sensitive first" if sort == "sensitivity" else "in the model's order"
+    for section in profile_sections(profile):
+        table = Table(
+            "weight" if section.key != "channels" else "layer",
+            "params",
+            *section.headers,
+            title=f"{name}: {section.method} ({section.what}; {order})",
+        )
+        for row in section.sorted_rows(sort):
+            table.add_row(row.name, format_params(row.params), *map(format_increase, row.increases))
+        console.print(table)
+    console.print(legend(info, profile), highlight=False, soft_wrap=True)

@@ -54,7 +54,7 @@ def test_the_wheel_holds_the_spaces_the_licence_the_script_and_the_extras(wheel)
     extras = {
         line.split(": ", 1)[1] for line in meta.splitlines() if line.startswith("Provides-Extra")
     }
-    assert {"transformers", "openvino", "minilm", "dashboard", "test"} <= extras
+    assert {"transformers", "openvino", "minilm", "dashboard", "tracking", "test"} <= extras
     assert not any(n.startswith("tests/") for n in names)
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from autocompress.data import Split, TensorData, as_split, gather_inputs
 from autocompress.errors import RecipeError
 from autocompress.hardware import torch_threads
+from autocompress.methods import METHODS
 from autocompress.measure import (
     deploy_for_target,
     measure_deployed,
@@ -58,24 +59,14 @@ class Rebuilt:
 
 
 def _check_records(recipe: Recipe, compressed: CompressedModel) -> None:
-    """What the rebuild decided must be what the recipe recorded."""
+    """What the rebuild decided must be what the recipe recorded, method by method (each
+    method says how its decisions compare: :meth:`autocompress.methods.Method.check_replay`)."""
     got = compressed.report["records"]
     for name, want in recipe.records.items():
-        if name == "structured":
-            channels = want.get("channels")
-            if channels and got.get(name, {}).get("channels") != channels:
-                diff = [
-                    f"{k}: {got.get(name, {}).get('channels', {}).get(k)} != {v}"
-                    for k, v in channels.items()
-                    if got.get(name, {}).get("channels", {}).get(k) != v
-                ]
-                raise RecipeError(
-                    f"replayed layer shapes differ from the recipe's: {'; '.join(diff[:5])}"
-                )
-        elif name == "weights" and got.get(name, {}).get("plan") != want.get("plan"):
-            raise RecipeError(
-                "the rebuilt model's weight plan differs from the recipe's (another model?)"
-            )
+        if name in METHODS:
+            problem = METHODS[name].check_replay(want, got.get(name))
+            if problem:
+                raise RecipeError(f"{name}: {problem}")
 
 
 def rebuild(

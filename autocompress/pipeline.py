@@ -19,7 +19,7 @@ import torch_pruning as tp
 from optuna import TrialPruned
 from torch import nn
 
-from autocompress.architecture import ModelFacts, model_facts
+from autocompress.architecture import ModelFacts, model_facts, parameter_inventory
 from autocompress.artifact import load_packed, save_packed
 from autocompress.data import Inputs, Split
 from autocompress.errors import TrialFailure
@@ -146,32 +146,30 @@ def save_baseline_artifact(model: nn.Module, path: str | os.PathLike[str]) -> in
     return save_packed(path, model.state_dict(), plan={}, metadata={"kind": ARTIFACT_KIND})
 
 
-def sparsity(model: nn.Module, facts: ModelFacts) -> float:
-    """Share of exactly-zero values over the conv, linear and attention weights."""
+def sparsity(model: nn.Module) -> float:
+    """Share of exactly-zero values over the conv, linear and attention weights the model has
+    now (split layers' parts included, tied weights once)."""
     params = dict(model.named_parameters())
     total = zeros = 0
-    for p in facts.iter_params(("weight", "attention")):
-        if p.name in params:
+    for p in parameter_inventory(model):
+        if p.role in ("weight", "attention"):
             w = params[p.name].detach()
             total += w.numel()
             zeros += int((w == 0).sum())
     return zeros / total if total else 0.0
 
 
-def parameter_bits(
-    model: nn.Module, facts: ModelFacts, plan: Mapping[str, QuantSpec]
-) -> dict[str, Any]:
-    """Effective bits over every parameter (tied ones once) and what stays float32, by role.
+def parameter_bits(model: nn.Module, plan: Mapping[str, QuantSpec]) -> dict[str, Any]:
+    """Effective bits over every parameter the model has now (tied ones once) and what stays
+    float32, by role.
 
-    Quantized tensors count their codes and their float32 scales; every other parameter
-    counts 32 bits.
+    Quantized tensors (in ``plan``, by current name) count their codes and their float32
+    scales; every other parameter counts 32 bits, whatever method made it.
     """
     params = dict(model.named_parameters())
     total_bits = total = 0
     kept: dict[str, int] = {}
-    for p in facts.params:
-        if p.name not in params:
-            continue
+    for p in parameter_inventory(model):
         t = params[p.name]
         spec = plan.get(p.name)
         total_bits += storage_bits(t.numel(), list(t.shape), spec)
@@ -264,12 +262,12 @@ def compress(
     size = save_packed(
         artifact_path, student.state_dict(), plan=plan, scales=ctx.scales, metadata=metadata
     )
-    bits = parameter_bits(student, facts, plan)
+    bits = parameter_bits(student, plan)
     report = {
         "params": sum(p.numel() for p in student.parameters()),
         "params_baseline": params_before,
         "macs": count_macs(student, example_input),
-        "sparsity": sparsity(student, facts),
+        "sparsity": sparsity(student),
         "effective_bits": bits["effective_bits"],
         "float32_bytes": bits["float32_bytes"],
         "records": ctx.records,

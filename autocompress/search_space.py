@@ -159,13 +159,12 @@ class SearchSpace:
         fixes it on and ``facts`` names the layers, every layer is pinned to the start's
         setting), so every layer gets the start's setting.
         """
-        # Transformer pruning is off in every start where the space can switch it off.
-        transformer_off = dict.fromkeys(("depth", "heads", "mlp"), False)
-        off = {
-            **dict.fromkeys(("structured", "unstructured", "weights", "int8"), False),
-            **transformer_off,
-        }
-        soft_off = {"finetune": False, "distillation": False, **transformer_off}
+        # Every method a start does not name is off where the space can switch it off; a
+        # space that always applies one the method marks as defining a start
+        # (``WARM_START_REQUIRED_OFF``) drops the starts without it. Derived from METHODS, so
+        # a new method joins no start silently.
+        off = {n: False for n, cls in METHODS.items() if cls.WARM_START_OFF}
+        soft_off = {n: False for n in off if not METHODS[n].WARM_START_REQUIRED_OFF}
         # Attention models keep int8 activations badly (outliers; static int8 cost MiniLM 67
         # points of recall on ORT): their int8 start is the mode the runtime says suits them
         # (dynamic, or static where the runtime's quantizer handles outliers).

@@ -50,25 +50,27 @@ def _times(ratio: float, better: str, worse: str) -> str:
 
 
 def _layer_table(attrs: dict[str, Any], baseline_widths: dict[str, int] | None) -> list[str]:
+    """One row per layer, one column per method of the trial that declares one
+    (:attr:`autocompress.methods.Method.LAYER_COLUMN`)."""
+    from autocompress.methods import METHODS
+
     records = attrs.get("records") or {}
-    channels = (records.get("structured") or {}).get("channels") or {}
-    plan = (records.get("weights") or {}).get("plan") or {}
-    bits = {k.rsplit(".", 1)[0] if "." in k else "": (v[0] if isinstance(v, list) else v)
-            for k, v in plan.items()}  # fmt: skip
-    layers = list(dict.fromkeys([*(baseline_widths or {}), *channels, *bits]))
-    if not layers:
+    widths = baseline_widths or {}
+    columns = {
+        cls.LAYER_COLUMN: cls.layer_cells(records[name], widths)
+        for name, cls in METHODS.items()
+        if cls.LAYER_COLUMN and name in records
+    }
+    layers = list(dict.fromkeys([*widths, *(n for cells in columns.values() for n in cells)]))
+    if not layers or not columns:
         return []
-    rows = ["| layer | channels kept | weight bits |", "|---|---|---|"]
+    rows = [
+        "| layer | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
     for name in layers:
-        total = (baseline_widths or {}).get(name)
-        kept = channels.get(name, total)
-        if kept is None:
-            kept_text = "-"
-        elif total:
-            kept_text = f"{kept} / {total} ({kept / total:.0%})"
-        else:
-            kept_text = str(kept)
-        rows.append(f"| `{name or '(model)'}` | {kept_text} | {bits.get(name, 32)} |")
+        cells = " | ".join(c.get(name, "-") for c in columns.values())
+        rows.append(f"| `{name or '(model)'}` | {cells} |")
     return [*rows, ""]
 
 

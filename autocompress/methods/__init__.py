@@ -9,12 +9,13 @@ add one entry here.
 
 from __future__ import annotations
 
-from autocompress.methods._base import STAGES, Context, Method, Param, Suggester
+from autocompress.methods._base import STAGES, Context, Method, Origin, Param, Suggester
 from autocompress.methods.depth import DepthPruning
 from autocompress.methods.distillation import Distillation
 from autocompress.methods.finetune import Finetune
 from autocompress.methods.heads import HeadPruning
 from autocompress.methods.int8 import Int8
+from autocompress.methods.lowrank import LowRank
 from autocompress.methods.mlp import MlpPruning
 from autocompress.methods.runtime import RuntimeSettings
 from autocompress.methods.structured import StructuredPruning
@@ -24,13 +25,16 @@ from autocompress.methods.weights import WeightQuantization
 # In pipeline order within each stage; a method's parameters are suggested in this order too
 # (fine-tuning sees the chosen weight quantization, distillation the chosen fine-tuning).
 # Depth first, so that head and MLP pruning work on the kept blocks; the transformer methods
-# before structured pruning, which leaves attention and MLP outputs to them. The runtime's own
-# settings come after int8, whose mode decides which of them a trial uses.
+# before structured pruning, which leaves attention and MLP outputs to them. Low-rank
+# factorization after structured pruning (it factorizes the narrower layers) and before
+# unstructured pruning (which then prunes the factors; factorizing would lose its zeros).
+# The runtime's own settings come after int8, whose mode decides which of them a trial uses.
 METHODS: dict[str, type[Method]] = {
     "depth": DepthPruning,
     "heads": HeadPruning,
     "mlp": MlpPruning,
     "structured": StructuredPruning,
+    "lowrank": LowRank,
     "unstructured": UnstructuredPruning,
     "weights": WeightQuantization,
     "int8": Int8,
@@ -39,7 +43,7 @@ METHODS: dict[str, type[Method]] = {
     "distillation": Distillation,
 }
 
-__all__ = ["METHODS", "STAGES", "Context", "Method", "Param", "Suggester"]
+__all__ = ["METHODS", "STAGES", "Context", "Method", "Origin", "Param", "Suggester"]
 
 
 def ordered(names: list[str] | tuple[str, ...]) -> list[str]:

@@ -11,6 +11,7 @@ replay it exactly) and a one-line description. The one dict of methods is
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,6 +27,43 @@ if TYPE_CHECKING:
     from autocompress.pipeline import CompressionConfig
 
 STAGES = ("prune", "train", "quantize", "deploy")
+HOW = ("kept", "renamed", "split")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a layer or parameter of the model being compressed comes from in the baseline.
+
+    Attributes:
+        baseline: The baseline's name of the layer (or parameter) it comes from.
+        how: ``kept`` (same name), ``renamed`` (depth pruning renumbered its block) or
+            ``split`` (one of the ``parts`` layers a method replaced it with, e.g. low-rank
+            factors).
+        part: Which part (0-based) of a split layer.
+        parts: How many parts the baseline layer was split into (1 when not split).
+    """
+
+    baseline: str
+    how: str = "kept"
+    part: int = 0
+    parts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.how not in HOW:
+            raise ValueError(f"how must be one of {HOW}, got {self.how!r}")
+        if not 0 <= self.part < self.parts:
+            raise ValueError(f"part {self.part} of {self.parts} is out of range")
+
+    @property
+    def last(self) -> bool:
+        """Whether this layer makes the baseline layer's outputs (a kept layer, a last part)."""
+        return self.part == self.parts - 1
+
+    def describe(self) -> str:
+        """``split part 1 of 2 of fc``-style words, for notes."""
+        if self.how == "split":
+            return f"part {self.part + 1} of {self.parts} of {self.baseline}"
+        return self.how if self.how == "kept" else f"renamed from {self.baseline}"
 
 
 @dataclass
@@ -54,6 +92,12 @@ class Context:
         renamed: Modules of the baseline that now have another name, or none (``None``), by
             their baseline name: depth pruning removes blocks and renumbers the rest. Methods
             that read names from ``facts`` map them with :meth:`current_name`.
+        splits: Baseline layers a method replaced with several layers, and how many: the parts
+            are the children ``0``, ``1``, ... of the layer's current name (low-rank factors).
+
+    Methods see the model *as it is now*: they iterate its current layers and parameters
+    (:meth:`layers`, :meth:`params`) and read each one's baseline origin (:meth:`origin`)
+    for settings keyed by baseline names (per-layer amounts and bits).
     """
 
     task: Task
@@ -71,6 +115,7 @@ class Context:
     teacher_outputs: Any = None
     scales: dict[str, Any] = field(default_factory=dict)
     renamed: dict[str, str | None] = field(default_factory=dict)
+    splits: dict[str, int] = field(default_factory=dict)
     _calibration: list[Inputs] | None = None
 
     @property
@@ -91,6 +136,43 @@ class Context:
             if name == old or name.startswith(old + "."):
                 return None if new is None else new + name[len(old) :]
         return name
+
+    def split(self, layer: str, parts: int) -> None:
+        """Record that the current layer ``layer`` was replaced by ``parts`` child layers
+        ``layer.0`` ... (by the method calling this)."""
+        self.splits[self.origin(layer).baseline] = parts
+
+    def origin(self, name: str) -> Origin:
+        """Where the current layer or parameter ``name`` comes from in the baseline.
+
+        A parameter of a split part is traced to the baseline layer's parameter of the same
+        key: ``fc.1.weight`` of a layer ``fc`` split in two comes from ``fc.weight``.
+        """
+        base = name
+        for old, new in self.renamed.items():
+            if new is not None and (name == new or name.startswith(new + ".")):
+                base = old + name[len(new) :]
+                break
+        how = "kept" if base == name else "renamed"
+        for layer, parts in self.splits.items():
+            if base.startswith(layer + "."):
+                head, _, rest = base[len(layer) + 1 :].partition(".")
+                if head.isdigit() and int(head) < parts:
+                    return Origin(f"{layer}.{rest}" if rest else layer, "split", int(head), parts)
+        return Origin(base, how)
+
+    def layers(self, model: nn.Module) -> dict[str, Origin]:
+        """The model's current conv and linear layers, each with its baseline origin."""
+        from autocompress.architecture import weight_layers
+
+        return {n: self.origin(n) for n, _ in weight_layers(model)}
+
+    def params(self, model: nn.Module, roles: tuple[str, ...]) -> dict[str, Origin]:
+        """The model's current parameters whose role is one of ``roles`` (tied ones once),
+        each with its baseline origin."""
+        from autocompress.architecture import parameter_inventory
+
+        return {p.name: self.origin(p.name) for p in parameter_inventory(model) if p.role in roles}
 
 
 class Suggester:
@@ -171,6 +253,40 @@ class Method:
     def unavailable(cls, facts: ModelFacts) -> str | None:
         """Why this method cannot apply to the model, or ``None`` when it can."""
         return None
+
+    @classmethod
+    def check_replay(cls, recorded: Any, got: Any) -> str | None:
+        """Why a rebuild's decisions ``got`` differ from the ``recorded`` ones a recipe
+        replayed, or ``None`` when they agree. By default, equal as JSON values."""
+        if _plain(recorded) == _plain(got):
+            return None
+        return "the rebuilt model's decisions differ from the recipe's (another model?)"
+
+    # Warm starts (:meth:`autocompress.search_space.SearchSpace.warm_starts`) switch off every
+    # method they do not name, where the space lets them (``WARM_START_OFF``; not a runtime's
+    # own settings). A start is dropped when the space always applies such a method that
+    # defines what a start is (``WARM_START_REQUIRED_OFF``: pruning, quantization), and kept
+    # with it on otherwise (methods on top of any start: transformer pruning, training).
+    WARM_START_OFF: ClassVar[bool] = True
+    WARM_START_REQUIRED_OFF: ClassVar[bool] = False
+
+    # Header of this method's column in a trial note's per-layer table (``None``: none).
+    LAYER_COLUMN: ClassVar[str | None] = None
+
+    @classmethod
+    def layer_cells(cls, record: Any, widths: Mapping[str, int]) -> dict[str, str]:
+        """This method's cell of each layer of a trial's per-layer table, by layer name.
+
+        Args:
+            record: What the method recorded in the trial.
+            widths: Output channels of each baseline layer (may be empty).
+        """
+        return {}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 ALLOCATIONS = ("sensitivity", "sampled")

@@ -49,6 +49,7 @@ class Int8(Method):
     quant_format: str = "qdq"
     reduce_range: bool = False
 
+    WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "deploy"
     SEARCH: ClassVar[dict[str, Param]] = {
         "mode": Param(str, "static", "static (calibrated) or dynamic activation ranges",

@@ -85,6 +85,7 @@ class RuntimeSettings(Method):
     runtime: str = "torch"
     settings: Mapping[str, Any] = field(default_factory=dict)
 
+    WARM_START_OFF: ClassVar[bool] = False  # the runtime's settings, not a method to switch off
     stage: ClassVar[str] = "deploy"
     SEARCH: ClassVar[dict[str, Param]] = _merged_search()
 

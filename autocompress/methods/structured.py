@@ -9,6 +9,7 @@ attention projections and the layers writing back to the residual stream are lef
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +58,7 @@ class StructuredPruning(Method):
     layer_amounts: dict[str, float] = field(default_factory=dict)
     allocated: bool = False
 
+    WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = layer_amount_params(
         "share of each layer's channels removed"
@@ -80,18 +82,23 @@ class StructuredPruning(Method):
         unknown = set(self.layer_amounts) - set(roots)
         if unknown:
             raise ValueError(f"per-layer pruning names layers it cannot prune: {sorted(unknown)}")
-        # The facts name the baseline's layers; depth pruning may have renamed or removed some.
-        now = {n: ctx.current_name(n) for n in ctx.facts.layers}
+        # The model's layers as they are now, each traced to the baseline layer it comes from
+        # (depth pruning renames, low-rank factorization splits). A split layer's last part
+        # makes the baseline layer's outputs and is pruned as it would be; its other parts
+        # (a low-rank bottleneck) keep their width.
+        now = ctx.layers(model)
+        pruned = set(roots)
+        inner = [n for n, o in now.items() if o.baseline in pruned and not o.last]
         replay = ctx.replay.get("structured")
         if replay is not None:
             history = replay["history"]
             replay_history(model, history, ctx.example_input)
         else:
-            ignored = [
-                modules[now[n]] for n in ctx.facts.layers if n not in roots and now[n] in modules
-            ]
+            ignored = [modules[n] for n, o in now.items() if o.baseline not in pruned or not o.last]
             ratios = {
-                modules[now[n]]: a for n, a in self.layer_amounts.items() if now[n] in modules
+                modules[n]: self.layer_amounts[o.baseline]
+                for n, o in now.items()
+                if o.last and o.baseline in self.layer_amounts
             }
             pruner = tp.pruner.MagnitudePruner(
                 model,
@@ -109,18 +116,48 @@ class StructuredPruning(Method):
                 [str(name), bool(is_out), [int(i) for i in idx]]
                 for name, is_out, idx in pruner.pruning_history()
             ]
-        widths = layer_widths(model, [c for c in now.values() if c is not None])
+        widths = layer_widths(model, list(now))
         ctx.records["structured"] = {
             "history": history,
-            "channels": {n: widths[c] for n, c in now.items() if c in widths},
+            "channels": {o.baseline: widths[n] for n, o in now.items() if o.last and n in widths},
         }
-        whole = [n for n in ctx.facts.layers if n not in roots and now[n] is not None]
+        if inner:
+            ctx.notes.append(
+                f"structured pruning kept the width of {len(inner)} inner parts of split layers "
+                f"(low-rank bottlenecks): {', '.join(inner)}"
+            )
+        baselines = {o.baseline for o in now.values()}
+        whole = [n for n in ctx.facts.layers if n not in roots and n in baselines]
         parts = ctx.facts.transformer
         if parts is not None and whole:
             ctx.notes.append(
                 f"structured pruning left {len(whole)} attention, residual and output layers "
                 "whole (heads, MLP width and depth have their own methods)"
             )
+
+    @classmethod
+    def check_replay(cls, recorded: Any, got: Any) -> str | None:
+        channels = (recorded or {}).get("channels")
+        have = (got or {}).get("channels") or {}
+        if not channels or have == channels:
+            return None  # recipes of earlier versions recorded no channels
+        diff = [f"{k}: {have.get(k)} != {v}" for k, v in channels.items() if have.get(k) != v]
+        return f"replayed layer shapes differ from the recipe's: {'; '.join(diff[:5])}"
+
+    LAYER_COLUMN: ClassVar[str | None] = "channels kept"
+
+    @classmethod
+    def layer_cells(cls, record: Any, widths: Mapping[str, int]) -> dict[str, str]:
+        channels = (record or {}).get("channels") or {}
+        cells = {}
+        for name in dict.fromkeys([*widths, *channels]):
+            total = widths.get(name)
+            kept = channels.get(name, total)
+            if kept is None:
+                cells[name] = "-"
+            else:
+                cells[name] = f"{kept} / {total} ({kept / total:.0%})" if total else str(kept)
+        return cells
 
 
 def pruned_layers(facts: Any) -> list[str]:

@@ -47,6 +47,7 @@ class UnstructuredPruning(Method):
     layer_amounts: dict[str, float] = field(default_factory=dict)
     allocated: bool = False
 
+    WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = layer_amount_params("share of weights set to zero")
 
@@ -68,13 +69,14 @@ class UnstructuredPruning(Method):
         unknown = set(self.layer_amounts) - set(baseline)
         if unknown:
             raise ValueError(f"per-layer pruning names unknown weights: {sorted(unknown)}")
-        # Settings are by baseline name; depth pruning may have renamed or removed weights.
-        now = {n: c for n in baseline if (c := ctx.current_name(n)) in params}
-        names = list(now.values())
+        # The weights the model has now (a split layer's parts too); per-layer amounts are by
+        # baseline name, so a split layer's parts each get the amount of the layer they replace.
+        now = ctx.params(model, ROLES)
+        names = list(now)
         masks: dict[str, torch.Tensor] = {}
         if self.layer_amounts:
-            for name, current in now.items():
-                amount = self.layer_amounts.get(name, self.amount)
+            for current, origin in now.items():
+                amount = self.layer_amounts.get(origin.baseline, self.amount)
                 masks[current] = keep_largest(params[current], amount)
         elif self.amount > 0:
             magnitudes = torch.cat([params[n].detach().abs().reshape(-1) for n in names])

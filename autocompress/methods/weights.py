@@ -14,8 +14,9 @@ says so in the trial's notes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -64,6 +65,7 @@ class WeightQuantization(Method):
     layer_bits: dict[str, int] = field(default_factory=dict)
     budget_bits: float | None = None
 
+    WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "quantize"
     SEARCH: ClassVar[dict[str, Param]] = {
         "bits": Param(int, [8, 4], "bits per weight (16: float16)", choices=BITS),
@@ -150,17 +152,22 @@ class WeightQuantization(Method):
         return text
 
     def plan(self, model: nn.Module, ctx: Context) -> dict[str, QuantSpec]:
-        """Grid of each quantized parameter, by name."""
+        """Grid of each quantized parameter, by its current name.
+
+        Covers the matrices the model has now (the parts of a split layer too); per-layer
+        bits and the edge layers are by baseline name, so a split layer's parts get the bits
+        of the layer they replace.
+        """
         facts = ctx.facts
         present = dict(model.named_parameters())
         edges = set(facts.output_layers) | set(facts.layers[:1])
         modules = dict(model.named_modules())
+        roles = MATRIX_ROLES + (EMBEDDING_ROLES if self.embeddings else ())
         plan = {}
-        for name in planned_names(facts, self.embeddings):
-            # Settings are by baseline name; depth pruning may have renamed or removed weights.
-            current = ctx.current_name(name)
-            if current not in present or present[current].dim() < 2:
+        for current, origin in ctx.params(model, roles).items():
+            if present[current].dim() < 2:
                 continue
+            name = origin.baseline
             bits = self.bits
             owner = name.rpartition(".")[0]
             if self.keep_edges_8bit and bits < 8 and owner in edges:
@@ -194,6 +201,21 @@ class WeightQuantization(Method):
                     weight.copy_(rounded)
                 ctx.scales[name] = scale
         ctx.records["weights"] = {"plan": {n: s.to_list() for n, s in plan.items()}}
+
+    @classmethod
+    def check_replay(cls, recorded: Any, got: Any) -> str | None:
+        if (got or {}).get("plan") != (recorded or {}).get("plan"):
+            return "the rebuilt model's weight plan differs from the recipe's (another model?)"
+        return None
+
+    LAYER_COLUMN: ClassVar[str | None] = "weight bits"
+
+    @classmethod
+    def layer_cells(cls, record: Any, widths: Mapping[str, int]) -> dict[str, str]:
+        plan = (record or {}).get("plan") or {}
+        bits = {k.rpartition(".")[0]: str(v[0] if isinstance(v, list) else v)
+                for k, v in plan.items()}  # fmt: skip
+        return {**dict.fromkeys(widths, "32"), **bits}
 
 
 def round_to_grid(weight: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,13 +24,13 @@ from torch import nn
 from autocompress.data import Split, TensorData, as_split, gather_inputs
 from autocompress.errors import RecipeError
 from autocompress.hardware import torch_threads
-from autocompress.methods import METHODS
 from autocompress.measure import (
     deploy_for_target,
     measure_deployed,
     resident_memory_bytes,
     timing_input,
 )
+from autocompress.methods import METHODS
 from autocompress.objective import CALIBRATION_ROWS, TRIAL_LATENCY
 from autocompress.pipeline import CompressedModel, compress
 from autocompress.recipe import Recipe, environment_warnings, load_recipe, weights_sha256

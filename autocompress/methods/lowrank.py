@@ -60,7 +60,9 @@ class LowRank(Method):
         if self.rank_ratio <= 0:
             raise ValueError(f"low-rank rank_ratio must be above 0, got {self.rank_ratio!r}")
         if not isinstance(self.activation_aware, bool):
-            raise ValueError(f"activation_aware must be true or false, got {self.activation_aware!r}")
+            raise ValueError(
+                f"activation_aware must be true or false, got {self.activation_aware!r}"
+            )
 
     @classmethod
     def unavailable(cls, facts: Any) -> str | None:
@@ -109,7 +111,7 @@ class LowRank(Method):
             layer = candidates[name]
             before += weight_of(layer).numel()
             factors = factorize(layer, r, scales.get(name))
-            after += sum(f.weight.numel() for f in factors)
+            after += sum(weight_of(f).numel() for f in factors)
             model.set_submodule(name, factors)
             ctx.split(name, 2)
         ctx.records["lowrank"] = {"ranks": {ctx.origin(n).baseline: r for n, r in chosen.items()}}

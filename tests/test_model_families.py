@@ -10,9 +10,11 @@ import torch
 from autocompress.data import as_output, call_model, gather_inputs, input_batches
 from autocompress.deploy import deploy
 from autocompress.errors import TrialFailure
+from autocompress.methods import METHODS
 from autocompress.methods.distillation import Distillation
 from autocompress.methods.finetune import Finetune
 from autocompress.methods.int8 import Int8
+from autocompress.methods.lowrank import LowRank
 from autocompress.methods.structured import StructuredPruning
 from autocompress.methods.unstructured import UnstructuredPruning
 from autocompress.methods.weights import WeightQuantization
@@ -23,8 +25,9 @@ from tests.model_families import FAMILIES
 
 pytest.importorskip("transformers")
 
-METHODS = {
+MATRIX = {
     "structured": CompressionConfig.of(structured=StructuredPruning(0.5)),
+    "lowrank": CompressionConfig.of(lowrank=LowRank(0.25)),
     "unstructured": CompressionConfig.of(unstructured=UnstructuredPruning(0.6)),
     "4-bit": CompressionConfig.of(weights=WeightQuantization(4, keep_edges_8bit=False)),
     "4-bit-group32": CompressionConfig.of(weights=WeightQuantization(4, "group32")),
@@ -35,6 +38,19 @@ METHODS = {
         finetune=Finetune(epochs=1, batch_size=32, quant_aware=True), weights=WeightQuantization(3)
     ),  # fmt: skip
 }
+# Every method of METHODS runs in the matrix or is named here with where it is tested.
+ELSEWHERE = {
+    "depth": "transformers only: tests/methods/test_depth.py on each transformer family",
+    "heads": "transformers only: tests/methods/test_heads.py on each transformer family",
+    "mlp": "transformers only: tests/methods/test_mlp.py on each transformer family",
+    "int8": "a deploy-stage method: test_every_deploy_path_takes_the_model below",
+    "runtime": "the runtime's settings: tests/test_runtimes.py",
+}
+
+
+def test_the_matrix_covers_every_method():
+    covered = {name for config in MATRIX.values() for name in config.methods}
+    assert covered | set(ELSEWHERE) == set(METHODS), set(METHODS) - covered - set(ELSEWHERE)
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -52,11 +68,11 @@ FAST_METHODS = ("structured", "4-bit")  # the rest of the matrix runs with -m sl
 
 
 @pytest.mark.parametrize(
-    "method", [m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow) for m in METHODS]
+    "method", [m if m in FAST_METHODS else pytest.param(m, marks=pytest.mark.slow) for m in MATRIX]
 )
 def test_each_method_alone_works_and_reloads_exactly(family, method, tmp_path):
     name, wl = family
-    config = METHODS[method]
+    config = MATRIX[method]
     try:
         c = compress(wl.model, config, tmp_path / "m.acpk", task=wl.task, train=wl.train,
                      example_input=wl.example_input)  # fmt: skip

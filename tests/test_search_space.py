@@ -224,6 +224,22 @@ def test_warm_starts_switch_transformer_pruning_off_where_the_space_can():
     assert starts and all("depth.enabled" not in s for s in starts)
 
 
+def test_warm_starts_switch_off_every_method_they_do_not_name():
+    # Derived from METHODS: a method no start names (here low-rank) is off in every start,
+    # not silently on in "int8 alone"; forced on, it stays on top of the starts.
+    text = "".join(f"{m}:\n  enabled: [false, true]\n" for m in ("lowrank", "weights", "int8"))
+    starts = parse_search_space_text(text).warm_starts()
+    assert starts and all(s["lowrank.enabled"] is False for s in starts)
+    forced = parse_search_space_text(text.replace("lowrank:\n  enabled: [false, true]", "lowrank:"))
+    assert forced.warm_starts() and all("lowrank.enabled" not in s for s in forced.warm_starts())
+    # a method that defines a start (structured) forced on drops the starts without it
+    text = "structured:\n  enabled: true\n" + "".join(
+        f"{m}:\n  enabled: [false, true]\n" for m in ("weights", "int8", "finetune", "distillation")
+    )
+    starts = parse_search_space_text(text).warm_starts()
+    assert [s["structured.amount"] for s in starts] == [0.5]  # structured + int8 only
+
+
 def test_the_int8_warm_start_is_dynamic_for_attention_models_only():
     from types import SimpleNamespace
 

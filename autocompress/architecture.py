@@ -57,6 +57,15 @@ def bias_of(layer: nn.Module) -> torch.Tensor | None:
     return bias
 
 
+def tensor_of(model: nn.Module, name: str) -> torch.Tensor:
+    """The tensor ``name`` of ``model`` as its modules read it (a parametrized one computed)."""
+    module_name, _, key = name.rpartition(".")
+    tensor = getattr(model.get_submodule(module_name) if module_name else model, key)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} is not a tensor")
+    return tensor
+
+
 def is_weight_layer(module: nn.Module) -> bool:
     """A convolution or linear layer (its ``weight`` is a matrix product's operand)."""
     return isinstance(module, WEIGHT_LAYERS)
@@ -110,12 +119,22 @@ def _role(module: nn.Module, key: str, param: torch.Tensor) -> str:
     return "positional"
 
 
+def _own_parameters(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """A module's own parameters; a parametrized one (a pruning mask, a quantization-aware
+    rounding) under its public name, as its state dict will have it once baked."""
+    yield from module.named_parameters(recurse=False)
+    for key, parametrization in getattr(module, "parametrizations", {}).items():
+        yield key, parametrization.original
+
+
 def parameter_inventory(model: nn.Module) -> list[ParamInfo]:
     """Every parameter once, with its role and the names it is tied to."""
     seen: dict[int, int] = {}
     found: list[dict[str, Any]] = []
     for mod_name, module in model.named_modules():
-        for key, param in module.named_parameters(recurse=False):
+        if ".parametrizations." in f".{mod_name}.":
+            continue  # the parametrized tensors are listed under their module's names
+        for key, param in _own_parameters(module):
             name = f"{mod_name}.{key}" if mod_name else key
             if id(param) in seen:
                 found[seen[id(param)]]["aliases"].append(name)

@@ -462,7 +462,7 @@ def _pinned_per_layer(space) -> list[dict]:
         if (
             name.endswith(".enabled")
             and dim.searched
-            and name.split(".")[0] in ("weights", "structured")
+            and name.split(".")[0] in ("weights", "structured", "lowrank")
         ):
             params[name] = True
     return [params] if params else []

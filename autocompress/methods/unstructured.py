@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from autocompress.architecture import tensor_of
 from autocompress.methods._base import (
     Context,
     Method,
@@ -64,7 +65,6 @@ class UnstructuredPruning(Method):
         return describe_amounts("unstructured", self.amount, self.layer_amounts, self.allocated)
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
-        params = dict(model.named_parameters())
         baseline = [p.name for p in ctx.facts.iter_params(ROLES)]
         unknown = set(self.layer_amounts) - set(baseline)
         if unknown:
@@ -72,6 +72,7 @@ class UnstructuredPruning(Method):
         # The weights the model has now (a split layer's parts too); per-layer amounts are by
         # baseline name, so a split layer's parts each get the amount of the layer they replace.
         now = ctx.params(model, ROLES)
+        params = {n: tensor_of(model, n) for n in now}
         names = list(now)
         masks: dict[str, torch.Tensor] = {}
         if self.layer_amounts:

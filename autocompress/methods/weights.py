@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autocompress.allocation import allocate_bits
-from autocompress.architecture import HF_CONV1D
+from autocompress.architecture import HF_CONV1D, tensor_of
 from autocompress.grid import GRANULARITIES, QuantSpec, absmax_scale, codes_for, dequantize
 from autocompress.methods._base import (
     Context,
@@ -159,13 +159,12 @@ class WeightQuantization(Method):
         of the layer they replace.
         """
         facts = ctx.facts
-        present = dict(model.named_parameters())
         edges = set(facts.output_layers) | set(facts.layers[:1])
         modules = dict(model.named_modules())
         roles = MATRIX_ROLES + (EMBEDDING_ROLES if self.embeddings else ())
         plan = {}
         for current, origin in ctx.params(model, roles).items():
-            if present[current].dim() < 2:
+            if tensor_of(model, current).dim() < 2:
                 continue
             name = origin.baseline
             bits = self.bits

@@ -90,6 +90,10 @@ class StructuredPruning(Method):
             ignored = [
                 modules[now[n]] for n in ctx.facts.layers if n not in roots and now[n] in modules
             ]
+            # Attention stays whole wherever it sits: torch-pruning would cut an
+            # nn.MultiheadAttention's width with the residual stream, to widths its heads do not
+            # divide (45 of 64 with 4 heads), when the blocks are not recognised as a transformer.
+            ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
             ratios = {
                 modules[now[n]]: a for n, a in self.layer_amounts.items() if now[n] in modules
             }
@@ -115,8 +119,7 @@ class StructuredPruning(Method):
             "channels": {n: widths[c] for n, c in now.items() if c in widths},
         }
         whole = [n for n in ctx.facts.layers if n not in roots and now[n] is not None]
-        parts = ctx.facts.transformer
-        if parts is not None and whole:
+        if (ctx.facts.transformer is not None or ctx.facts.attention_layers) and whole:
             ctx.notes.append(
                 f"structured pruning left {len(whole)} attention, residual and output layers "
                 "whole (heads, MLP width and depth have their own methods)"

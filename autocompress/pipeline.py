@@ -186,12 +186,6 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else ""
 
 
-def _failure(text: str, method: str) -> TrialFailure:
-    failure = TrialFailure(text)
-    failure.method = method  # type: ignore[attr-defined]
-    return failure
-
-
 def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
     """Why ``model`` no longer runs, or ``None`` when it does: the shape rules of its
     attention (:func:`autocompress.attention.width_problems`), then one forward pass of
@@ -230,10 +224,10 @@ def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> No
         what = f"{name} failed"
         if isinstance(e, MemoryError) or "out of memory" in message.lower():
             what = f"out of memory in {name}"
-        raise _failure(f"{what}: {type(e).__name__}: {message}", name) from e
+        raise TrialFailure(f"{what}: {type(e).__name__}: {message}", method=name) from e
     reason = broken_reason(model, ctx.example_input)
     if reason is not None:
-        raise _failure(f"{name} left a model that does not run: {reason}", name)
+        raise TrialFailure(f"{name} left a model that does not run: {reason}", method=name)
 
 
 def compress(

@@ -111,9 +111,7 @@ def step_failure(step: str, message: str, cause: BaseException | None = None) ->
         if len(lines) > 1 and text.startswith("Exception from"):
             text = lines[-1]
         detail = f": {type(cause).__name__}: {text[:300]}"
-    failure = TrialFailure(f"{step} failed: {message}{detail}")
-    failure.method = step  # type: ignore[attr-defined]
-    return failure
+    return TrialFailure(f"{step} failed: {message}{detail}", method=step)
 
 
 def has_attention(model: nn.Module) -> bool:

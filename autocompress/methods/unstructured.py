@@ -48,6 +48,7 @@ class UnstructuredPruning(Method):
     allocated: bool = False
 
     stage: ClassVar[str] = "prune"
+    CHANGES_DEPLOYED: ClassVar[str] = "never"
     SEARCH: ClassVar[dict[str, Param]] = layer_amount_params("share of weights set to zero")
 
     def __post_init__(self) -> None:

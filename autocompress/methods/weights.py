@@ -65,6 +65,7 @@ class WeightQuantization(Method):
     budget_bits: float | None = None
 
     stage: ClassVar[str] = "quantize"
+    CHANGES_DEPLOYED: ClassVar[str] = "low_bit"
     SEARCH: ClassVar[dict[str, Param]] = {
         "bits": Param(int, [8, 4], "bits per weight (16: float16)", choices=BITS),
         "granularity": Param(str, "per_channel", "what shares one scale", choices=GRANULARITIES),

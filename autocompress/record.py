@@ -242,6 +242,30 @@ def front_columns(info: dict[str, Any]) -> tuple[str, ...]:
             "deployed KB", "smaller", "flags", "config")  # fmt: skip
 
 
+FIGURES = 8  # the first columns of front_columns: figures; then flags and the configuration
+
+
+def front_legend(info: dict[str, Any]) -> list[str]:
+    """What the front's columns and the configurations' short words mean, one line each."""
+    name = metric_name(info)
+    kind = "deployed file" if info["size"] == "deployed" else "packed artifact"
+    return [
+        f"{name}: on the validation split (what the search optimises); test {name}: on the "
+        "test split, reported, never searched on.",
+        "latency ms: median of the deployed form on the target, timed interleaved with the "
+        "baseline; speed-up: the baseline's latency / the trial's.",
+        "packed KB: the compressed artifact (.acpk: k-bit codes, scales, sparse weights); "
+        "deployed KB: the file(s) the runtime loads. 1 KB = 1000 bytes on disk.",
+        f"smaller: the baseline's {kind} size / the trial's (the size objective is the "
+        f"{kind}). A trial no better than the baseline anywhere is not on the front.",
+        "In configurations: ft Nep = fine-tuning for N epochs; QAT = quantization-aware "
+        "training; KD T= a= = distillation temperature and loss weight; lr = learning rate; "
+        "rr = reduce_range (7-bit int8 activations); qdq/qoperator = ONNX int8 formats; "
+        "per-channel/per-tensor/groupN = weight scales per output channel, tensor or N "
+        "weights; rtn = round-to-nearest; -N% = share removed.",
+    ]
+
+
 def _kb(value: Any) -> str:
     return "-" if value is None else f"{float(value) / 1000:.1f}"
 

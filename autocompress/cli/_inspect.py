@@ -153,9 +153,10 @@ def _print_front(name: str, storage: str) -> None:
     for k, row in enumerate(rows):
         table.add_row(*row[:FIGURES], style="dim" if k == 0 else None)
     console.print(table)
-    for row in rows[1:]:
+    for k, row in enumerate(rows):
         flags = f" [{row[FIGURES]}]" if row[FIGURES] else ""
-        console.print(f"trial {row[0]}: {row[FIGURES + 1]}{flags}", highlight=False, markup=False)
+        label = f"trial {row[0]}" if k else row[0]
+        console.print(f"{label}: {row[FIGURES + 1]}{flags}", highlight=False, markup=False)
     if not front:
         console.print("no trial within the budget yet")
     console.print()

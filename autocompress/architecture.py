@@ -220,13 +220,23 @@ class ModelFacts:
 
         return find_transformer_parts(self.model)
 
+    @cached_property
+    def attention_layers(self) -> list[str]:
+        """Weight layers inside attention: the projections of every ``nn.MultiheadAttention``,
+        wherever it sits (found by type, not only in recognised transformer blocks), and
+        those of the transformer parts' attention."""
+        mha = [n for n, m in self.model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        parts = self.transformer
+        named = parts.attention_layer_names() if parts is not None else set()
+        return [
+            n for n in self.layers if n in named or any(n.startswith(f"{a}.") or not a for a in mha)
+        ]
+
     def prunable_layers(self) -> list[str]:
         """Conv and linear layers whose output channels may be removed: not the output layers,
         and not inside attention (heads are removed whole by head pruning)."""
-        skip = set(self.output_layers)
-        parts = self.transformer
-        inside = parts.attention_layer_names() if parts is not None else set()
-        return [n for n in self.layers if n not in skip and n not in inside]
+        skip = set(self.output_layers) | set(self.attention_layers)
+        return [n for n in self.layers if n not in skip]
 
     def iter_params(self, roles: tuple[str, ...]) -> Iterator[ParamInfo]:
         """Parameters whose role is one of ``roles``."""

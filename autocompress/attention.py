@@ -182,3 +182,41 @@ def head_outputs(
         scores = scores + mask
     weights = F.dropout(scores.softmax(dim=-1), dropout, training=dropout > 0)
     return (weights @ v).transpose(1, 2), weights
+
+
+def width_problems(model: nn.Module) -> list[str]:
+    """Where ``model``'s ``nn.MultiheadAttention`` modules break their own shape rules.
+
+    A whole module needs ``embed_dim`` divisible by ``num_heads`` (``head_dim * num_heads ==
+    embed_dim``, what its forward asserts) and projections of that width; a
+    :class:`SlicedMultiheadAttention` needs projections of ``num_heads * head_dim`` rows.
+    A method that leaves any of these broken leaves a model that cannot run.
+
+    Returns:
+        One phrase per problem, naming the module (empty when all hold).
+    """
+    problems = []
+    for name, mha in model.named_modules():
+        if not isinstance(mha, nn.MultiheadAttention):
+            continue
+        where = f"attention {name or '(model)'}"
+        inner = mha.num_heads * mha.head_dim
+        if not isinstance(mha, SlicedMultiheadAttention):
+            if mha.num_heads < 1 or mha.embed_dim % mha.num_heads or inner != mha.embed_dim:
+                problems.append(
+                    f"{where}: embed_dim {mha.embed_dim} is not num_heads {mha.num_heads} x "
+                    f"head_dim {mha.head_dim}"
+                )
+                continue
+        w = mha.in_proj_weight
+        if w is not None and tuple(w.shape) != (3 * inner, mha.embed_dim):
+            problems.append(
+                f"{where}: in_proj_weight is {list(w.shape)}, expected [{3 * inner}, "
+                f"{mha.embed_dim}] for {mha.num_heads} heads of {mha.head_dim}"
+            )
+        if mha.out_proj.weight.shape[1] != inner:
+            problems.append(
+                f"{where}: out_proj reads {mha.out_proj.weight.shape[1]} features, the heads "
+                f"give {inner}"
+            )
+    return problems

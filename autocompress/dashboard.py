@@ -1,13 +1,19 @@
 """optuna-dashboard on a study's storage, with every study's artifacts (per-trial recipes).
 
 Feasibility and per-trial notes are written by each trial (:mod:`autocompress.trial_notes`);
-this module serves them.
+this module serves them. The "Best Trials" of an autocompress study are its front
+(:func:`autocompress.record.front_of`: feasible, better than the baseline somewhere, not
+dominated): optuna-dashboard 0.21 computes them itself, ignoring constraints, so an
+infeasible trial (accuracy 0.13) was listed; its front function is replaced by ours for the
+studies this app serves.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -15,6 +21,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.trial import FrozenTrial
+
+from autocompress.record import ATTR, front_of, normalize_info
 
 ARTIFACTS = "artifacts"  # per-study artifact directory: studies/<study>-<uid>/artifacts
 
@@ -76,7 +85,50 @@ def dashboard_app(
     import optuna_dashboard
 
     app = optuna_dashboard.wsgi(storage, artifact_store=StudiesArtifactStore(studies_dir, home))
+    app = with_our_front(app, storage)
     return app if allow_edits else read_only(app)
+
+
+_serving = threading.local()  # the storage of the request being answered on this thread
+
+
+def with_our_front(app: Any, storage: optuna.storages.BaseStorage) -> Any:
+    """Wrap optuna-dashboard's WSGI app so that its "Best Trials" of an autocompress study are
+    :func:`autocompress.record.front_of`, the front every other verb shows."""
+    from optuna_dashboard import _app
+
+    original = getattr(_app, "get_pareto_front_trials", None)
+    if original is None:
+        return app  # another optuna-dashboard: its own best trials
+    if not getattr(original, "autocompress", False):
+        _app.get_pareto_front_trials = _front_for(original)
+
+    def serve(environ: dict[str, Any], start_response: Any) -> Any:
+        match = _STUDY_PAGE.fullmatch(str(environ.get("PATH_INFO", "")))
+        _serving.study = (storage, int(match[1])) if match else None
+        try:
+            return app(environ, start_response)
+        finally:
+            _serving.study = None
+
+    return serve
+
+
+_STUDY_PAGE = re.compile(r"/api/studies/(\d+)/?")  # the request that lists best trials
+
+
+def _front_for(original: Any) -> Any:
+    def front(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
+        serving = getattr(_serving, "study", None)
+        if serving is not None:
+            storage, study_id = serving
+            record = storage.get_study_user_attrs(study_id).get(ATTR)
+            if isinstance(record, dict):  # an autocompress study
+                return front_of(normalize_info(record), list(trials))
+        return list(original(trials, directions))
+
+    front.autocompress = True  # type: ignore[attr-defined]
+    return front
 
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

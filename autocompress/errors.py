@@ -20,7 +20,16 @@ class StorageError(AutocompressError):
 
 
 class TrialFailure(Exception):
-    """A trial could not be completed: its reason is recorded with it and the study goes on."""
+    """A trial could not be completed: its reason is recorded with it and the study goes on.
+
+    Attributes:
+        method: The method blamed for it (counted towards withdrawing that method), or
+            ``None`` when no method is to blame (the workload, the measurement).
+    """
+
+    def __init__(self, message: str, method: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
 
 
 class RecipeError(AutocompressError):

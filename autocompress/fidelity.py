@@ -37,11 +37,11 @@ from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.record import is_feasible
+from autocompress.record import LATENCY_NOISE, is_feasible
 
 MIN_OBSERVED = 3  # comparable fine-tuned trials before their outcome bounds a candidate
 MARGIN = 0.25  # x the budget: how much better than those trials a candidate may still end
-LATENCY_MARGIN = 0.03  # a dominating trial must be this much faster (timing noise)
+LATENCY_MARGIN = LATENCY_NOISE  # a dominating trial must be this much faster (timing noise)
 
 
 @dataclass(frozen=True)

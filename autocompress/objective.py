@@ -208,7 +208,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except TrialFailure as e:
-            self._record_failure(trial, str(e), getattr(e, "method", None))
+            self._record_failure(trial, str(e), e.method)
             raise
         except (KeyboardInterrupt, SystemExit):
             trial.set_user_attr("fail_reason", "interrupted")

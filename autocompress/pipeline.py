@@ -21,7 +21,8 @@ from torch import nn
 
 from autocompress.architecture import ModelFacts, model_facts, parameter_inventory
 from autocompress.artifact import load_packed, save_packed
-from autocompress.data import Inputs, Split
+from autocompress.attention import width_problems
+from autocompress.data import Inputs, Split, call_model
 from autocompress.errors import TrialFailure
 from autocompress.grid import QuantSpec, storage_bits
 from autocompress.methods import METHODS, STAGES, Context, Method, ordered
@@ -179,19 +180,52 @@ def parameter_bits(model: nn.Module, plan: Mapping[str, QuantSpec]) -> dict[str,
     return {"effective_bits": total_bits / total if total else 32.0, "float32_bytes": kept}
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else ""
+
+
+def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
+    """Why ``model`` no longer runs, or ``None`` when it does: the shape rules of its
+    attention (:func:`autocompress.attention.width_problems`), then one forward pass of
+    ``example_input`` in eval mode."""
+    problems = width_problems(model)
+    if problems:
+        return "; ".join(problems)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example_input)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever stops the forward pass is the finding
+        return f"its forward pass raises {type(e).__name__}: {_first_line(e)}"
+    finally:
+        model.train(was_training)
+    return None
+
+
 def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> None:
+    """Apply one method, then check that the model it leaves still runs.
+
+    A method that raises, or that leaves a model breaking its attention's shape rules or
+    failing its forward pass on the example input, fails the trial blamed on that method
+    (``TrialFailure.method``): a broken model would otherwise surface in a later step (the
+    fine-tuning's first batch), which would be counted, and withdrawn, in its place.
+    """
     try:
         method.apply(model, ctx)
     except (TrialFailure, TrialPruned, KeyboardInterrupt, SystemExit):
         raise  # already a trial's outcome (a hopeless trial stopped early), or a stop
     except Exception as e:  # noqa: BLE001 - any failure of a method fails the trial, named
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        message = _first_line(e)
         what = f"{name} failed"
         if isinstance(e, MemoryError) or "out of memory" in message.lower():
             what = f"out of memory in {name}"
-        failure = TrialFailure(f"{what}: {type(e).__name__}: {message}")
-        failure.method = name  # type: ignore[attr-defined]
-        raise failure from e
+        raise TrialFailure(f"{what}: {type(e).__name__}: {message}", method=name) from e
+    reason = broken_reason(model, ctx.example_input)
+    if reason is not None:
+        raise TrialFailure(f"{name} left a model that does not run: {reason}", method=name)
 
 
 def compress(

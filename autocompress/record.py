@@ -19,6 +19,10 @@ ATTR = "autocompress"  # the study user attribute holding settings, baseline and
 SENSITIVITY = "sensitivity"  # the key of the sensitivity profile in that record
 LATENCY, SIZE = "latency_ms", "size_kb"
 SIZE_KINDS = ("deployed", "packed")
+# A trial is faster than the baseline only when at least this much faster: the latency ratio
+# of two runs of one model spreads by a few percent on a shared CPU (interleaved medians).
+LATENCY_NOISE = 0.03
+METRIC_ROUNDING = 1e-6  # x |baseline metric|: a deployment's float rounding is no gain
 
 
 def directions(higher_is_better: bool) -> list[Literal["minimize", "maximize"]]:
@@ -151,10 +155,42 @@ def as_losses(info: dict[str, Any], values: list[float]) -> list[float]:
     return [sign * values[0], values[1], values[2]]
 
 
-def feasible_front(study: optuna.Study) -> list[FrozenTrial]:
-    """The Pareto front of the feasible trials, best metric first."""
-    info = study_info(study)
-    feasible = [t for t in study.get_trials(deepcopy=False) if is_feasible(t)]
+def size_key(info: dict[str, Any]) -> str:
+    """The user attribute (and baseline key) of the size the study optimises, in bytes."""
+    return "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
+
+
+def baseline_size_bytes(info: dict[str, Any]) -> float | None:
+    """The baseline's size of the kind the study optimises (:func:`size_key`), in bytes."""
+    base = info["baseline"]
+    size = base.get(size_key(info)) or base.get("size_bytes")
+    return None if size is None else float(size)
+
+
+def beats_baseline(info: dict[str, Any], values: list[float] | tuple[float, ...]) -> bool:
+    """Whether objective values (metric, latency ms, size KB) are better than the
+    uncompressed baseline's in at least one objective, so that the baseline does not dominate
+    them: a better metric (beyond float rounding, :data:`METRIC_ROUNDING` x the baseline's),
+    a latency at least :data:`LATENCY_NOISE` below the baseline's (timing noise is no
+    speed-up), or fewer bytes of the optimised size. A trial that is none of these (a
+    fine-tuning alone at x0.99 speed and the same size) is not a result.
+    """
+    base = info["baseline"]
+    metric = float(base["metric"])
+    gain = -worsening(info, float(values[0]))
+    if gain > METRIC_ROUNDING * max(1.0, abs(metric)):
+        return True
+    if float(values[1]) < float(base["latency_ms"]) * (1.0 - LATENCY_NOISE):
+        return True
+    size = baseline_size_bytes(info)
+    return size is None or float(values[2]) * 1000 < size
+
+
+def front_of(info: dict[str, Any], trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The one rule of the front: the feasible trials (:func:`is_feasible`) that beat the
+    baseline somewhere (:func:`beats_baseline`) and that no other such trial dominates, best
+    metric first."""
+    feasible = [t for t in trials if is_feasible(t) and beats_baseline(info, t.values)]
     losses = {t.number: as_losses(info, t.values) for t in feasible}
     front = [
         t
@@ -162,6 +198,12 @@ def feasible_front(study: optuna.Study) -> list[FrozenTrial]:
         if not any(_dominates(losses[o.number], losses[t.number]) for o in feasible)
     ]
     return sorted(front, key=lambda t: (losses[t.number], t.number))
+
+
+def feasible_front(study: optuna.Study) -> list[FrozenTrial]:
+    """The Pareto front of ``study`` (:func:`front_of`): what the pareto table, the export,
+    the report and the dashboard show."""
+    return front_of(study_info(study), study.get_trials(deepcopy=False))
 
 
 class HasUserAttrs(Protocol):
@@ -200,6 +242,30 @@ def front_columns(info: dict[str, Any]) -> tuple[str, ...]:
             "deployed KB", "smaller", "flags", "config")  # fmt: skip
 
 
+FIGURES = 8  # the first columns of front_columns: figures; then flags and the configuration
+
+
+def front_legend(info: dict[str, Any]) -> list[str]:
+    """What the front's columns and the configurations' short words mean, one line each."""
+    name = metric_name(info)
+    kind = "deployed file" if info["size"] == "deployed" else "packed artifact"
+    return [
+        f"{name}: on the validation split (what the search optimises); test {name}: on the "
+        "test split, reported, never searched on.",
+        "latency ms: median of the deployed form on the target, timed interleaved with the "
+        "baseline; speed-up: the baseline's latency / the trial's.",
+        "packed KB: the compressed artifact (.acpk: k-bit codes, scales, sparse weights); "
+        "deployed KB: the file(s) the runtime loads. 1 KB = 1000 bytes on disk.",
+        f"smaller: the baseline's {kind} size / the trial's (the size objective is the "
+        f"{kind}). A trial no better than the baseline anywhere is not on the front.",
+        "In configurations: ft Nep = fine-tuning for N epochs; QAT = quantization-aware "
+        "training; KD T= a= = distillation temperature and loss weight; lr = learning rate; "
+        "rr = reduce_range (7-bit int8 activations); qdq/qoperator = ONNX int8 formats; "
+        "per-channel/per-tensor/groupN = weight scales per output channel, tensor or N "
+        "weights; rtn = round-to-nearest; -N% = share removed.",
+    ]
+
+
 def _kb(value: Any) -> str:
     return "-" if value is None else f"{float(value) / 1000:.1f}"
 
@@ -211,7 +277,7 @@ def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]
     or the packed artifact) with the baseline's same size.
     """
     base = info["baseline"]
-    size_key = "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
+    base_size = baseline_size_bytes(info) or math.nan
     rows = [
         [
             "baseline",
@@ -229,7 +295,6 @@ def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]
     for t in front:
         value, latency, size_kb = t.values
         attrs = t.user_attrs
-        base_size = base.get(size_key) or base.get("size_bytes") or math.nan
         rows.append(
             [
                 str(t.number),

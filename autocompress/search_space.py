@@ -147,7 +147,9 @@ class SearchSpace:
                 chosen[name] = method
         return CompressionConfig(chosen, seed)
 
-    def warm_starts(self, facts: Any = None, runtime: str = "torch") -> list[dict[str, Any]]:
+    def warm_starts(
+        self, facts: Any = None, runtime: str = "torch", size: str = "deployed"
+    ) -> list[dict[str, Any]]:
         """Known-good starting points, one per family, as parameters this space allows.
 
         int8 alone (real int8 kernels, usually no accuracy cost; dynamic int8 for models with
@@ -158,6 +160,11 @@ class SearchSpace:
         (the sampler fills in the rest) and per-layer search is pinned off (or, where the space
         fixes it on and ``facts`` names the layers, every layer is pinned to the start's
         setting), so every layer gets the start's setting.
+
+        With the deployed size as objective (``size``), a start whose methods cannot change
+        the file ``runtime`` deploys (:func:`changes_deployed`: unstructured pruning with
+        4-bit weights on ``torch``, which deploys them as float) is not made: the baseline
+        would dominate it.
         """
         # Every method a start does not name is off where the space can switch it off; a
         # space that always applies one the method marks as defining a start
@@ -185,6 +192,9 @@ class SearchSpace:
         ]  # fmt: skip
         starts: list[dict[str, Any]] = []
         for family in families:
+            on = [k for k, v in family.items() if "." not in k and v is True and k in self.methods]
+            if size == "deployed" and not changes_deployed(on, runtime):
+                continue
             params = {}
             feasible = True
             for key, value in family.items():
@@ -236,6 +246,17 @@ class SearchSpace:
             for layer in getattr(probe, "layer_bits", {}):
                 pinned[f"weights.bits.{layer}"] = params["weights.bits"]
         return pinned
+
+
+def changes_deployed(methods: list[str], runtime: str) -> bool:
+    """Whether a configuration with ``methods`` can change the file ``runtime`` deploys
+    (:attr:`Method.CHANGES_DEPLOYED`, :attr:`Runtime.LOW_BIT_WEIGHTS`)."""
+    low_bit = RUNTIMES[runtime].LOW_BIT_WEIGHTS
+    return any(
+        METHODS[m].CHANGES_DEPLOYED == "always"
+        or (METHODS[m].CHANGES_DEPLOYED == "low_bit" and low_bit)
+        for m in methods
+    )
 
 
 class _Probe(Suggester):

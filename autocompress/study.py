@@ -404,7 +404,7 @@ def create_or_resume(
                 study.set_metric_names(objective_names(info))
             if settings.warm_start:
                 facts = model_facts(workload.model, workload.example_input)
-                for params in space.warm_starts(facts, settings.target.runtime):
+                for params in space.warm_starts(facts, settings.target.runtime, settings.size):
                     study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr(ATTR, info)  # a study without it is a failed creation
             save_study_note(study)  # the settings in words, in optuna-dashboard

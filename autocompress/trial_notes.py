@@ -18,6 +18,7 @@ import optuna
 
 from autocompress.record import (
     allowed_worsening,
+    baseline_size_bytes,
     budget_words,
     flags,
     metric_name,
@@ -98,8 +99,7 @@ def trial_note(
     verdict = (
         "feasible" if feasible else f"**INFEASIBLE**: outside the budget ({budget_words(info)})"
     )
-    size_key = "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
-    base_size = (base.get(size_key) or base.get("size_bytes") or 0) / 1000
+    base_size = (baseline_size_bytes(info) or 0) / 1000
     lines = [f"## Trial {number}: {verdict}", ""]
     if attrs.get("summary"):
         lines += [f"`{attrs['summary']}`", ""]
@@ -171,8 +171,7 @@ def study_note(info: dict[str, Any]) -> str:
     """
     base = info["baseline"]
     name = metric_name(info)
-    size_key = "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
-    size = base.get(size_key) or base.get("size_bytes")
+    size = baseline_size_bytes(info)
     test = base.get("test_metric")
     lines = ["## Settings", "", "| setting | value |", "|---|---|"]
     lines += [f"| {key} | {_cell(value)} |" for key, value in settings_rows(info)]

@@ -208,6 +208,53 @@ def test_untraceable_model_fails_then_structured_is_withdrawn(tmp_path):
     assert all("no longer offered" in t.user_attrs["note"] for t in later)
 
 
+def _cut_attention_width(self, model, ctx):
+    """What torch-pruning did to a ViT whose blocks it did not know: 3 of the 16 residual
+    channels cut, nn.MultiheadAttention's width with them (13, for 4 heads)."""
+    import torch_pruning as tp
+
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=ctx.example_input)
+    graph.get_pruning_group(model.embed, tp.prune_linear_out_channels, idxs=[0, 1, 2]).prune()
+
+
+def test_a_method_that_breaks_the_model_is_blamed_not_fine_tuning(tmp_path, monkeypatch):
+    """The model a method leaves is checked before the next step: the failure (which would
+    surface in fine-tuning's first batch) is blamed on the method, and only it is withdrawn."""
+    from autocompress.methods.structured import StructuredPruning
+    from autocompress.objective import withdrawn_methods
+
+    monkeypatch.setattr(StructuredPruning, "apply", _cut_attention_width)
+    study, objective = _objective_study(tmp_path, "tests.tiny_workloads:head_first_vit")
+    for _ in range(FAILURES_BEFORE_WITHDRAWAL):
+        study.enqueue_trial({"structured.enabled": True})
+    run_worker(study, objective, n_trials=2)
+    trials = study.get_trials(deepcopy=False)
+    failed = trials[:FAILURES_BEFORE_WITHDRAWAL]
+    for t in failed:
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["failed_method"] == "structured"
+        assert t.user_attrs["fail_reason"].startswith(
+            "structured left a model that does not run: attention blocks.0.attn: embed_dim 13"
+        )
+    assert set(withdrawn_methods(study)) == {"structured"}
+    later = trials[FAILURES_BEFORE_WITHDRAWAL:]
+    assert len(later) == 2 and all(t.state == TrialState.COMPLETE for t in later)
+    assert all("finetune" in t.user_attrs["config"]["methods"] for t in later)
+
+
+def test_structured_pruning_runs_on_a_head_first_vit(tmp_path):
+    study, objective = _objective_study(tmp_path, "tests.tiny_workloads:head_first_vit")
+    for amount in (0.3, 0.45):  # 16 x 0.7 = 11, 16 x 0.55 = 8: where the width was cut
+        study.enqueue_trial({"structured.enabled": True, "structured.amount": amount})
+    run_worker(study, objective, n_trials=2)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        channels = t.user_attrs["records"]["structured"]["channels"]
+        assert channels["embed"] == 16 and channels["blocks.0.attn.out_proj"] == 16
+        assert channels["blocks.0.mlp.0"] < 32
+
+
 def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path):
     study, objective = _objective_study(tmp_path, "tests.tiny_workloads:out_of_memory")
     study.enqueue_trial({"finetune.batch_size": 64, "structured.enabled": False})

@@ -229,3 +229,30 @@ def test_the_study_bar_counts_completed_trials_and_names_the_others():
     # --total 4 on a study that has 3: the bar starts at 3 of 4
     resumed = RichReporter(4, Console(file=io.StringIO()), completed=3)
     assert resumed.progress.tasks[resumed.study_task].completed == 3
+
+
+@pytest.mark.parametrize("columns", [80, 160])
+def test_the_front_table_fits_the_terminal_and_has_a_legend(tmp_path, columns):
+    """At 80 columns the metric used to print as ``1.00…``: the figures are never cut, the
+    configurations follow on their own lines, and a legend explains the words."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_dashboard import make_study
+
+    make_study(tmp_path)
+    env = dict(os.environ, COLUMNS=str(columns))
+    out = subprocess.run(
+        [sys.executable, "-m", "autocompress.cli", "pareto", "dash",
+         "--storage", f"sqlite:///{tmp_path / 's.db'}"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= columns
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:1].isalnum()}
+    assert rows["baseline"][1:3] == ["0.9800", "0.9700"]
+    assert rows["4"][1] == "0.9720" and rows["4"][-1] == "10.5x"  # 420 KB / 40 KB
+    assert "trial 4: structured" in out
+    assert "rr = reduce_range" in out.replace("\n", " ")
+    assert "smaller: the baseline's deployed file size / the trial's" in out.replace("\n", " ")

@@ -217,6 +217,56 @@ def test_dashboard_marks_infeasible_trials_and_serves_notes_and_artifacts(study,
     assert status.startswith("200") and body == b"format_version: 2\n"
 
 
+def test_dashboard_best_trials_are_the_feasible_front(study, studies):
+    """optuna-dashboard 0.21 computed "Best Trials" ignoring constraints: infeasible trial 1
+    (accuracy 0.95, the fastest and smallest) was listed."""
+    wsgi_app = dashboard_app(study._storage, studies, studies / "dash-0123456789ab")
+    detail = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])
+    assert sorted(t["number"] for t in detail["best_trials"]) == sorted(FRONT)
+    assert detail["objective_names"] == ["accuracy", "latency_ms", "size_kb"]  # axis titles
+
+
+# (accuracy, latency ms, size KB) against the baseline's (0.98, 2.0 ms, 420 KB deployed); no
+# trial here dominates 0, so only the baseline can keep it off the front
+AGAINST_BASELINE = [
+    (0.98, 1.98, 420.0),  # 0 fine-tuning only: x0.99 speed (noise), same size: off the front
+    (0.98, 2.0, 420.0),  # 1 uncompressed: the baseline itself, off
+    (0.975, 2.5, 430.0),  # 2 worse everywhere (still feasible): off
+    (0.975, 1.5, 420.0),  # 3 25% faster: a real gain
+    (0.9801, 2.1, 420.0),  # 4 more accurate (and slower than 0)
+    (0.975, 2.2, 300.0),  # 5 smaller
+]
+
+
+def test_a_trial_the_baseline_dominates_is_not_on_the_front(tmp_path):
+    study = make_study(tmp_path, "vs-baseline", AGAINST_BASELINE)
+    assert all(t.user_attrs["feasible"] for t in study.get_trials())
+    assert sorted(t.number for t in feasible_front(study)) == [3, 4, 5]
+    wsgi_app = dashboard_app(study._storage, tmp_path)
+    detail = json.loads(get(wsgi_app, f"/api/studies/{study._study_id}?after=0")[1])
+    assert sorted(t["number"] for t in detail["best_trials"]) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("higher_is_better", [True, False])
+def test_beating_the_baseline_follows_the_metric_direction(higher_is_better):
+    from autocompress.record import beats_baseline
+
+    info = normalize_info(
+        {
+            "task": {"name": "t", "metric": "m", "higher_is_better": higher_is_better},
+            "budget": {"absolute": 1.0, "relative": None},
+            "size": "packed",
+            "baseline": {"metric": 10.0, "latency_ms": 2.0, "packed_bytes": 1000},
+        }
+    )
+    better, worse = (10.5, 9.5) if higher_is_better else (9.5, 10.5)
+    assert beats_baseline(info, (better, 2.0, 1.0))
+    assert not beats_baseline(info, (worse, 2.0, 1.0))
+    assert not beats_baseline(info, (10.0, 2.0 * 0.98, 1.0))  # within timing noise
+    assert beats_baseline(info, (10.0, 2.0 * 0.96, 1.0))
+    assert beats_baseline(info, (worse, 2.0, 0.999))
+
+
 def test_dashboard_serves_the_study_note_with_the_settings_in_words(study, studies):
     save_study_note(study)
     wsgi_app = dashboard_app(study._storage, studies, studies / "dash-0123456789ab")

@@ -183,7 +183,7 @@ def test_per_layer_off_adds_no_dimensions(facts):
 
 def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts, profile):
     space = load_search_space(DEFAULT_SPACE)
-    starts = space.warm_starts(facts)
+    starts = space.warm_starts(facts, "onnxruntime")
     assert [s.get("structured.enabled") for s in starts] == [False, True, False]
     assert [s.get("unstructured.enabled") for s in starts] == [False, False, True]
     assert starts[0]["int8.enabled"] is True and starts[0]["weights.bits"] == 8
@@ -211,6 +211,27 @@ def test_warm_starts_are_allowed_by_the_space_and_pin_per_layer(facts, profile):
     study.ask()
     structured_start = sampled.suggest(study.ask(), facts)
     assert set(structured_start.get("structured").layer_amounts.values()) == {0.5}
+
+
+@pytest.mark.parametrize(
+    "runtime, size, unstructured_4bit",
+    [
+        ("torch", "deployed", False),  # deploys 4-bit weights as float: the file stays the same
+        ("onnxruntime", "deployed", True),  # MatMulNBits keeps them
+        ("openvino", "deployed", True),  # NNCF compresses them
+        ("torch", "packed", True),  # the packed artifact does shrink
+    ],
+)
+def test_no_warm_start_that_cannot_change_the_deployed_file(
+    facts, runtime, size, unstructured_4bit
+):
+    starts = load_search_space(DEFAULT_SPACE).warm_starts(facts, runtime, size)
+    kept = [s for s in starts if s.get("unstructured.enabled")]
+    assert bool(kept) is unstructured_4bit
+    assert [s.get("structured.enabled") for s in starts if not s.get("unstructured.enabled")] == [
+        False,
+        True,
+    ]  # int8 alone and structured + int8 change every runtime's file
 
 
 def test_warm_starts_switch_transformer_pruning_off_where_the_space_can():

@@ -150,3 +150,50 @@ def trainable() -> Workload:
         model_factory=TinyMLP,
         baseline_training=TrainingConfig(epochs=2, batch_size=32, lr=0.01),
     )
+
+
+class HeadFirstViT(nn.Module):
+    """A tiny ViT whose classifier head is defined before its blocks, and its blocks in an
+    ``nn.Sequential`` (as timm's): definition order is not execution order, and the blocks are
+    not a ``ModuleList`` of recognised transformer parts. ``nn.MultiheadAttention`` with 4 heads
+    over 16 dimensions; the 8 features are 4 tokens of 2."""
+
+    def __init__(self, dim: int = 16, heads: int = 4, depth: int = 2) -> None:
+        super().__init__()
+        self.head = nn.Linear(dim, N_CLASSES)
+        self.embed = nn.Linear(2, dim)
+        self.pos = nn.Parameter(torch.randn(1, N_FEATURES // 2, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_ViTBlock(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.unflatten(-1, (-1, 2))) + self.pos
+        return self.head(self.norm(self.blocks(tokens).mean(dim=1)))
+
+
+class _ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+def head_first_vit() -> Workload:
+    """Tiny ViT, head defined first, blocks in ``nn.Sequential`` (:class:`HeadFirstViT`)."""
+    torch.manual_seed(0)
+    model = HeadFirstViT()
+    train = _data(96, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(train.x), train.y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return Workload(train=train, val=_data(48, 1), test=_data(48, 2), model=model.eval())

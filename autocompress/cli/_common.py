@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -17,9 +18,16 @@ from autocompress import __version__
 from autocompress.errors import AutocompressError
 from autocompress.shipped import resolve_space
 
+
 # Tables stay readable when the output is a file or a pipe, not a terminal.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+def _width(stream: object) -> int | None:
+    """The terminal's width (rich reads it, or ``COLUMNS`` when set); 160 for a pipe or file."""
+    isatty = getattr(stream, "isatty", lambda: False)
+    return None if isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
 _state = {"debug": False, "interrupted": False}
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 

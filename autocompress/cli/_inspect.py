@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from autocompress.cli._common import (
     StorageOpt,
@@ -114,22 +115,53 @@ def study_status(
 
 
 def _print_front(name: str, storage: str) -> None:
-    from autocompress.record import budget_words, feasible_front, front_columns, front_rows
+    from autocompress.record import (
+        FIGURES,
+        budget_words,
+        feasible_front,
+        front_columns,
+        front_legend,
+        front_rows,
+    )
     from autocompress.study import load_study, study_info
 
     study = load_study(name, _existing_storage(storage))
     info = study_info(study)
+    front = feasible_front(study)
+    rows = front_rows(info, front)
+    # Figures only, never cut: each column is at least as wide as its widest figure and its
+    # header's longest word (up to 10 letters; a longer metric name folds), and a narrow
+    # terminal wraps the headers. Each trial's configuration and flags follow on their own
+    # wrapped lines.
+    columns = [
+        Column(
+            c,
+            min_width=max(*(len(r[i]) for r in rows), *(min(len(w), 10) for w in c.split())),
+            overflow="fold",
+        )
+        for i, c in enumerate(front_columns(info)[:FIGURES])
+    ]
     table = Table(
-        *front_columns(info),
+        *columns,
         title=f"{name}: feasible Pareto front ({budget_words(info)}; size objective: "
         f"{info['size']})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
     )
-    front = feasible_front(study)
-    for k, row in enumerate(front_rows(info, front)):
-        table.add_row(*row, style="dim" if k == 0 else None)
+    for k, row in enumerate(rows):
+        table.add_row(*row[:FIGURES], style="dim" if k == 0 else None)
     console.print(table)
+    for k, row in enumerate(rows):
+        flags = f" [{row[FIGURES]}]" if row[FIGURES] else ""
+        label = f"trial {row[0]}" if k else row[0]
+        console.print(f"{label}: {row[FIGURES + 1]}{flags}", highlight=False, markup=False)
     if not front:
         console.print("no trial within the budget yet")
+    console.print()
+    for line in front_legend(info):
+        console.print(line, highlight=False, style="dim")
 
 
 def pareto(

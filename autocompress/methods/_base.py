@@ -214,6 +214,10 @@ class Method:
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {}
+    # What the method does to the file a runtime loads: "always" changes it (shapes, kernels,
+    # precision), "never" (only weight values: zeros, fine-tuned values; the file keeps its
+    # size and speed), "low_bit" where the runtime keeps low-bit weights (Runtime.LOW_BIT_WEIGHTS).
+    CHANGES_DEPLOYED: ClassVar[str] = "always"
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
         """Apply the method to ``model`` in place; record decisions in ``ctx.records``."""

@@ -29,6 +29,7 @@ class Distillation(Method):
     alpha: float = 0.5
 
     stage: ClassVar[str] = "train"
+    CHANGES_DEPLOYED: ClassVar[str] = "never"
     SEARCH: ClassVar[dict[str, Param]] = {
         "temperature": Param(float, {"low": 1.0, "high": 20.0, "log": True},
                              "softmax temperature", bounds=(1.0, 100.0)),

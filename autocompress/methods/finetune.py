@@ -38,6 +38,7 @@ class Finetune(TrainingConfig, Method):
     quant_aware: bool = False
 
     stage: ClassVar[str] = "train"
+    CHANGES_DEPLOYED: ClassVar[str] = "never"
     SEARCH: ClassVar[dict[str, Param]] = {
         "epochs": Param(int, {"low": 1, "high": 3}, "passes over the training split",
                         bounds=(0, 1000)),

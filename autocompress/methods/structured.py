@@ -95,6 +95,10 @@ class StructuredPruning(Method):
             replay_history(model, history, ctx.example_input)
         else:
             ignored = [modules[n] for n, o in now.items() if o.baseline not in pruned or not o.last]
+            # Attention stays whole wherever it sits: torch-pruning would cut an
+            # nn.MultiheadAttention's width with the residual stream, to widths its heads do not
+            # divide (45 of 64 with 4 heads), when the blocks are not recognised as a transformer.
+            ignored += [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
             ratios = {
                 modules[n]: self.layer_amounts[o.baseline]
                 for n, o in now.items()
@@ -128,8 +132,7 @@ class StructuredPruning(Method):
             )
         baselines = {o.baseline for o in now.values()}
         whole = [n for n in ctx.facts.layers if n not in roots and n in baselines]
-        parts = ctx.facts.transformer
-        if parts is not None and whole:
+        if (ctx.facts.transformer is not None or ctx.facts.attention_layers) and whole:
             ctx.notes.append(
                 f"structured pruning left {len(whole)} attention, residual and output layers "
                 "whole (heads, MLP width and depth have their own methods)"

@@ -50,6 +50,7 @@ class UnstructuredPruning(Method):
 
     WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "prune"
+    CHANGES_DEPLOYED: ClassVar[str] = "never"
     SEARCH: ClassVar[dict[str, Param]] = layer_amount_params("share of weights set to zero")
 
     def __post_init__(self) -> None:

@@ -67,6 +67,7 @@ class WeightQuantization(Method):
 
     WARM_START_REQUIRED_OFF: ClassVar[bool] = True
     stage: ClassVar[str] = "quantize"
+    CHANGES_DEPLOYED: ClassVar[str] = "low_bit"
     SEARCH: ClassVar[dict[str, Param]] = {
         "bits": Param(int, [8, 4], "bits per weight (16: float16)", choices=BITS),
         "granularity": Param(str, "per_channel", "what shares one scale", choices=GRANULARITIES),

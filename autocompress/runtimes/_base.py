@@ -111,9 +111,7 @@ def step_failure(step: str, message: str, cause: BaseException | None = None) ->
         if len(lines) > 1 and text.startswith("Exception from"):
             text = lines[-1]
         detail = f": {type(cause).__name__}: {text[:300]}"
-    failure = TrialFailure(f"{step} failed: {message}{detail}")
-    failure.method = step  # type: ignore[attr-defined]
-    return failure
+    return TrialFailure(f"{step} failed: {message}{detail}", method=step)
 
 
 def has_attention(model: nn.Module) -> bool:
@@ -139,6 +137,9 @@ class Runtime:
     # make plain static int8 lose accuracy (67 points of MiniLM's recall on ORT), dynamic
     # keeps it; a runtime whose static int8 handles them (SmoothQuant) says static.
     ATTENTION_INT8: ClassVar[str] = "dynamic"
+    # Whether the deployed file keeps weights of 8 bits or fewer without int8 activations
+    # (weight-only kernels, compressed weights); where not, such weights deploy as float.
+    LOW_BIT_WEIGHTS: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         for key, param in self.SEARCH.items():

@@ -63,6 +63,7 @@ class OnnxRuntime(Runtime):
     graph: str = "plain"
 
     name: ClassVar[str] = "onnxruntime"
+    LOW_BIT_WEIGHTS: ClassVar[bool] = True  # MatMulNBits
     FORMAT: ClassVar[str] = "onnx"
     DEVICES: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
     SUFFIXES: ClassVar[tuple[str, ...]] = (".onnx",)

@@ -163,6 +163,7 @@ class OpenVINO(Runtime):
     smooth_quant: float = 0.95
 
     name: ClassVar[str] = "openvino"
+    LOW_BIT_WEIGHTS: ClassVar[bool] = True  # nncf.compress_weights
     FORMAT: ClassVar[str] = "openvino"
     SUFFIXES: ClassVar[tuple[str, ...]] = (".xml",)
     INT8_PARAMS: ClassVar[tuple[str, ...]] = ("mode",)

@@ -102,3 +102,34 @@ def test_depthwise_residual_cnn_stays_consistent_and_reloads():
     loaded, _ = load_compressed("m.acpk", model, x[:1], Classification())
     with torch.no_grad():
         assert torch.equal(loaded(x), c.model(x))
+
+
+@pytest.mark.parametrize("amount", [0.3, 0.5])
+def test_attention_stays_whole_in_a_head_first_vit_and_the_weakest_channels_go(amount):
+    """Head defined before the blocks, blocks in nn.Sequential (not recognised as transformer
+    parts): torch-pruning used to cut the residual stream and nn.MultiheadAttention with it to
+    widths its 4 heads do not divide (11 of 16 at 0.3). The attention and the residual stream
+    stay whole, as the README promises; the MLP's lowest-norm neurons go."""
+    from tests.tiny_workloads import HeadFirstViT
+
+    torch.manual_seed(0)
+    model = HeadFirstViT().eval()
+    up, down = model.blocks[0].mlp[0], model.blocks[0].mlp[2]
+    g = torch.Generator().manual_seed(1)
+    scale = torch.randperm(up.out_features, generator=g).float() + 1.0
+    with torch.no_grad():
+        up.weight.copy_(torch.randn(up.in_features, generator=g) * scale[:, None])
+        up.bias.zero_()
+        down.weight.copy_(torch.randn(down.out_features, 1, generator=g).expand_as(down.weight))
+    rows = up.weight.detach().clone()
+    x = torch.randn(4, 8)
+    ctx = apply("structured", StructuredPruning(amount), model, x)
+    assert model(x).shape == (4, 3)
+    for block in model.blocks:
+        assert (block.attn.embed_dim, block.attn.num_heads, block.attn.head_dim) == (16, 4, 4)
+    assert model.embed.out_features == 16 and model.head.out_features == 3
+    n_kept = int(up.in_features * 2 * (1 - amount))  # torch-pruning keeps the floor
+    kept = sorted(scale.argsort(descending=True)[:n_kept].tolist())  # the largest rows stay
+    assert up.out_features == n_kept
+    assert torch.equal(up.weight, rows[kept])
+    assert any("attention" in note for note in ctx.notes)

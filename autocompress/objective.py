@@ -355,6 +355,7 @@ class Objective:
             calibration=self.calibration if int8 is not None else None,
             runtime=config.get("runtime"),
         )
+        trial.set_user_attr("summary", summary_of_what_ran(config, deployed))
         measured = measure_deployed(wl, deployed, target, self.baseline_deployed, self.latency)
         value, test_value, lat = measured["metric"], measured["test_metric"], measured["latency"]
         if not finite(value):
@@ -417,6 +418,17 @@ class Objective:
             self._widths = layer_widths(wl.model, self.facts.layers)
         save_trial_note(trial, values, self.info, self._widths)
         return values
+
+
+def summary_of_what_ran(config: CompressionConfig, deployed: Deployed) -> str:
+    """The configuration's summary, with the int8 mode that ran where the runtime fell back
+    from the one asked (e.g. ``int8 dynamic rr (static fell back)``)."""
+    int8 = config.get("int8")
+    ran = deployed.int8_mode
+    if int8 is None or ran is None or ran == int8.mode:
+        return config.describe()
+    label = f"{replace(int8, mode=ran).describe()} ({int8.mode} fell back)"
+    return config.describe().replace(int8.describe(), label)
 
 
 def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:

@@ -41,6 +41,9 @@ class Deployed:
         low_bit_weights: Whether the deployed file stores weights in 8 bits or fewer (int8
             kernels, ``MatMulNBits``, OpenVINO's compressed weights), so that low-bit weights
             are not said to run as float where they do not.
+        int8_mode: The int8 mode that runs (``static`` or ``dynamic``), where int8 was asked;
+            it differs from the asked mode when a runtime fell back, and the trial's label
+            then says what ran.
     """
 
     run: Callable[[Inputs], torch.Tensor]
@@ -51,6 +54,7 @@ class Deployed:
     notes: list[str] = field(default_factory=list)
     files: tuple[str, ...] = ()
     low_bit_weights: bool = False
+    int8_mode: str | None = None
 
     def __post_init__(self) -> None:
         if not self.files:

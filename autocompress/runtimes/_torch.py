@@ -1,9 +1,13 @@
 """PyTorch: the model traced and frozen with TorchScript, float32 or bfloat16, or its int8 form.
 
-int8 is FX static int8 where FX can trace the model, else ``quantize_dynamic`` on its linear
-layers (the trial's notes say which). ``precision: bf16`` casts weights and floating inputs to
-bfloat16 inside the traced module (outputs come back as float32); it is offered where the CPU
-has bfloat16 instructions (``avx512_bf16`` or AMX) or on a GPU.
+int8 goes through PT2E (``torch.export``, torchao's X86 Inductor quantizer, compiled by
+Inductor; a ``.pt2`` file), static or dynamic as asked. Where PT2E cannot take the model (or
+torchao is not installed) it falls back to the deprecated FX static int8 where FX can trace the
+model, else to ``quantize_dynamic`` on its linear layers (TorchScript ``.pt`` files); the trial's
+notes say which ran and why, and its label says the int8 mode that ran. ``precision: bf16``
+casts weights and floating inputs to bfloat16 inside the traced module (outputs come back as
+float32); it is offered where the CPU has bfloat16 instructions (``avx512_bf16`` or AMX) or on a
+GPU.
 """
 
 from __future__ import annotations
@@ -18,10 +22,17 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from autocompress.data import Inputs, as_output, call_model, map_tensors
-from autocompress.hardware import cpu_flags
+from autocompress.data import Inputs, as_output, batch_size_of, call_model, map_tensors
+from autocompress.hardware import cpu_flags, torch_threads
 from autocompress.params import Param
-from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, step_failure
+from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, files_size, step_failure
+from autocompress.runtimes._pt2e_tools import (
+    compile_for,
+    load_pt2e,
+    pt2e_int8,
+    pt2e_unavailable,
+    save_pt2e,
+)
 from autocompress.runtimes._torchscript_tools import (
     attention_fast_path,
     dynamic_int8,
@@ -49,9 +60,72 @@ class _Bfloat16(nn.Module):
         return as_output(call_model(self.model, map_tensors(inputs, cast))).float()
 
 
+def _reason(e: BaseException) -> str:
+    """``Type: first line`` of an exception, short enough for a note."""
+    text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _export_batch(request: DeployRequest) -> Inputs:
+    """A batch of more than one row to export with (a batch axis of size 1 would be
+    specialised), else the example."""
+    for batch in [*(request.calibration or []), request.timing_input]:
+        if batch is not None and batch_size_of(batch) > 1:
+            return batch
+    return request.example
+
+
+def _pt2e(
+    model: nn.Module, int8: Any, request: DeployRequest, out_stem: Path
+) -> tuple[Deployed | None, list[str]]:
+    """The model's PT2E int8 form, or ``None`` and why not (the caller falls back)."""
+    unavailable = pt2e_unavailable()
+    if unavailable is not None:
+        return None, [f"PT2E int8 is not available here ({unavailable})"]
+    dynamic = int8.mode == "dynamic"
+    path = out_stem.with_suffix(".pt2")
+    try:
+        quantized = pt2e_int8(
+            model,
+            _export_batch(request),
+            request.calibration,
+            dynamic=dynamic,
+            per_channel=int8.per_channel,
+            reduce_range=int8.reduce_range,
+        )
+        save_pt2e(quantized, path)
+        runner, signature, _ = load_pt2e(path)  # what loading the file gives: what is measured
+        timing = request.timing_input if request.timing_input is not None else request.example
+        seconds = compile_for(runner, signature.flatten(timing), request.threads)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - export and Inductor fail in many ways; fall back
+        path.unlink(missing_ok=True)
+        return None, [f"PT2E {int8.mode} int8 failed on this model ({_reason(e)})"]
+    layers = len(quantized.quantized)
+    notes = [
+        f"PT2E {int8.mode} int8 (torchao X86InductorQuantizer, Inductor): int8 kernels on "
+        f"{layers} convolution/linear layer{'s' if layers != 1 else ''}"
+        + (f", {len(quantized.floating)} left in float32" if quantized.floating else ""),
+        f"Inductor compiled it in {seconds:.1f} s for the timing batch (once per input shape, "
+        "and again when the file is loaded)",
+    ]
+
+    def run(inputs: Inputs) -> torch.Tensor:
+        return runner(*signature.flatten(inputs))
+
+    deployed = Deployed(
+        run, f"pt2e-int8-{int8.mode}", str(path), files_size((path,)), "cpu", notes,
+        low_bit_weights=True, int8_mode=int8.mode,
+    )  # fmt: skip
+    return deployed, notes
+
+
 def _int8(
     model: nn.Module, int8: Any, example: Inputs, calibration: list[Inputs] | None
-) -> tuple[nn.Module, str, list[str]]:
+) -> tuple[nn.Module, str, list[str], str]:
+    """The legacy ``torch.ao.quantization`` int8 module (FX static, else dynamic), its kind,
+    notes and the int8 mode that runs."""
     notes: list[str] = []
     if int8.mode == "static":
         if calibration is None:
@@ -60,13 +134,13 @@ def _int8(
             module = fx_static_int8(
                 model, example, calibration, int8.per_channel, int8.reduce_range
             )
-            return module, "torchscript-fx-int8", notes
+            notes.append("deployed FX static int8 (torch.ao.quantization, deprecated) instead")
+            return module, "torchscript-fx-int8", notes, "static"
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - FX cannot trace many real models; fall back
-            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
             notes.append(
-                f"FX static int8 could not trace this model ({type(e).__name__}: {reason}); "
+                f"FX static int8 could not trace this model ({_reason(e)}); "
                 "deployed dynamic int8 on its linear layers instead"
             )
     try:
@@ -80,7 +154,7 @@ def _int8(
             "int8", "dynamic int8 quantizes linear layers only, and this model has none"
         )
     notes.append(f"dynamic int8 on {count} linear layers; other layers run in float32")
-    return module, "torchscript-dynamic-int8", notes
+    return module, "torchscript-dynamic-int8", notes, "dynamic"
 
 
 @dataclass(frozen=True)
@@ -96,7 +170,7 @@ class TorchRuntime(Runtime):
     name: ClassVar[str] = "torch"
     FORMAT: ClassVar[str] = "torchscript"
     DEVICES: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
-    SUFFIXES: ClassVar[tuple[str, ...]] = (".pt",)
+    SUFFIXES: ClassVar[tuple[str, ...]] = (".pt", ".pt2")
     INT8_PARAMS: ClassVar[tuple[str, ...]] = ("mode", "per_channel", "reduce_range")
     SEARCH: ClassVar[dict[str, Param]] = {
         "precision": Param(str, "f32", "float precision the model runs in (bf16 where offered)",
@@ -125,9 +199,13 @@ class TorchRuntime(Runtime):
             )
         path = out_stem.with_suffix(".pt")
         notes: list[str] = []
-        module, kind, int8 = model, "", request.int8
+        module, kind, int8, mode = model, "", request.int8, None
         if int8 is not None:
-            module, kind, notes = _int8(model, int8, request.example, request.calibration)
+            pt2e, notes = _pt2e(model, int8, request, out_stem)
+            if pt2e is not None:
+                return pt2e
+            module, kind, legacy, mode = _int8(model, int8, request.example, request.calibration)
+            notes += legacy
         elif self.precision == "bf16":
             module, kind = _Bfloat16(model).eval(), "torchscript-bf16"
         timing = None if (int8 is not None or self.precision != "f32") else request.timing_input
@@ -154,12 +232,20 @@ class TorchRuntime(Runtime):
 
         return Deployed(
             run, kind, str(path), path.stat().st_size, device, notes,
-            low_bit_weights=int8 is not None,
+            low_bit_weights=int8 is not None, int8_mode=mode,
         )  # fmt: skip
 
     def load(
         self, path: str | os.PathLike[str], threads: int = 1
     ) -> Callable[[Inputs], torch.Tensor]:
+        if Path(path).suffix == ".pt2":
+            runner, signature, _ = load_pt2e(path)
+
+            def run_pt2e(inputs: Inputs) -> torch.Tensor:
+                with torch_threads(threads):
+                    return runner(*signature.flatten(inputs))
+
+            return run_pt2e
         module = load_torchscript(path)
 
         def run(inputs: Inputs) -> torch.Tensor:

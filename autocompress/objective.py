@@ -423,7 +423,7 @@ class Objective:
 def summary_of_what_ran(config: CompressionConfig, deployed: Deployed) -> str:
     """The configuration's summary, with the int8 mode that ran where the runtime fell back
     from the one asked (e.g. ``int8 dynamic rr (static fell back)``)."""
-    int8 = config.get("int8")
+    int8: Any = config.get("int8")
     ran = deployed.int8_mode
     if int8 is None or ran is None or ran == int8.mode:
         return config.describe()

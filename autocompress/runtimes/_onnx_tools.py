@@ -1,8 +1,9 @@
 """ONNX deployed forms: the float model exported, and ONNX Runtime's int8 quantizations.
 
-The export uses the TorchScript-based exporter with named inputs and dynamic batch and
-sequence axes. It runs with autograd on: under ``no_grad`` PyTorch takes the fused fast path
-of ``nn.MultiheadAttention`` (``aten::_native_multi_head_attention``), which has no ONNX form.
+The export uses the TorchScript-based exporter (:data:`EXPORTER`; the dynamo one is offered
+and compared) with named inputs and dynamic batch and sequence axes. It runs with autograd
+on: under ``no_grad`` PyTorch takes the fused fast path of ``nn.MultiheadAttention``
+(``aten::_native_multi_head_attention``), which has no ONNX form.
 int8 is ONNX Runtime's ``quantize_static`` (QDQ or QOperator; MinMax, Entropy or Percentile
 calibration on training data) or ``quantize_dynamic``.
 """
@@ -64,12 +65,27 @@ def exportable(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(model: nn.Module, example: Inputs, path: str | os.PathLike[str]) -> Signature:
+def export_onnx(
+    model: nn.Module,
+    example: Inputs,
+    path: str | os.PathLike[str],
+    exporter: str = "",
+) -> Signature:
     """Export ``model`` to ONNX with named inputs and dynamic batch (and sequence) axes.
+
+    Args:
+        model: The float model.
+        example: One batch of inputs.
+        path: Where the ``.onnx`` file goes (weights inside it).
+        exporter: ``torchscript`` (the legacy exporter) or ``dynamo`` (``torch.export`` based,
+            needs onnxscript); :data:`EXPORTER` when not given.
 
     Returns:
         The signature: the ONNX graph's inputs are ``signature.names``, its output ``output``.
     """
+    exporter = exporter or EXPORTER
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     wrapped, signature, args = flat(exportable(model), example)
     sequence = signature.sequence_inputs(example)
     axes: dict[str, dict[int, str]] = {
@@ -83,17 +99,64 @@ def export_onnx(model: nn.Module, example: Inputs, path: str | os.PathLike[str])
         )
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped,
-                args,
-                str(path),
-                dynamo=False,
-                input_names=list(signature.names),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=axes,
-                opset_version=17,
-            )
+            if exporter == "dynamo":
+                _dynamo_export(wrapped, args, signature, sequence, path)
+            else:
+                torch.onnx.export(
+                    wrapped,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    input_names=list(signature.names),
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes=axes,
+                    opset_version=17,
+                )
     return signature
+
+
+EXPORTERS = ("torchscript", "dynamo")
+# The exporter deployments use. torch 2.13 recommends the dynamo one, but on this project's
+# models it gives no better graph for ONNX Runtime and OpenVINO (same CNN graph, same BERT
+# fusions, a 61% larger tiny-BERT file) and exports 3-13x slower, once per trial
+# (``python -m benchmarks.onnx_exporters``, BENCHMARKS.md): the TorchScript one stays.
+EXPORTER = "torchscript"
+
+
+def exporter_note() -> str:
+    """The deploy note that says which exporter wrote the ONNX graph."""
+    return f"ONNX graph from torch.onnx's {EXPORTER} exporter"
+
+
+def _dynamo_export(
+    wrapped: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    signature: Signature,
+    sequence: set[str],
+    path: str | os.PathLike[str],
+) -> None:
+    """``torch.onnx.export(dynamo=True)`` with the same names and dynamic axes."""
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = tuple(
+        {0: batch, 1: length} if name in sequence else {0: batch} for name in signature.names
+    )
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # it logs each torchvision operator it cannot register
+    try:
+        torch.onnx.export(
+            wrapped,
+            args,
+            str(path),
+            dynamo=True,
+            input_names=list(signature.names),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=(shapes,),  # one entry: the flat model takes ``*tensors``
+            opset_version=18,
+            external_data=False,
+        )
+    finally:
+        logger.setLevel(level)
 
 
 def feeds(signature: Signature, inputs: Inputs) -> dict[str, np.ndarray]:

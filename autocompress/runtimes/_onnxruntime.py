@@ -21,6 +21,7 @@ from autocompress.params import Param
 from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, step_failure
 from autocompress.runtimes._onnx_tools import (
     export_onnx,
+    exporter_note,
     feeds,
     fuse_transformer,
     onnxruntime_available,
@@ -96,6 +97,7 @@ class OnnxRuntime(Runtime):
         fusable = transformer_type(model) if self.graph == "fused" else None
         exported = with_eager_attention(model) if fusable else model
         signature = export_onnx(exported, request.example, fp32_path)
+        notes.append(exporter_note())
         kind = "onnx-fp32"
         if self.graph == "fused":
             kind = self._fuse(fp32_path, fusable, notes) or kind

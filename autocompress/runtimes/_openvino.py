@@ -45,7 +45,7 @@ from autocompress.runtimes._base import (
     files_size,
     step_failure,
 )
-from autocompress.runtimes._onnx_tools import export_onnx, feeds
+from autocompress.runtimes._onnx_tools import export_onnx, exporter_note, feeds
 from autocompress.runtimes._signature import Signature
 
 PRECISIONS = ("f32", "bf16", "f16")
@@ -226,7 +226,7 @@ class OpenVINO(Runtime):
             signature = export_onnx(model, request.example, onnx_path)
             ov_model = ov.convert_model(str(onnx_path))
         float_model = ov_model
-        notes: list[str] = []
+        notes: list[str] = [exporter_note()]
         ov_model, kind, dynamic = self._compress(float_model, signature, request, notes)
         files = (str(xml), str(xml.with_suffix(".bin")))
         try:

@@ -128,7 +128,8 @@ def _export(
 def _layers(module: torch.fx.GraphModule) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The convolutions and linear layers whose weight is dequantized from int8, and those
     left in float."""
-    int8, floating = [], []
+    int8: list[str] = []
+    floating: list[str] = []
     for node in module.graph.nodes:
         name = getattr(node.target, "__name__", "").split(".")[0]
         if node.op != "call_function" or name not in _INT8_OPS or len(node.args) < 2:
@@ -233,8 +234,9 @@ class Compiled:
 
     def __call__(self, *args: torch.Tensor) -> torch.Tensor:
         # Freezing is read when a shape compiles, which can be any call: set it for each (the
-        # ``options`` of torch.compile set it too late for the quantization patterns).
-        with _freezing(), torch.no_grad(), warnings.catch_warnings():
+        # ``options`` of torch.compile set it too late for the quantization patterns). Always
+        # in inference mode: a call in another grad mode would compile the graph again.
+        with _freezing(), torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out: torch.Tensor = self._fn(*args)
         return out

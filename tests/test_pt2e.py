@@ -90,6 +90,7 @@ def test_pt2e_stores_each_layers_weights_as_int8_codes_on_the_artifacts_grid(tmp
 
 
 @needs_pt2e
+@pytest.mark.slow  # Inductor compiles twice (deploy, reload): a minute on a small CPU
 def test_pt2e_deploy_reloads_with_the_outputs_it_was_measured_with(tmp_path):
     model = _cnn()
     batches = _batches()
@@ -139,6 +140,7 @@ def test_the_label_is_the_configuration_where_the_asked_mode_ran():
 
 
 @needs_pt2e
+@pytest.mark.slow  # Inductor compiles twice
 def test_static_int8_keeps_pt2e_or_fx_by_their_time_on_the_target_batch(tmp_path):
     batches = _batches()
     for pt2e_faster, kind, suffix in ((True, "pt2e-int8-static", ".pt2"),

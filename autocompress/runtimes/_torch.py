@@ -5,7 +5,7 @@ Inductor; a ``.pt2`` file), static or dynamic as asked. The deprecated ``torch.a
 form (FX static int8 where FX can trace the model, else ``quantize_dynamic`` on its linear
 layers; TorchScript ``.pt``) is kept where PT2E fails (or torchao is not installed), and where
 it runs the asked mode and runs the target's batch faster, timed A/B: Inductor's int8 CNN
-ran the 8x8 digits CNN at batch 32 x1.5 slower than FX here (``python -m
+ran the 8x8 digits CNN at batch 32 x1.65 slower than FX on an AVX2 host (``python -m
 benchmarks.pt2e_int8``). The trial's notes say which ran and why; its label says the int8 mode
 that ran. ``precision: bf16``
 casts weights and floating inputs to bfloat16 inside the traced module (outputs come back as

@@ -234,7 +234,7 @@ def _front_best(study_name: str, storage: str, studies_dir: Path) -> dict[str, A
     best = None
     for t in feasible_front(study):
         path = next((p for p in folder.glob(f"trial-{t.number}.*")
-                     if p.suffix in (".xml", ".onnx", ".pt")), None)  # fmt: skip
+                     if p.suffix in (".xml", ".onnx", ".pt", ".pt2")), None)  # fmt: skip
         if path is None:
             continue
         if best is None or t.values[1] < best["trial"].values[1]:

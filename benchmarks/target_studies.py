@@ -33,8 +33,13 @@ from benchmarks.common import RESULTS, write_results
 
 
 def load_deployed(path: str, example_input: Inputs, threads: int) -> Deployed:
-    """A trial's deployed file (``.onnx`` or ``.pt``) as it was timed, ready to run inputs."""
+    """A trial's deployed file (``.onnx``, ``.pt`` or ``.pt2``) as it was timed, ready to run
+    inputs."""
     signature = signature_of(example_input)
+    if path.endswith(".pt2"):
+        from autocompress.runtimes import load_deployed as load_runtime_file
+
+        return Deployed(load_runtime_file(path, threads), "pt2e", path, Path(path).stat().st_size)
     if path.endswith(".onnx"):
         import onnxruntime as ort
 
@@ -92,6 +97,8 @@ def measure_study(
     )
     suffix = ".onnx" if target.get("runtime") == "onnxruntime" else ".pt"
     path = str(Path(fastest.user_attrs["artifact"]).with_suffix(suffix))
+    if not Path(path).exists() and Path(path).with_suffix(".pt2").exists():
+        path = str(Path(path).with_suffix(".pt2"))  # PT2E int8 on cpu-torch
     threads, batch = int(target["threads"]), int(target["batch_size"])
     deployed = load_deployed(path, wl.example_input, threads)
     x = gather_inputs(wl.val, batch)

@@ -76,7 +76,7 @@ def test_targets_come_from_the_runtimes():
 
 
 def test_unknown_file_suffix_is_refused(tmp_path):
-    with pytest.raises(ValueError, match=r"\.pt, \.onnx, \.xml"):
+    with pytest.raises(ValueError, match=r"\.pt, \.pt2, \.onnx, \.xml"):
         runtime_for_file(tmp_path / "model.tflite")
 
 

@@ -4,10 +4,12 @@ int8 goes through PT2E (``torch.export``, torchao's X86 Inductor quantizer, comp
 Inductor; a ``.pt2`` file), static or dynamic as asked. The deprecated ``torch.ao.quantization``
 form (FX static int8 where FX can trace the model, else ``quantize_dynamic`` on its linear
 layers; TorchScript ``.pt``) is kept where PT2E fails (or torchao is not installed), and where
-it runs the asked mode and runs the target's batch faster, timed A/B: Inductor's int8 CNN
-ran the 8x8 digits CNN at batch 32 x1.65 slower than FX on an AVX2 host (``python -m
-benchmarks.pt2e_int8``). The trial's notes say which ran and why; its label says the int8 mode
-that ran. ``precision: bf16``
+it runs the asked mode and runs the target's batch faster, timed A/B. On a CPU without VNNI or
+AMX, where the legacy kernels ran faster in every case measured (x1.65 on the digits CNN,
+``python -m benchmarks.pt2e_int8``), PT2E is built only where the legacy path cannot run the
+asked mode (static int8 of a model FX cannot trace, e.g. Hugging Face models with keyword
+inputs). The trial's notes say which ran and why; its label says the int8 mode that ran.
+``precision: bf16``
 casts weights and floating inputs to bfloat16 inside the traced module (outputs come back as
 float32); it is offered where the CPU has bfloat16 instructions (``avx512_bf16`` or AMX) or on a
 GPU.
@@ -47,6 +49,14 @@ from autocompress.runtimes._torchscript_tools import (
 )
 
 PRECISIONS = ("f32", "bf16")
+# CPU flags of the int8 dot-product instructions (VNNI, AMX) Inductor's oneDNN int8 kernels are
+# built for. Without them the legacy FBGEMM kernels ran faster in every case measured (AMD EPYC,
+# AVX2: x1.65 on the digits CNN, x2.1-2.8 on a tiny BERT; BENCHMARKS.md).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+NO_INT8_DOT = (
+    "this CPU has no VNNI or AMX int8 instructions, where PT2E's Inductor kernels ran slower "
+    "than the legacy ones (BENCHMARKS.md): PT2E only where the legacy path cannot run the mode"
+)
 # The deprecated torch.ao.quantization forms, by kind, as the notes name them.
 LEGACY = {
     "torchscript-fx-int8": "FX static int8 (torch.ao.quantization, deprecated)",
@@ -211,15 +221,33 @@ def _legacy_int8(model: nn.Module, out_stem: Path, request: DeployRequest) -> De
 
 def _deploy_int8(model: nn.Module, out_stem: Path, request: DeployRequest) -> Deployed:
     """PT2E int8; the legacy form where PT2E fails, or where both run the asked mode and the
-    legacy one runs the target's batch faster (timed A/B, as TorchScript's oneDNN form is)."""
+    legacy one runs the target's batch faster (timed A/B, as TorchScript's oneDNN form is).
+
+    On a CPU without VNNI or AMX, where the legacy kernels ran faster in every case measured,
+    PT2E is built only where the legacy path cannot run the asked mode (a model FX cannot
+    trace), which spares each trial an Inductor compile.
+    """
     int8 = request.int8
+    legacy: Deployed | None = None
+    failure: TrialFailure | None = None
+    if not any(f in cpu_flags() for f in INT8_DOT_FLAGS):
+        try:
+            legacy = _legacy_int8(model, out_stem, request)
+        except TrialFailure as e:
+            failure = e
+        if legacy is not None and legacy.int8_mode == int8.mode:
+            legacy.notes.insert(0, f"{LEGACY[legacy.kind]}: {NO_INT8_DOT}")
+            return legacy
     pt2e, notes = _pt2e(model, int8, request, out_stem)
-    try:
-        legacy = _legacy_int8(model, out_stem, request)
-    except TrialFailure as e:
+    if legacy is None and failure is None:
+        try:
+            legacy = _legacy_int8(model, out_stem, request)
+        except TrialFailure as e:
+            failure = e
+    if legacy is None:
         if pt2e is None:
-            message = str(e).removeprefix("int8 failed: ")
-            raise step_failure("int8", f"{message}; and {notes[0]}") from e
+            message = str(failure).removeprefix("int8 failed: ")
+            raise step_failure("int8", f"{message}; and {notes[0]}") from failure
         return pt2e
     name = LEGACY[legacy.kind]
     if pt2e is None:

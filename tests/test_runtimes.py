@@ -243,7 +243,9 @@ def test_fused_onnx_graphs_keep_the_outputs_and_list_what_was_fused(tmp_path, ma
     assert "fused" not in " ".join(plain.notes)
 
 
-def test_torch_asks_for_precision_only_without_int8(facts):
+def test_torch_asks_for_precision_only_without_int8(facts, monkeypatch):
+    # A CPU with bfloat16 instructions, so that precision has two choices to ask for.
+    monkeypatch.setattr("autocompress.runtimes._torch.cpu_flags", lambda: {"avx512_bf16"})
     for settings, int8, params in _suggested("torch", facts):
         assert ("runtime.precision" in params) == (int8 is None)
         assert settings.runtime == "torch"

@@ -1,14 +1,15 @@
 """PyTorch: the model traced and frozen with TorchScript, float32 or bfloat16, or its int8 form.
 
-int8 goes through PT2E (``torch.export``, torchao's X86 Inductor quantizer, compiled by
-Inductor; a ``.pt2`` file), static or dynamic as asked. The deprecated ``torch.ao.quantization``
-form (FX static int8 where FX can trace the model, else ``quantize_dynamic`` on its linear
-layers; TorchScript ``.pt``) is kept where PT2E fails (or torchao is not installed), and where
-it runs the asked mode and runs the target's batch faster, timed A/B. On a CPU without VNNI or
-AMX, where the legacy kernels ran faster in every case measured (x1.65 on the digits CNN,
-``python -m benchmarks.pt2e_int8``), PT2E is built only where the legacy path cannot run the
-asked mode (static int8 of a model FX cannot trace, e.g. Hugging Face models with keyword
-inputs). The trial's notes say which ran and why; its label says the int8 mode that ran.
+int8 runs on the ``torch.ao.quantization`` form where it runs the asked mode (FX static int8
+where FX can trace the model, ``quantize_dynamic`` on linear layers for dynamic; TorchScript
+``.pt``), and through PT2E (``torch.export``, torchao's X86 Inductor quantizer, compiled by
+Inductor; a ``.pt2`` file) where it cannot: static int8 of a model FX cannot trace (Hugging Face
+models with keyword inputs), or when the legacy path fails. PT2E ran slower in every case
+measured (x1.65 on the digits CNN, x2.1 on a tiny BERT on an AMD EPYC without VNNI;
+``python -m benchmarks.pt2e_int8``) and costs an Inductor compile of a minute or more per
+trial, so it is not raced against the legacy form; where that is measured faster (VNNI/AMX
+CPUs) the rule can change. The trial's notes say which ran and why; its label says the int8
+mode that ran.
 ``precision: bf16``
 casts weights and floating inputs to bfloat16 inside the traced module (outputs come back as
 float32); it is offered where the CPU has bfloat16 instructions (``avx512_bf16`` or AMX) or on a
@@ -42,20 +43,17 @@ from autocompress.runtimes._pt2e_tools import (
 from autocompress.runtimes._torchscript_tools import (
     attention_fast_path,
     dynamic_int8,
-    faster_of,
     fx_static_int8,
     load_torchscript,
     torchscript,
 )
 
 PRECISIONS = ("f32", "bf16")
-# CPU flags of the int8 dot-product instructions (VNNI, AMX) Inductor's oneDNN int8 kernels are
-# built for. Without them the legacy FBGEMM kernels ran faster in every case measured (AMD EPYC,
-# AVX2: x1.65 on the digits CNN, x2.1-2.8 on a tiny BERT; BENCHMARKS.md).
-INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-NO_INT8_DOT = (
-    "this CPU has no VNNI or AMX int8 instructions, where PT2E's Inductor kernels ran slower "
-    "than the legacy ones (BENCHMARKS.md): PT2E only where the legacy path cannot run the mode"
+# Why the legacy form runs where it can: PT2E ran slower in every case measured (AMD EPYC,
+# AVX2: x1.65 on the digits CNN, x2.1-2.8 on a tiny BERT; BENCHMARKS.md) and compiles per trial.
+LEGACY_FIRST = (
+    "PT2E's Inductor kernels ran slower than the legacy ones where measured (BENCHMARKS.md) and "
+    "compile per trial: PT2E only where the legacy path cannot run the mode"
 )
 # The deprecated torch.ao.quantization forms, by kind, as the notes name them.
 LEGACY = {
@@ -220,53 +218,27 @@ def _legacy_int8(model: nn.Module, out_stem: Path, request: DeployRequest) -> De
 
 
 def _deploy_int8(model: nn.Module, out_stem: Path, request: DeployRequest) -> Deployed:
-    """PT2E int8; the legacy form where PT2E fails, or where both run the asked mode and the
-    legacy one runs the target's batch faster (timed A/B, as TorchScript's oneDNN form is).
-
-    On a CPU without VNNI or AMX, where the legacy kernels ran faster in every case measured,
-    PT2E is built only where the legacy path cannot run the asked mode (a model FX cannot
-    trace), which spares each trial an Inductor compile.
-    """
+    """The legacy int8 form where it runs the asked mode; PT2E where it cannot (FX cannot trace
+    the model for static int8) or fails; the legacy fallback (dynamic) when PT2E fails too."""
     int8 = request.int8
     legacy: Deployed | None = None
     failure: TrialFailure | None = None
-    if not any(f in cpu_flags() for f in INT8_DOT_FLAGS):
-        try:
-            legacy = _legacy_int8(model, out_stem, request)
-        except TrialFailure as e:
-            failure = e
-        if legacy is not None and legacy.int8_mode == int8.mode:
-            legacy.notes.insert(0, f"{LEGACY[legacy.kind]}: {NO_INT8_DOT}")
-            return legacy
-    pt2e, notes = _pt2e(model, int8, request, out_stem)
-    if legacy is None and failure is None:
-        try:
-            legacy = _legacy_int8(model, out_stem, request)
-        except TrialFailure as e:
-            failure = e
-    if legacy is None:
-        if pt2e is None:
-            message = str(failure).removeprefix("int8 failed: ")
-            raise step_failure("int8", f"{message}; and {notes[0]}") from failure
-        return pt2e
-    name = LEGACY[legacy.kind]
-    if pt2e is None:
-        legacy.notes[:0] = notes
-        if legacy.int8_mode == int8.mode:
-            legacy.notes.insert(len(notes), f"deployed {name} instead")
+    try:
+        legacy = _legacy_int8(model, out_stem, request)
+    except TrialFailure as e:
+        failure = e
+    if legacy is not None and legacy.int8_mode == int8.mode:
+        legacy.notes.insert(0, f"{LEGACY[legacy.kind]}: {LEGACY_FIRST}")
         return legacy
-    if legacy.int8_mode != int8.mode:  # the legacy path fell back: PT2E runs what was asked
-        Path(legacy.path).unlink(missing_ok=True)
+    pt2e, notes = _pt2e(model, int8, request, out_stem)
+    if pt2e is not None:
+        if legacy is not None:  # the legacy path fell back: PT2E runs what was asked
+            Path(legacy.path).unlink(missing_ok=True)
         return pt2e
-    timing = request.timing_input if request.timing_input is not None else request.example
-    with torch_threads(request.threads):
-        keep_pt2e = faster_of(lambda: pt2e.run(timing), lambda: legacy.run(timing), ())
-    if keep_pt2e:
-        Path(legacy.path).unlink(missing_ok=True)
-        pt2e.notes.append(f"PT2E ran the timing batch faster than {name}")
-        return pt2e
-    Path(pt2e.path).unlink(missing_ok=True)
-    legacy.notes[:0] = [f"{name} ran the timing batch faster than PT2E {int8.mode} int8: kept it"]
+    if legacy is None:
+        message = str(failure).removeprefix("int8 failed: ")
+        raise step_failure("int8", f"{message}; and {notes[0]}") from failure
+    legacy.notes[:0] = notes
     return legacy
 
 

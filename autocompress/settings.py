@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -192,4 +192,14 @@ class StudySettings:
         if "max_accuracy_drop" in d:
             d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
             d.setdefault("size", "packed")  # earlier studies optimised the packed size
-        return cls(**{**d, "target": Target(**d["target"])})
+        target = d.get("target") if isinstance(d.get("target"), dict) else {}
+        for part, known in ((d, cls), (target, Target)):
+            unknown = sorted(set(part) - {f.name for f in fields(known)})
+            if unknown:
+                where = "settings" if known is cls else "settings.target"
+                raise AutocompressError(
+                    f"the study's {where} have a field this autocompress does not know "
+                    f"({str(unknown[0])[:40]!r}): the study was made by a newer version, or its "
+                    "database was edited; upgrade autocompress, or start a new --study"
+                )
+        return cls(**{**d, "target": Target(**target)})

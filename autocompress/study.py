@@ -55,7 +55,13 @@ from autocompress.settings import LIMIT_FLAGS, SAMPLERS, TARGETS, StudySettings,
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
 from autocompress.trial_notes import save_study_note
 from autocompress.workers import WorkerResult, budget_lock, failure_reasons, run_worker
-from autocompress.workload import LoadedWorkload, finite, load_workload, state_sha256
+from autocompress.workload import (
+    LoadedWorkload,
+    finite,
+    load_workload,
+    state_sha256,
+    trusted_workload,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -65,6 +71,7 @@ __all__ = [
     "StudySettings",
     "Target",
     "artifact_dir",
+    "check_baseline",
     "create_or_resume",
     "load_study",
     "make_sampler",
@@ -158,12 +165,12 @@ def load_study(name: str, storage: optuna.storages.BaseStorage | str) -> optuna.
 def artifact_dir(studies_dir: Path, study: optuna.Study) -> Path:
     """Where a study's files live: ``<studies>/<name>-<uid>``, keyed by the study's own id
     (so the same name in two storages never shares files)."""
-    info = study_info(study)
+    info = study_info(study)  # validated: a uid is 12 hex digits
+    validate_study_name(study.study_name)  # the database names it too: never a path
     uid = info.get("uid")
     if uid:
         return Path(studies_dir) / f"{study.study_name}-{uid}"
-    validate_study_name(study.study_name)  # studies of earlier versions used the bare name
-    return Path(studies_dir) / study.study_name
+    return Path(studies_dir) / study.study_name  # studies of earlier versions
 
 
 def measure_baseline(
@@ -273,7 +280,7 @@ def _settings_from(given: Mapping[str, Any]) -> StudySettings:
     return StudySettings(**values, target=Target(**target))
 
 
-def _baseline_matches(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
+def check_baseline(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
     stored = info["baseline"].get("weights_sha256")
     if stored and stored != state_sha256(workload.model.state_dict()):
         raise WorkloadError(
@@ -342,12 +349,12 @@ def create_or_resume(
             torch.set_num_threads(stored.target.threads)
             if workload is None:
                 workload = load_workload(
-                    stored.workload,
+                    trusted_workload(stored.workload, given.get("workload"), name),
                     data_dir=given.get("data_dir") or stored.data_dir,
                     seed=stored.seed,
                     cache_dir=studies_dir / "baselines",
                 )
-            _baseline_matches(workload, info, name)
+            check_baseline(workload, info, name)
             if SENSITIVITY not in info:
                 # A study created before profiles existed: measured once, here, under the lock.
                 profile = profile_for(stored.space(), workload)

@@ -380,6 +380,31 @@ def load_workload(
     return prepare(workload, cache_dir=cache_dir, seed=seed)
 
 
+def trusted_workload(stored: str, given: str | None, study: str) -> str:
+    """The workload to load for a stored study: a built-in one by its stored name; code only
+    when the user names it on the command line (a study's record is data: whoever can write
+    its database must not choose what this process imports).
+
+    Raises:
+        WorkloadError: The study's workload is a module the user did not name, or the user
+            named another one.
+    """
+    from autocompress.zoo import BUILTIN_WORKLOADS
+
+    if given is not None and given != stored:
+        raise WorkloadError(
+            f"--workload {given}: study {study!r} was made with workload {stored[:200]!r}; "
+            "leave --workload out, or use another --study"
+        )
+    if given is None and stored not in BUILTIN_WORKLOADS:
+        raise WorkloadError(
+            f"study {study!r} was made with workload {stored[:200]!r}, which is code: a study's "
+            f"database never decides what is imported; pass --workload {stored[:200]} to load "
+            "it (only if you trust that module)"
+        )
+    return stored
+
+
 def prepare(
     workload: Workload,
     *,

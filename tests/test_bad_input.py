@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from autocompress.cli import app
+from autocompress.errors import AutocompressError
 from autocompress.objective import FAILURES_BEFORE_WITHDRAWAL, Objective
 from autocompress.record import ATTR, study_info
 from autocompress.study import StudySettings, create_or_resume, load_study, open_storage
@@ -24,6 +25,7 @@ from tests.reliability_helpers import SPACE, create_study, snapshot
 from tests.reliability_helpers import assert_one_line_error as _assert_one_line_error
 
 GOOD = "good"
+TINY = "tests.tiny_workloads:tiny"
 
 
 @pytest.fixture(scope="module")
@@ -163,13 +165,14 @@ def test_worker_on_other_hardware_refuses(monkeypatch, tmp_path):
     study = create_study(tmp_path, "hw", url)
     info = study.user_attrs[ATTR]
     study.set_user_attr(ATTR, {**info, "hardware": {**info["hardware"], "cpu": "Other CPU 9000"}})
-    result = _invoke(monkeypatch, tmp_path, ["worker", "hw", "--storage", url, "--n-trials", "1"])
+    args = ["worker", "hw", "--storage", url, "--n-trials", "1", "--workload", TINY]
+    result = _invoke(monkeypatch, tmp_path, args)
     _assert_one_line_error(result, "is not the one study 'hw' measured latency on", "Other CPU")
     assert snapshot("hw", url) == []
     result = _invoke(
         monkeypatch,
         tmp_path,
-        ["worker", "hw", "--storage", url, "--n-trials", "1", "--allow-other-hardware"],
+        [*args, "--allow-other-hardware"],
     )
     assert result.exit_code == 0, result.output
     assert [s for _, s, *_ in snapshot("hw", url)] == ["COMPLETE"]
@@ -269,7 +272,8 @@ def test_out_of_memory_fails_the_trial_and_the_study_goes_on(tmp_path):
 def test_nan_loss_fails_trials_and_a_worker_gives_up(monkeypatch, tmp_path):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
     create_study(tmp_path, "nan", url, workload="tests.tiny_workloads:nan_loss")
-    result = _invoke(monkeypatch, tmp_path, ["worker", "nan", "--storage", url, "--n-trials", "2"])
+    args = ["worker", "nan", "--storage", url, "--n-trials", "2"]
+    result = _invoke(monkeypatch, tmp_path, [*args, "--workload", "tests.tiny_workloads:nan_loss"])
     _assert_one_line_error(result, "did not complete in a row", "study status nan")
     trials = load_study("nan", url).get_trials(deepcopy=False)
     assert len(trials) == 10 and all(t.state == TrialState.FAIL for t in trials)
@@ -340,7 +344,7 @@ def test_impossible_numbers_are_refused_before_anything_is_written(monkeypatch, 
 
 OUT_VERBS = {
     "report": (["report", GOOD], "report"),
-    "export": (["export", GOOD, "--trial", "0"], "recipe"),
+    "export": (["export", GOOD, "--trial", "0", "--workload", TINY], "recipe"),
 }
 
 
@@ -396,3 +400,95 @@ def test_an_output_replaces_the_old_file_whole(monkeypatch, store, tmp_path, ver
     assert out.read_text() != "old" and len(out.read_text()) > 100
     assert [p.name for p in out.parent.iterdir()] == ["out.file"]  # the temporary is gone
     assert out.stat().st_mode & 0o777 == 0o640
+
+
+# --- The study record is input: validated before use, never a path, never an import ---------
+
+
+def _tampered(store, tmp_path: Path, change) -> str:
+    """A copy of the ``good`` study's database whose record ``change(record)`` edited, as
+    anyone who can write a shared database could."""
+    root, url = store
+    db = tmp_path / "tampered.db"
+    db.write_bytes((root / "studies.db").read_bytes())
+    copy = f"sqlite:///{db}"
+    study = optuna.load_study(study_name=GOOD, storage=copy)
+    record = dict(study.user_attrs[ATTR])
+    change(record)
+    study.set_user_attr(ATTR, record)
+    return copy
+
+
+RECORDS = {
+    "uid-is-a-path": (lambda r: r.update(uid="../../../../tmp/planted"), "uid"),
+    "baseline-latency-0": (
+        lambda r: r.update(baseline={**r["baseline"], "latency_ms": 0}),
+        "baseline.latency_ms is 0, expected a time > 0",
+    ),
+    "higher-is-better-a-string": (
+        lambda r: r.update(task={**r["task"], "higher_is_better": "no"}),
+        "task.higher_is_better",
+    ),
+    "budget-nan": (
+        lambda r: r.update(budget={"absolute": float("nan"), "relative": None}),
+        "budget.absolute",
+    ),
+    "target-threads-a-string": (
+        lambda r: r.update(settings={**r["settings"], "target": {"threads": "1; rm"}}),
+        "settings.target.threads",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORDS))
+@pytest.mark.parametrize("verb", ["status", "pareto", "worker"])
+def test_a_damaged_record_is_refused_by_every_verb(monkeypatch, store, tmp_path, case, verb):
+    change, fragment = RECORDS[case]
+    url = _tampered(store, tmp_path, change)
+    args = {"status": ["study", "status", GOOD], "pareto": ["pareto", GOOD]}.get(
+        verb, ["worker", GOOD, "--n-trials", "1", "--workload", TINY]
+    )
+    result = _invoke(monkeypatch, tmp_path, [*args, "--storage", url])
+    _assert_one_line_error(result, f"study '{GOOD}': its stored record is not valid", fragment)
+    assert not Path("/tmp/planted").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tampered.db"]  # no folder was made
+
+
+def test_a_study_name_from_the_database_is_never_a_path(tmp_path):
+    from autocompress.study import artifact_dir
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="../../escape", storage=url)
+    study.set_user_attr(ATTR, {"uid": "0123456789ab", "settings": {"workload": "digits"},
+                               "baseline": {"metric": 0.9, "latency_ms": 1.0}})  # fmt: skip
+    with pytest.raises(AutocompressError, match="is not allowed"):
+        artifact_dir(tmp_path / "studies", study)
+
+
+EVIL = "import pathlib\npathlib.Path('code-ran').touch()\ndef run():\n    raise SystemExit(3)\n"
+
+
+@pytest.mark.parametrize("verb", ["worker", "study-run", "export"])
+def test_a_workload_named_by_the_database_is_never_imported(monkeypatch, store, tmp_path, verb):
+    (tmp_path / "evil_mod.py").write_text(EVIL)
+    url = _tampered(
+        store, tmp_path, lambda r: r.update(settings={**r["settings"], "workload": "evil_mod:run"})
+    )
+    args = {
+        "worker": ["worker", GOOD, "--n-trials", "1"],
+        "study-run": ["study", "run", "--study", GOOD, "--n-trials", "1"],
+        "export": ["export", GOOD, "--trial", "0", "--out", "r.yaml"],
+    }[verb]
+    result = _invoke(monkeypatch, tmp_path, [*args, "--storage", url])
+    _assert_one_line_error(
+        result, "was made with workload 'evil_mod:run', which is code", "--workload evil_mod:run"
+    )
+    assert not (tmp_path / "code-ran").exists()
+    assert not (tmp_path / "r.yaml").exists()
+
+
+def test_a_settings_record_with_an_unknown_field_is_one_line(monkeypatch, store, tmp_path):
+    url = _tampered(store, tmp_path, lambda r: r.update(settings={**r["settings"], "extra": 1}))
+    args = ["worker", GOOD, "--n-trials", "1", "--workload", TINY, "--storage", url]
+    result = _invoke(monkeypatch, tmp_path, args)
+    _assert_one_line_error(result, "settings have a field this autocompress does not know")

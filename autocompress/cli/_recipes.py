@@ -64,6 +64,13 @@ def export(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory, if the baseline must be retrained.")
     ] = None,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's workload, when it is package.module:function: a study's "
+            "database never decides what is imported, so code must be named here."
+        ),
+    ] = None,
 ) -> None:
     """Write the recipe of one trial: --trial N, or a rule over the feasible Pareto front.
 
@@ -76,8 +83,8 @@ def export(
     from autocompress.recipe import Selection, build_recipe, save_recipe, select_trial
     from autocompress.record import allowed_worsening, flags, metric_name, study_info, worsening
     from autocompress.safe_output import atomic_output, check_output_path
-    from autocompress.study import load_study
-    from autocompress.workload import load_workload
+    from autocompress.study import check_baseline, load_study
+    from autocompress.workload import load_workload, trusted_workload
 
     with _user_errors():
         check_output_path(out, "recipe", RecipeError)
@@ -104,13 +111,15 @@ def export(
             )
         chosen = select_trial(study, selection)
         settings = info["settings"]
-        # The baseline (cached) is needed for its fingerprint and layer names.
-        workload = load_workload(
-            settings["workload"],
+        # The baseline (cached) is needed for its fingerprint and layer names: the study's own
+        # baseline, never another one that happens to be cached.
+        loaded = load_workload(
+            trusted_workload(settings["workload"], workload, name),
             data_dir=data_dir or settings.get("data_dir"),
-            seed=settings["seed"],
+            seed=settings.get("seed", 0),
         )
-        recipe = build_recipe(study, chosen, workload.model)
+        check_baseline(loaded, info, name)
+        recipe = build_recipe(study, chosen, loaded.model)
         if sign_key is not None:
             recipe = recipe.signed(_read_key(sign_key, "--sign-key"))
         with atomic_output(out, "recipe", RecipeError) as tmp:

@@ -296,11 +296,19 @@ def study_run(
         result = _loop(
             the_study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
-            resume_command=f"autocompress study run --study {study} --storage {storage}",
+            resume_command=f"autocompress study run --study {study} --storage {storage}"
+            + _workload_flag(settings),
             callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, study)
         _print_front(study, storage)
+
+
+def _workload_flag(settings: Any) -> str:
+    """`` --workload REF`` when resuming needs it (the workload is code), else nothing."""
+    from autocompress.zoo import BUILTIN_WORKLOADS
+
+    return "" if settings.workload in BUILTIN_WORKLOADS else f" --workload {settings.workload}"
 
 
 def _names(storage: Any) -> set[str]:
@@ -345,6 +353,13 @@ def worker(
         typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
     mlflow: MLflowOpt = None,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's workload, when it is package.module:function: a study's "
+            "database never decides what is imported, so code must be named here."
+        ),
+    ] = None,
 ) -> None:
     """Join an existing study and run its trials, with any number of other workers.
 
@@ -376,7 +391,7 @@ def worker(
                     "run the worker there, or pass --allow-other-hardware"
                 )
             err_console.print("[yellow]warning:[/] other hardware than the study's (allowed)")
-        given = {"data_dir": str(data_dir) if data_dir else None}
+        given = {"data_dir": str(data_dir) if data_dir else None, "workload": workload}
         study, settings, wl, info = create_or_resume(name, storage_obj, given)
         err_console.print(f"worker on study [bold]{name}[/] ({storage})")
         budget = "".join(
@@ -385,7 +400,8 @@ def worker(
         result = _loop(
             study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
-            resume_command=f"autocompress worker {name} --storage {storage}{budget}",
+            resume_command=f"autocompress worker {name} --storage {storage}{budget}"
+            + _workload_flag(settings),
             callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, name)

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress import __version__
 from autocompress.architecture import model_facts
 from autocompress.errors import AutocompressError, StorageError, WorkloadError
+from autocompress.faults import machine_fault
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import measure_latency
 from autocompress.measure import (
@@ -198,6 +199,8 @@ def measure_baseline(
     except (KeyboardInterrupt, SystemExit, AutocompressError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on the user's target
+        if machine_fault(e) is not None:
+            raise  # a full disk is not the model's fault
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         others = [
             t for t in TARGETS

@@ -17,6 +17,7 @@ from autocompress.cli._common import (
     _user_errors,
     console,
     err_console,
+    shown,
 )
 from autocompress.cli._validate import check_listen
 from autocompress.errors import AutocompressError
@@ -44,13 +45,15 @@ def study_list(storage: StorageOpt = "") -> None:
         for name in names:
             s = optuna.load_study(study_name=name, storage=storage_obj)
             trials = s.get_trials(deepcopy=False)
-            info = s.user_attrs.get("autocompress", {})
+            info = s.user_attrs.get("autocompress")
+            info = info if isinstance(info, dict) else {}
+            settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
             table.add_row(
-                name,
+                shown(name),
                 str(len(trials)),
                 str(sum(t.state.name == "COMPLETE" for t in trials)),
-                info.get("settings", {}).get("workload", "?"),
-                info.get("created", "?"),
+                shown(settings.get("workload", "?")),
+                shown(info.get("created", "?")),
             )
         console.print(table)
 
@@ -107,9 +110,9 @@ def study_status(
                 f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB ({info['size']})"
             )
         for number, reason in s["failed"]:
-            console.print(f"trial {number} failed: {reason}", highlight=False, soft_wrap=True)
+            console.print(f"trial {number} failed: {shown(reason, 2000)}", soft_wrap=True)
         for number, reason in s["stopped"]:
-            console.print(f"trial {number} {reason}", highlight=False, soft_wrap=True)
+            console.print(f"trial {number} {shown(reason, 2000)}", soft_wrap=True)
         for method, why in s["withdrawn"].items():
             console.print(f"{method} is no longer offered: it {why}", highlight=False)
 

@@ -32,6 +32,7 @@ from autocompress.architecture import model_facts
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import TrialFailure
+from autocompress.faults import machine_fault
 from autocompress.fidelity import CheapResult, hopeless_reason
 from autocompress.latency import LatencySettings
 from autocompress.measure import (
@@ -210,10 +211,13 @@ class Objective:
         except TrialFailure as e:
             self._record_failure(trial, str(e), e.method)
             raise
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except Exception as e:  # noqa: BLE001 - whatever a user's model raises fails the trial
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever a user's model raises
+            if machine_fault(e) is not None:
+                raise  # a full disk is not the trial's fault: the trial loop stops the run
+            # SystemExit too: a model that calls exit() fails its trial, not the whole study.
             text = str(e).strip().splitlines()[0] if str(e).strip() else ""
             reason = f"{type(e).__name__}: {text}"
             if isinstance(e, MemoryError) or "out of memory" in text.lower():

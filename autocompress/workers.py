@@ -337,8 +337,8 @@ def _run_one(
                 "check fails it and runs it again"
             )
         raise MachineFault(
-            f"trial {trial.number} stopped: {fault}; {state}; fix that, then resume "
-            "(every trial already recorded is kept)"
+            f"trial {trial.number} stopped: {fault} ({state}; every trial recorded before it "
+            "is kept)"
         ) from None
 
 

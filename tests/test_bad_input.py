@@ -4,6 +4,7 @@ stored study untouched. Trial-level faults: the trial fails with its reason, the
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -451,7 +452,7 @@ def test_a_damaged_record_is_refused_by_every_verb(monkeypatch, store, tmp_path,
     result = _invoke(monkeypatch, tmp_path, [*args, "--storage", url])
     _assert_one_line_error(result, f"study '{GOOD}': its stored record is not valid", fragment)
     assert not Path("/tmp/planted").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["tampered.db"]  # no folder was made
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no folder was made
 
 
 def test_a_study_name_from_the_database_is_never_a_path(tmp_path):
@@ -492,3 +493,170 @@ def test_a_settings_record_with_an_unknown_field_is_one_line(monkeypatch, store,
     args = ["worker", GOOD, "--n-trials", "1", "--workload", TINY, "--storage", url]
     result = _invoke(monkeypatch, tmp_path, args)
     _assert_one_line_error(result, "settings have a field this autocompress does not know")
+
+
+# --- Files the tool reads or writes are checked for what they are ----------------------------
+
+
+def _key_path(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    if kind == "dev-zero":
+        return Path("/dev/zero"), "it is a device, not a file"
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)  # reading it would wait for a writer: forever
+    return fifo, "it is a FIFO (named pipe), not a file"
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo"])
+@pytest.mark.parametrize("flag", ["--sign-key", "--verify-key"])
+def test_a_key_file_goes_through_the_bounded_reader(monkeypatch, store, tmp_path, flag, kind):
+    root, url = store
+    key, words = _key_path(tmp_path, kind)
+    if flag == "--sign-key":
+        args = ["export", GOOD, "--trial", "0", "--workload", TINY, "--storage", url]
+        args += ["--out", str(tmp_path / "r.yaml"), flag, str(key)]
+    else:
+        recipe = tmp_path / "r.yaml"
+        made = _invoke(monkeypatch, root, ["export", GOOD, "--trial", "0", "--workload", TINY,
+                                           "--storage", url, "--out", str(recipe)])  # fmt: skip
+        assert made.exit_code == 0, made.output
+        args = ["apply", str(recipe), "--workload", TINY, "--out", str(tmp_path / "o"), flag]
+        args.append(str(key))
+    result = _invoke(monkeypatch, root, args)
+    _assert_one_line_error(result, f"cannot read the key of {flag} {key}: {words}")
+
+
+@pytest.mark.parametrize("verb", ["export", "report"])
+def test_an_output_never_replaces_the_study_database(monkeypatch, store, tmp_path, verb):
+    root, url = store
+    db = tmp_path / "copy.db"
+    db.write_bytes((root / "studies.db").read_bytes())
+    copy = f"sqlite:///{db}"
+    before = db.read_bytes()
+    args = {
+        "export": ["export", GOOD, "--trial", "0", "--workload", TINY],
+        "report": ["report", GOOD],
+    }
+    result = _invoke(monkeypatch, tmp_path, [*args[verb], "--storage", copy, "--out", str(db)])
+    what = "recipe" if verb == "export" else "report"
+    _assert_one_line_error(result, f"cannot write {what} to {db}: it is a study database")
+    assert db.read_bytes() == before
+    assert snapshot(GOOD, copy) == snapshot(GOOD, url)
+
+
+@pytest.fixture(scope="module")
+def recipe_file(store, tmp_path_factory):
+    """A recipe of the ``good`` study's trial 0."""
+    root, url = store
+    path = tmp_path_factory.mktemp("recipe") / "r.yaml"
+    result = CliRunner().invoke(app, ["export", GOOD, "--trial", "0", "--workload", TINY,
+                                      "--storage", url, "--out", str(path)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_apply_replaces_symlinks_planted_in_its_folder_never_follows_them(
+    monkeypatch, store, recipe_file, tmp_path
+):
+    root, _ = store
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    out = tmp_path / "deploy"
+    out.mkdir()
+    for name in ("model.acpk", "model.pt", "model.onnx", "recipe.yaml"):
+        (out / name).symlink_to(outside)
+    result = _invoke(
+        monkeypatch, root, ["apply", str(recipe_file), "--workload", TINY, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert outside.read_text() == "precious"
+    for name in ("model.acpk", "model.pt", "recipe.yaml"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+    assert not [p for p in out.iterdir() if p.name.startswith(".staged-")]
+    assert str(out / "model.pt") in result.output and ".staged-" not in result.output
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "model.pt")
+
+
+def test_a_full_disk_during_apply_is_one_line_and_leaves_nothing(
+    monkeypatch, store, recipe_file, tmp_path
+):
+    root, _ = store
+    # where PyTorch's writer aborted the process (exit 134) and left a 0-byte model.pt
+    monkeypatch.setattr("autocompress.runtimes._torchscript_tools._save_torchscript", _no_space)
+    out = tmp_path / "deploy"
+    result = _invoke(
+        monkeypatch, root, ["apply", str(recipe_file), "--workload", TINY, "--out", str(out)]
+    )
+    _assert_one_line_error(
+        result,
+        f"cannot write the model to {out}: No space left on device (model.pt)",
+        "nothing was moved into it",
+    )
+    assert list(out.iterdir()) == []  # nothing that looks applied
+
+
+def test_a_full_disk_in_a_trial_stops_the_run_with_the_trial_failed(monkeypatch, store, tmp_path):
+    url = _tampered(store, tmp_path, lambda r: None)
+    monkeypatch.setattr("autocompress.objective.compress", _no_space)
+    result = _invoke(
+        monkeypatch,
+        tmp_path,
+        ["worker", GOOD, "--n-trials", "3", "--workload", TINY, "--storage", url],
+    )
+    _assert_one_line_error(
+        result,
+        "trial 1 stopped: no space left on the device (model.pt)",
+        "it is recorded as failed",
+    )
+    trials = load_study(GOOD, url).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]  # no more tried
+    assert trials[1].user_attrs["fail_reason"].startswith("stopped by the machine: no space")
+
+
+def test_a_full_database_when_a_trial_is_recorded_is_one_line(monkeypatch, store, tmp_path):
+    import sqlalchemy.exc
+
+    url = _tampered(store, tmp_path, lambda r: None)
+    tell = optuna.Study.tell
+
+    def full_when_values_are_told(self, trial, values=None, state=None, **kwargs):
+        if values is not None:
+            raise sqlalchemy.exc.OperationalError(
+                "UPDATE", {}, Exception("database or disk is full")
+            )
+        return tell(self, trial, values, state, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "tell", full_when_values_are_told)
+    result = _invoke(
+        monkeypatch,
+        tmp_path,
+        ["worker", GOOD, "--n-trials", "1", "--workload", TINY, "--storage", url],
+    )
+    _assert_one_line_error(
+        result, "trial 1 stopped: no space left for the study database", "it is recorded as failed"
+    )
+    states = [t.state for t in load_study(GOOD, url).get_trials(deepcopy=False)]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]  # never left RUNNING
+
+
+def test_a_database_damaged_past_its_schema_is_one_line(monkeypatch, store, tmp_path):
+    """The file opens (its schema pages are whole); a table read later is garbage."""
+    import sqlite3
+
+    root, _ = store
+    db = tmp_path / "damaged.db"
+    data = bytearray((root / "studies.db").read_bytes())
+    con = sqlite3.connect(root / "studies.db")
+    page = con.execute("PRAGMA page_size").fetchone()[0]
+    (first,) = con.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'trial_user_attributes'"
+    ).fetchone()
+    con.close()
+    data[(first - 1) * page : first * page] = b"\xff" * page
+    db.write_bytes(bytes(data))
+    result = _invoke(
+        monkeypatch, tmp_path, ["study", "status", GOOD, "--storage", f"sqlite:///{db}"]
+    )
+    _assert_one_line_error(result, "the study database is damaged (malformed); restore it")

@@ -86,11 +86,7 @@ def _user_errors() -> Iterator[None]:
         fault = machine_fault(e)
         if fault is None or _state["debug"]:
             raise
-        err_console.print(
-            f"[red]error:[/] {shown(fault, 2000)}; fix that and run the command again (every "
-            "trial already recorded is kept)",
-            soft_wrap=True,
-        )
+        err_console.print(f"[red]error:[/] {shown(fault, 2000)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from autocompress.errors import AutocompressError
+from autocompress.record import MAX_BATCH_SIZE
 from autocompress.runtimes import RUNTIMES, Runtime, targets
 from autocompress.search_space import SearchSpace, parse_search_space_text
 
@@ -79,8 +80,8 @@ class Target:
             )
         if self.threads < 1:
             raise AutocompressError(f"--threads {self.threads}: use 1 or more")
-        if self.batch_size < 1:
-            raise AutocompressError(f"--batch-size {self.batch_size}: use 1 or more")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise AutocompressError(f"--batch-size {self.batch_size}: use 1 to {MAX_BATCH_SIZE}")
 
 
 @dataclass(frozen=True)

@@ -376,6 +376,10 @@ def create_or_resume(
                 seed=settings.seed,
                 cache_dir=studies_dir / "baselines",
             )
+        budget = settings.budget(workload.task.name)
+        loose = workload.task.never_binds(budget["absolute"], budget["relative"])
+        if loose is not None:
+            raise AutocompressError(loose)
         if on_baseline is not None:
             on_baseline()
         uid = uuid.uuid4().hex[:12]

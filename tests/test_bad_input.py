@@ -327,6 +327,14 @@ NUMBERS = {
         f"--threads {CORES + 1}: this machine has {CORES} cores; use 1 to {CORES}",
     ),
     "batch-size-0": (RUN + ["--n-trials", "1", "--batch-size", "0"], "--batch-size 0: use 1"),
+    "batch-size-huge": (
+        RUN + ["--n-trials", "1", "--batch-size", "100000"],
+        "--batch-size 100000: use 1 to 4096",
+    ),
+    "accuracy-drop-negative": (
+        RUN + ["--n-trials", "1", "--max-accuracy-drop", "-1"],
+        "--max-accuracy-drop -1.0: use a finite number >= 0",
+    ),
     "worker-n-trials-0": (["worker", "good", "--n-trials", "0"], "--n-trials 0: use 1 or more"),
     "worker-timeout-nan": (["worker", "good", "--timeout", "nan"], "--timeout nan: use a"),
     "demo-total-0": (["demo", "--total", "0"], "--total 0: use 1 or more"),
@@ -660,3 +668,20 @@ def test_a_database_damaged_past_its_schema_is_one_line(monkeypatch, store, tmp_
         monkeypatch, tmp_path, ["study", "status", GOOD, "--storage", f"sqlite:///{db}"]
     )
     _assert_one_line_error(result, "the study database is damaged (malformed); restore it")
+
+
+@pytest.mark.parametrize(
+    "option, fragment",
+    [
+        (["--max-accuracy-drop", "5"], "an accuracy drop of 5 can never bind"),
+        (["--max-metric-drop", "1"], "an accuracy drop of 1 can never bind"),
+        (["--max-relative-drop", "2"], "--max-relative-drop 2 can never bind"),
+    ],
+    ids=["accuracy-drop-5", "metric-drop-1", "relative-drop-2"],
+)
+def test_a_budget_that_can_never_bind_is_refused(monkeypatch, tmp_path, option, fragment):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = _invoke(monkeypatch, tmp_path, [*RUN, "--n-trials", "1", "--storage", url, *option])
+    _assert_one_line_error(result, fragment, "every trial would be feasible"
+                           if "relative" not in fragment else "allows every trial")  # fmt: skip
+    assert optuna.get_all_study_names(open_storage(url)) == []

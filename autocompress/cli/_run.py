@@ -132,8 +132,14 @@ def _report_stop(result: Any, name: str) -> None:
 
 
 def _budget_option(max_accuracy_drop: float | None, max_metric_drop: float | None) -> float | None:
+    import math
+
     if max_accuracy_drop is not None and max_metric_drop is not None:
         raise AutocompressError("give --max-accuracy-drop or --max-metric-drop, not both")
+    for flag, value in (("--max-accuracy-drop", max_accuracy_drop),
+                        ("--max-metric-drop", max_metric_drop)):  # fmt: skip
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise AutocompressError(f"{flag} {value}: use a finite number >= 0, e.g. 0.01")
     return max_metric_drop if max_metric_drop is not None else max_accuracy_drop
 
 
@@ -249,6 +255,7 @@ def study_run(
         check_run_options(
             n_trials=n_trials, timeout=timeout, seed=seed, threads=threads, batch_size=batch_size
         )
+        metric_drop = _budget_option(max_accuracy_drop, max_metric_drop)
         trackers = _trackers(mlflow, study)
         storage = storage or _default_storage()
         storage_obj = open_storage(storage, write=True)
@@ -258,7 +265,6 @@ def study_run(
             # Validated before any work; on resume without --space the stored space is used.
             path = _resolve_space(space)
             space_text, space_source = load_search_space(path).text, str(space or DEFAULT_SPACE)
-        metric_drop = _budget_option(max_accuracy_drop, max_metric_drop)
         target_parts: dict[str, Any] = {}
         if target is not None:
             parsed = Target.parse(target, threads or 1, batch_size or 32)

@@ -39,7 +39,13 @@ from autocompress.measure import (
     resident_memory_bytes,
     timing_input,
 )
-from autocompress.objective import TRIAL_LATENCY, Objective, method_failures, withdrawn_methods
+from autocompress.objective import (
+    TRIAL_LATENCY,
+    Objective,
+    method_failures,
+    unavailable_methods,
+    withdrawn_methods,
+)
 from autocompress.pipeline import save_baseline_artifact
 from autocompress.record import (
     ATTR,
@@ -376,6 +382,8 @@ def create_or_resume(
                 seed=settings.seed,
                 cache_dir=studies_dir / "baselines",
             )
+        facts = model_facts(workload.model, workload.example_input)
+        unavailable_methods(space, facts, settings.target)  # something must apply: checked now
         budget = settings.budget(workload.task.name)
         loose = workload.task.never_binds(budget["absolute"], budget["relative"])
         if loose is not None:
@@ -417,7 +425,6 @@ def create_or_resume(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(objective_names(info))
             if settings.warm_start:
-                facts = model_facts(workload.model, workload.example_input)
                 for params in space.warm_starts(facts, settings.target.runtime, settings.size):
                     study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr(ATTR, info)  # a study without it is a failed creation

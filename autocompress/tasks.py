@@ -79,9 +79,9 @@ class Task:
         low, high = self.metric_range
         if absolute is not None and absolute >= high - low:
             return (
-                f"{_article(self.metric_name)} {self.metric_name} drop of {absolute:g} can never bind: {self.metric_name} "
-                f"lies in [{low:g}, {high:g}], so every trial would be feasible; give a drop "
-                f"below {high - low:g}, e.g. 0.01"
+                f"{_article(self.metric_name)} {self.metric_name} drop of {absolute:g} can "
+                f"never bind: {self.metric_name} lies in [{low:g}, {high:g}], so every trial "
+                f"would be feasible; give a drop below {high - low:g}, e.g. 0.01"
             )
         if relative is not None and relative >= 1 and low >= 0:
             return (

@@ -685,3 +685,56 @@ def test_a_budget_that_can_never_bind_is_refused(monkeypatch, tmp_path, option, 
     _assert_one_line_error(result, fragment, "every trial would be feasible"
                            if "relative" not in fragment else "allows every trial")  # fmt: skip
     assert optuna.get_all_study_names(open_storage(url)) == []
+
+
+# --- Silent effects: what a space, a filter or a model would do unseen is said or refused -----
+
+
+def test_a_space_none_of_whose_methods_applies_is_refused(monkeypatch, tmp_path):
+    (tmp_path / "heads.yaml").write_text("heads:\n  amount: [0.25, 0.5]\n")
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = _invoke(
+        monkeypatch, tmp_path, [*RUN, "--n-trials", "1", "--storage", url, "--space", "heads.yaml"]
+    )
+    _assert_one_line_error(
+        result, "none of the search space's methods applies to this model",
+        "heads: no attention heads found", "every trial would be the uncompressed model",
+    )  # fmt: skip
+    assert optuna.get_all_study_names(open_storage(url)) == []
+
+
+def test_export_refuses_a_trial_number_with_a_rule(monkeypatch, store, tmp_path):
+    root, url = store
+    out = tmp_path / "r.yaml"
+    result = _invoke(monkeypatch, root, ["export", GOOD, "--trial", "0", "--min-accuracy", "0.99",
+                                         "--storage", url, "--out", str(out)])  # fmt: skip
+    _assert_one_line_error(result, "--trial 0 names the trial, so a rule over the front")
+    assert not out.exists()
+
+
+def test_export_refuses_a_baseline_other_than_the_studys(monkeypatch, store, tmp_path):
+    url = _tampered(
+        store, tmp_path, lambda r: r.update(baseline={**r["baseline"], "weights_sha256": "0" * 64})
+    )
+    out = tmp_path / "r.yaml"
+    result = _invoke(monkeypatch, tmp_path, ["export", GOOD, "--trial", "0", "--workload", TINY,
+                                             "--storage", url, "--out", str(out)])  # fmt: skip
+    _assert_one_line_error(result, "is not the one study 'good' was created with")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "ref, fragment",
+    [
+        ("tests.tiny_workloads:exits", "the model cannot run on the validation data"),
+        ("tests.tiny_workloads:lambda_model", "model_factory() returned a function, not a"),
+        ("tests.tiny_workloads:fixed_batch", "the model's output shape depends on the batch"),
+    ],
+    ids=["system-exit-in-forward", "lambda-as-model", "output-rows-fixed"],
+)
+def test_a_model_that_misbehaves_is_refused_in_one_line(monkeypatch, tmp_path, ref, fragment):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    args = ["study", "run", "--study", "new", "--workload", ref, "--n-trials", "1"]
+    result = _invoke(monkeypatch, tmp_path, [*args, "--storage", url])
+    _assert_one_line_error(result, fragment)
+    assert optuna.get_all_study_names(open_storage(url)) == []

@@ -61,7 +61,14 @@ from autocompress.sensitivity import profile_for
 from autocompress.settings import LIMIT_FLAGS, SAMPLERS, TARGETS, StudySettings, Target
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
 from autocompress.trial_notes import save_study_note
-from autocompress.workers import WorkerResult, budget_lock, failure_reasons, run_worker
+from autocompress.workers import (
+    WorkerResult,
+    budget_lock,
+    failure_reasons,
+    grace_period,
+    lost_trials,
+    run_worker,
+)
 from autocompress.workload import (
     LoadedWorkload,
     finite,
@@ -520,8 +527,14 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         for t in trials
         if t.state == TrialState.PRUNED
     ]
+    lost = lost_trials(study)
+    if lost:  # stored as RUNNING, but their workers are gone: say so, never "running"
+        counts["RUNNING"] -= len(lost)
+        counts["LOST"] = len(lost)
     return {
         "name": study.study_name,
+        "lost": lost,
+        "grace_period": grace_period(study),
         "counts": {k: v for k, v in counts.items() if v},
         "n_trials": len(trials),
         "n_feasible": len(feasible),

@@ -154,6 +154,27 @@ def failure_reasons(trials: list[FrozenTrial], grace_period: int | None = None) 
     return reasons
 
 
+def lost_trials(study: optuna.Study) -> list[int]:
+    """Numbers of the trials stored as RUNNING whose worker has sent no heartbeat for longer
+    than the grace period: killed or crashed. Only read; the next worker fails and retries
+    them (``_next_trial``)."""
+    storage = _rdb(study)
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    # Optuna's own rule for a stale trial (the one fail_stale_trials applies), without writing.
+    ids = set(storage._get_stale_trial_ids(study._study_id))
+    return sorted(
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t._trial_id in ids
+    )
+
+
+def grace_period(study: optuna.Study) -> int | None:
+    """Seconds without a heartbeat after which a running trial counts as lost."""
+    return getattr(_rdb(study), "grace_period", None)
+
+
 class _Heartbeat:
     """Records a running trial's heartbeat from a background thread."""
 

@@ -738,3 +738,66 @@ def test_a_model_that_misbehaves_is_refused_in_one_line(monkeypatch, tmp_path, r
     result = _invoke(monkeypatch, tmp_path, [*args, "--storage", url])
     _assert_one_line_error(result, fragment)
     assert optuna.get_all_study_names(open_storage(url)) == []
+
+
+# --- Time and signals ----------------------------------------------------------------------
+
+
+def test_status_shows_a_trial_whose_worker_died_as_lost(monkeypatch, store, tmp_path):
+    import sqlalchemy
+
+    url = _tampered(store, tmp_path, lambda r: None)
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=GOOD, storage=storage)
+    trial = study.ask()  # a worker took it, beat once, then died
+    storage.record_heartbeat(trial._trial_id)
+    with storage.engine.begin() as conn:
+        conn.execute(sqlalchemy.text(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-40 minutes')"
+        ))  # fmt: skip
+    result = _invoke(monkeypatch, tmp_path, ["study", "status", GOOD, "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert (
+        "COMPLETE 1, LOST 1" in result.output
+        and "RUNNING" not in result.output.split("by state:")[1].splitlines()[0]
+    )
+    assert (
+        f"trial {trial.number} lost: stored as RUNNING, but its worker has sent no heartbeat"
+        in (" ".join(result.output.split()))
+    )
+    state = optuna.load_study(study_name=GOOD, storage=url).trials[-1].state
+    assert state == TrialState.RUNNING  # a reading verb changed nothing
+
+
+def test_a_command_started_with_sigint_ignored_still_stops_on_it(store, tmp_path):
+    """`cmd &` in a script starts it with SIGINT ignored; kill -INT must still stop it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.reliability_helpers import cli_env
+
+    _, url = store
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autocompress.cli", "dashboard", GOOD]
+        + ["--storage", url, "--port", "0"],
+        cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # serving from here on
+        assert "optuna-dashboard at" in line, line + proc.stderr.read()
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert proc.poll() is not None, "SIGINT was ignored"
+        err = proc.stderr.read()
+        assert proc.returncode in (0, 130) and "Traceback" not in err, (proc.returncode, err)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

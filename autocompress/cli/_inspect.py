@@ -109,6 +109,13 @@ def study_status(
                 f"best feasible: {metric_name(info)} {b['metric']:.4f}, latency "
                 f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB ({info['size']})"
             )
+        for number in s["lost"]:
+            console.print(
+                f"trial {number} lost: stored as RUNNING, but its worker has sent no heartbeat "
+                f"for over {s['grace_period']} s (killed or crashed); the next worker marks it "
+                "failed and runs it again",
+                soft_wrap=True,
+            )
         for number, reason in s["failed"]:
             console.print(f"trial {number} failed: {shown(reason, 2000)}", soft_wrap=True)
         for number, reason in s["stopped"]:

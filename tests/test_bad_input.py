@@ -801,3 +801,34 @@ def test_a_command_started_with_sigint_ignored_still_stops_on_it(store, tmp_path
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_a_recipe_with_a_long_summary_applies_and_prints_it_short(
+    monkeypatch, store, recipe_file, tmp_path
+):
+    """300 KB of summary (under the 1 MB limit): printing it took minutes (rich's highlighter
+    and markup parser take time that grows faster than the text); now cut and escaped."""
+    import yaml
+
+    from autocompress.recipe import content_hash
+
+    root, _ = store
+    doc = yaml.safe_load(recipe_file.read_text())
+    doc["source"]["summary"] = "[bold]" + "x" * 300_000
+    doc["content_sha256"] = content_hash(doc)
+    long = tmp_path / "long.yaml"
+    long.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = tmp_path / "deploy"
+    result = _invoke(monkeypatch, root, ["apply", str(long), "--workload", TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output[-2000:]
+    assert "([bold]xxx" in result.output and "x" * 400 not in result.output
+
+
+def test_a_read_only_working_folder_is_one_line(monkeypatch, tmp_path, make_read_only):
+    here = tmp_path / "here"
+    here.mkdir()
+    make_read_only(here)  # studies/ (the study's files) would be made here
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = _invoke(monkeypatch, here, [*RUN, "--n-trials", "1", "--storage", url])
+    _assert_one_line_error(result, "studies", "run from a folder you can write")
+    assert optuna.get_all_study_names(open_storage(url)) == []

@@ -193,8 +193,10 @@ class StudySettings:
         if "max_accuracy_drop" in d:
             d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
             d.setdefault("size", "packed")  # earlier studies optimised the packed size
-        target = d.get("target") if isinstance(d.get("target"), dict) else {}
-        for part, known in ((d, cls), (target, Target)):
+        raw = d.get("target")
+        target: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        parts: tuple[tuple[dict[str, Any], type], ...] = ((d, cls), (target, Target))
+        for part, known in parts:
             unknown = sorted(set(part) - {f.name for f in fields(known)})
             if unknown:
                 where = "settings" if known is cls else "settings.target"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -45,9 +45,10 @@ def study_list(storage: StorageOpt = "") -> None:
         for name in names:
             s = optuna.load_study(study_name=name, storage=storage_obj)
             trials = s.get_trials(deepcopy=False)
-            info = s.user_attrs.get("autocompress")
-            info = info if isinstance(info, dict) else {}
-            settings = info.get("settings") if isinstance(info.get("settings"), dict) else {}
+            raw = s.user_attrs.get("autocompress")
+            info: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            raw = info.get("settings")
+            settings: dict[str, Any] = raw if isinstance(raw, dict) else {}
             table.add_row(
                 shown(name),
                 str(len(trials)),

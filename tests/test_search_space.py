@@ -253,7 +253,9 @@ def test_warm_starts_switch_off_every_method_they_do_not_name():
     text = "".join(f"{m}:\n  enabled: [false, true]\n" for m in ("lowrank", "weights", "int8"))
     starts = parse_search_space_text(text).warm_starts()
     assert starts and all(s["lowrank.enabled"] is False for s in starts)
-    forced = parse_search_space_text(text.replace("lowrank:\n  enabled: [false, true]", "lowrank:"))
+    forced = parse_search_space_text(
+        text.replace("lowrank:\n  enabled: [false, true]", "lowrank: {}")
+    )
     assert forced.warm_starts() and all("lowrank.enabled" not in s for s in forced.warm_starts())
     # a method that defines a start (structured) forced on drops the starts without it
     text = "structured:\n  enabled: true\n" + "".join(

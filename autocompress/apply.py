@@ -23,6 +23,7 @@ from torch import nn
 
 from autocompress.data import Split, TensorData, as_split, gather_inputs
 from autocompress.errors import RecipeError
+from autocompress.faults import machine_fault
 from autocompress.hardware import torch_threads
 from autocompress.measure import (
     deploy_for_target,
@@ -105,6 +106,8 @@ def rebuild(
     except RecipeError:
         raise
     except Exception as e:  # noqa: BLE001 - a recipe that does not fit is the user's to know
+        if machine_fault(e) is not None:
+            raise  # a full disk is not the recipe's fault
         text = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RecipeError(
             f"the recipe does not apply to this model: {type(e).__name__}: {text}"
@@ -230,6 +233,8 @@ def export_deployables(
                 )
             results[fmt] = _listing(deployed.files, deployed.kind)
         except Exception as e:  # noqa: BLE001 - export fails in many ways; the reason is reported
+            if machine_fault(e) is not None:
+                raise  # a full disk: no format is "skipped", the whole apply fails
             msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its text
             msg = msg.splitlines()[0] if msg else ""
             results[fmt] = f"skipped: {type(e).__name__}: {msg}"

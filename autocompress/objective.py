@@ -31,7 +31,8 @@ from optuna.trial import TrialState
 from autocompress.architecture import model_facts
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
-from autocompress.errors import TrialFailure
+from autocompress.errors import AutocompressError, TrialFailure
+from autocompress.faults import machine_fault
 from autocompress.fidelity import CheapResult, hopeless_reason
 from autocompress.latency import LatencySettings
 from autocompress.measure import (
@@ -73,6 +74,29 @@ def target_unavailable(target: Target) -> dict[str, str]:
     if target.runtime == "torch" and not int8_supported():
         return {"int8": "this PyTorch build has no x86 int8 kernels"}
     return {}
+
+
+def unavailable_methods(space: Any, facts: Any, target: Target) -> dict[str, str]:
+    """The space's methods that cannot run on this model or target, with the reason.
+
+    Raises:
+        AutocompressError: None of the space's methods that change the model can run on it:
+            every trial would be the uncompressed model (fine-tuned, at most).
+    """
+    unavailable = dict(target_unavailable(target))
+    for name in space.methods:
+        reason = METHODS[name].unavailable(facts)
+        if reason:
+            unavailable[name] = reason
+    acting = [m for m in space.methods if METHODS[m].stage != "train"]
+    if acting and all(m in unavailable for m in acting):
+        why = "; ".join(f"{m}: {unavailable[m]}" for m in acting)
+        raise AutocompressError(
+            f"none of the search space's methods applies to this model ({why}): every trial "
+            "would be the uncompressed model; add a method that applies, e.g. structured, "
+            "unstructured, weights or int8"
+        )
+    return unavailable
 
 
 def method_failures(study: optuna.Study) -> dict[str, int]:
@@ -135,11 +159,7 @@ class Objective:
         self.reporter = reporter
         self.facts = model_facts(workload.model, workload.example_input)
         self.latency = replace(TRIAL_LATENCY, threads=settings.target.threads)
-        self.unavailable = dict(target_unavailable(settings.target))
-        for name in self.space.methods:
-            reason = METHODS[name].unavailable(self.facts)
-            if reason:
-                self.unavailable[name] = reason
+        self.unavailable = unavailable_methods(self.space, self.facts, settings.target)
         _warm_imports()
         self._teacher: TeacherOutputs | None = None
         self._calibration: list[Inputs] | None = None
@@ -210,10 +230,13 @@ class Objective:
         except TrialFailure as e:
             self._record_failure(trial, str(e), e.method)
             raise
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except Exception as e:  # noqa: BLE001 - whatever a user's model raises fails the trial
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever a user's model raises
+            if machine_fault(e) is not None:
+                raise  # a full disk is not the trial's fault: the trial loop stops the run
+            # SystemExit too: a model that calls exit() fails its trial, not the whole study.
             text = str(e).strip().splitlines()[0] if str(e).strip() else ""
             reason = f"{type(e).__name__}: {text}"
             if isinstance(e, MemoryError) or "out of memory" in text.lower():

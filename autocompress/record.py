@@ -8,6 +8,7 @@ through :func:`normalize_info`, so nothing they recorded is lost.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal, Protocol
 
 import optuna
@@ -23,6 +24,9 @@ SIZE_KINDS = ("deployed", "packed")
 # of two runs of one model spreads by a few percent on a shared CPU (interleaved medians).
 LATENCY_NOISE = 0.03
 METRIC_ROUNDING = 1e-6  # x |baseline metric|: a deployment's float rounding is no gain
+DEVICES = ("cpu", "cuda")
+MAX_BATCH_SIZE = 4096  # the largest batch latency is measured at (one home: the CLI checks it)
+_UID = re.compile(r"[0-9a-f]{12}")
 
 
 def directions(higher_is_better: bool) -> list[Literal["minimize", "maximize"]]:
@@ -38,14 +42,14 @@ def normalize_info(info: dict[str, Any]) -> dict[str, Any]:
     ``settings``, ``baseline`` and ``hardware``.
     """
     info = dict(info)
-    settings = dict(info.get("settings") or {})
+    settings = _mapping(info.get("settings"))
     info.setdefault("task", {"name": "classification", "metric": "accuracy",
                              "higher_is_better": True})  # fmt: skip
     if "budget" not in info:
         drop = settings.get("max_metric_drop", settings.get("max_accuracy_drop", 0.01))
         info["budget"] = {"absolute": drop, "relative": settings.get("max_relative_drop")}
     info.setdefault("size", settings.get("size", "packed"))
-    baseline = dict(info.get("baseline") or {})
+    baseline = _mapping(info.get("baseline"))
     if "metric" not in baseline and "accuracy" in baseline:
         baseline["metric"] = baseline["accuracy"]
         baseline["test_metric"] = baseline.get("test_accuracy")
@@ -53,6 +57,12 @@ def normalize_info(info: dict[str, Any]) -> dict[str, Any]:
     info["baseline"] = baseline
     info["settings"] = settings
     return info
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A copy of a stored mapping; anything else as an empty one (:func:`record_problem`
+    then names it)."""
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def study_info(study: optuna.Study) -> dict[str, Any]:
@@ -64,7 +74,111 @@ def study_info(study: optuna.Study) -> dict[str, Any]:
     info = study.user_attrs.get(ATTR)
     if not isinstance(info, dict):
         raise StorageError(f"study {study.study_name!r} was not created by autocompress")
-    return normalize_info(info)
+    info = normalize_info(info)
+    problem = record_problem(info)
+    if problem is not None:
+        raise StorageError(
+            f"study {study.study_name!r}: its stored record is not valid ({problem}); "
+            "something other than autocompress wrote it: restore the database from a backup, "
+            "or start a new --study"
+        )
+    return info
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: Any, low: int, high: int | None = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and low <= value
+        and (high is None or value <= high)
+    )
+
+
+def _check_fields(rules: dict[str, tuple[Any, bool, str]], part: Any, where: str) -> str | None:
+    """The first field of ``part`` that breaks its rule: (test, required, what is expected)."""
+    if not isinstance(part, dict):
+        return f"{where} is a {type(part).__name__}, not a mapping"
+    for key, (test, required, expected) in rules.items():
+        if key not in part or part[key] is None:
+            if required:
+                return f"{where}.{key} is missing"
+            continue
+        if not test(part[key]):
+            shown = repr(part[key])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            return f"{where}.{key} is {shown}, expected {expected}"
+    return None
+
+
+_SETTINGS = {
+    "workload": (lambda v: isinstance(v, str) and 0 < len(v) <= 1000, True, "a workload name"),
+    "space_text": (lambda v: isinstance(v, str), False, "text"),
+    "space_source": (lambda v: isinstance(v, str), False, "text"),
+    "data_dir": (lambda v: isinstance(v, str), False, "a folder name"),
+    "sampler": (lambda v: isinstance(v, str), False, "a sampler name"),
+    "seed": (lambda v: _whole(v, 0, 2**32 - 1), False, "a whole number in [0, 2**32)"),
+    "target": (lambda v: isinstance(v, dict), False, "a mapping"),
+}
+_TARGET = {
+    "device": (lambda v: v in DEVICES, False, " or ".join(DEVICES)),
+    "runtime": (lambda v: isinstance(v, str), False, "a runtime name"),
+    "threads": (lambda v: _whole(v, 1, 1024), False, "a whole number from 1 to 1024"),
+    "batch_size": (
+        lambda v: _whole(v, 1, MAX_BATCH_SIZE),
+        False,
+        f"a whole number from 1 to {MAX_BATCH_SIZE}",
+    ),
+}
+_TASK = {
+    "name": (lambda v: isinstance(v, str), True, "a task name"),
+    "metric": (lambda v: isinstance(v, str) and 0 < len(v) <= 100, True, "a metric name"),
+    "higher_is_better": (lambda v: isinstance(v, bool), True, "true or false"),
+}
+_BUDGET = {
+    key: (lambda v: _number(v) and 0 <= v < math.inf, False, "a finite number >= 0")
+    for key in ("absolute", "relative")
+}
+_BASELINE = {
+    "metric": (lambda v: _number(v) and math.isfinite(v), True, "a finite number"),
+    "latency_ms": (lambda v: _number(v) and 0 < v < math.inf, True, "a time > 0"),
+    "size_kb": (lambda v: _number(v) and 0 < v < math.inf, False, "a size > 0"),
+    "packed_bytes": (lambda v: _whole(v, 1), False, "a whole number of bytes > 0"),
+    "deployed_bytes": (lambda v: _whole(v, 1), False, "a whole number of bytes > 0"),
+    "test_metric": (_number, False, "a number"),
+}
+
+
+def record_problem(info: dict[str, Any]) -> str | None:
+    """What is wrong with a study's record (in today's shape), or ``None``.
+
+    Every field a reader uses is checked before use: the record is input (anyone who can
+    write the database wrote it), never trusted like the command line. ``uid`` names a
+    folder, so it must be the 12 hex digits creation writes.
+    """
+    uid = info.get("uid")
+    if uid is not None and not (isinstance(uid, str) and _UID.fullmatch(uid)):
+        return f"uid {str(uid)[:40]!r} is not 12 hex digits"
+    problem = (
+        _check_fields(_SETTINGS, info["settings"], "settings")
+        or _check_fields(_TARGET, info["settings"].get("target") or {}, "settings.target")
+        or _check_fields(_TASK, info["task"], "task")
+        or _check_fields(_BUDGET, info["budget"], "budget")
+        or _check_fields(_BASELINE, info["baseline"], "baseline")
+    )
+    if problem is not None:
+        return problem
+    if info["budget"].get("absolute") is None and info["budget"].get("relative") is None:
+        return "budget has neither an absolute nor a relative limit"
+    if info["size"] not in SIZE_KINDS:
+        return f"size {str(info['size'])[:40]!r} is not {' or '.join(SIZE_KINDS)}"
+    for key in ("hardware", SENSITIVITY, "workload_info"):
+        if info.get(key) is not None and not isinstance(info[key], dict):
+            return f"{key} is a {type(info[key]).__name__}, not a mapping"
+    return None
 
 
 def metric_name(info: dict[str, Any]) -> str:

@@ -29,26 +29,28 @@ MAX_DEPTH = 50  # nested mappings and lists
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-def read_text(
+def read_bytes(
     path: str | os.PathLike[str],
     what: str,
     error: type[AutocompressError],
     max_bytes: int = MAX_BYTES,
-) -> str:
-    """Read a small UTF-8 text file, refusing anything that is not one.
+) -> bytes:
+    """Read a small regular file, refusing anything that is not one: the one reader of every
+    file a user names (search spaces, recipes, signing keys).
 
     Args:
         path: The file.
-        what: What the file is, for messages (``"search space"``, ``"recipe"``).
+        what: What the file is, for messages (``"search space"``, ``"recipe"``, ``"key"``).
         error: The error class raised.
         max_bytes: Largest size accepted.
 
     Returns:
-        The text (a UTF-8 byte-order mark removed).
+        Its bytes.
 
     Raises:
         AutocompressError: ``error``, one line naming the path, when the file is missing,
-            unreadable, not a regular file, larger than ``max_bytes`` or not UTF-8.
+            unreadable, not a regular file (a FIFO, a device such as ``/dev/zero``, a
+            directory) or larger than ``max_bytes``.
     """
     path = Path(path)
     prefix = f"cannot read {what} {path}"
@@ -71,14 +73,32 @@ def read_text(
     except OSError as e:
         raise error(f"{prefix}: {e.strerror or e}; check the file") from None
     if len(raw) > max_bytes:
-        raise error(
-            f"{prefix}: larger than {max_bytes:,} bytes; a {what} is a small YAML file, "
-            "check the path"
-        )
+        raise error(f"{prefix}: larger than {max_bytes:,} bytes; check the path")
+    return raw
+
+
+def read_text(
+    path: str | os.PathLike[str],
+    what: str,
+    error: type[AutocompressError],
+    max_bytes: int = MAX_BYTES,
+) -> str:
+    """Read a small UTF-8 text file (:func:`read_bytes`), refusing anything that is not one.
+
+    Returns:
+        The text (a UTF-8 byte-order mark removed).
+
+    Raises:
+        AutocompressError: As :func:`read_bytes`, or the file is not UTF-8.
+    """
+    raw = read_bytes(path, what, error, max_bytes)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise error(f"{prefix}: not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
+        raise error(
+            f"cannot read {what} {Path(path)}: not UTF-8 text (byte {e.start}); save it as "
+            "UTF-8 YAML"
+        ) from None
 
 
 def non_file_kind(mode: int) -> str | None:

@@ -9,6 +9,7 @@ directly; a directory, a FIFO or a socket is refused.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from autocompress.errors import AutocompressError
 from autocompress.safe_input import non_file_kind
+from autocompress.storage_checks import SQLITE_HEADER
 
 
 def check_output_path(
@@ -35,6 +37,20 @@ def check_output_path(
     kind = non_file_kind(mode)
     if kind is not None and not stat.S_ISCHR(mode):
         raise error(f"cannot write {what} to {path}: it is {kind}; give a file path with --out")
+    if kind is None and _is_sqlite(path):
+        raise error(
+            f"cannot write {what} to {path}: it is a study database (SQLite), which the "
+            f"{what} would replace; give another file name with --out"
+        )
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` starts like an SQLite database (a study's own, or any other)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -95,3 +111,48 @@ def _new_file_mode(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
+
+
+@contextmanager
+def staged_folder(
+    folder: str | os.PathLike[str], what: str, error: type[AutocompressError]
+) -> Iterator[Path]:
+    """A fresh private folder to write ``what`` into; when the block ends, each file in it is
+    renamed into ``folder``.
+
+    Nothing is written through a path that was there before: a symlink planted in ``folder``
+    (``model.pt -> ~/.bashrc``) is replaced by the new file, never followed. When the block
+    fails (a full disk, an error), the staged files are removed and ``folder`` keeps what it
+    had: nothing looks written that was not written whole.
+
+    Raises:
+        AutocompressError: ``error``, one line naming ``folder`` and the cause, for any
+            ``OSError``: ``folder`` is a file, cannot be created, the disk is full.
+    """
+    folder = Path(folder)
+    fail = f"cannot write {what} to {folder}"
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise error(f"{fail}: it is a file; give a folder with --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=folder, prefix=".staged-"))
+    except OSError as e:
+        raise error(f"{fail}: {e.strerror or e}; choose another --out") from None
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            if item.is_file():
+                with open(item, "rb") as f:
+                    os.fsync(f.fileno())
+        names = sorted(p.name for p in stage.iterdir())
+        for name in names:
+            there = folder / name
+            if there.is_dir() and not there.is_symlink():
+                raise error(f"{fail}: {there} is a folder; remove it or choose another --out")
+        for name in names:
+            os.replace(stage / name, folder / name)  # replaces a symlink there, never follows
+    except OSError as e:
+        raise error(f"{fail}: {e.strerror or e} ({e.filename or folder}); choose another "
+                    "--out or free space; nothing was moved into it") from None  # fmt: skip
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -476,7 +476,13 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
             continue
         raw_section = document[method]
         if raw_section is None:
-            raw_section = {}
+            # `method:` with nothing under it: every line commented out, most likely. Taken as
+            # "on, with its whole default range" it would switch the method on unseen.
+            raise SearchSpaceError(
+                f"{source}: section {method} is empty (are all its lines commented out?); "
+                f"write `{method}: {{}}` to search its default range, or "
+                f"`{method}: {{enabled: false}}` (or delete it) to leave it out"
+            )
         if not isinstance(raw_section, dict):
             raise SearchSpaceError(
                 f"{source}: {method} must be a mapping of parameters, "

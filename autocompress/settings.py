@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
 
 from autocompress.errors import AutocompressError
+from autocompress.record import MAX_BATCH_SIZE
 from autocompress.runtimes import RUNTIMES, Runtime, targets
 from autocompress.search_space import SearchSpace, parse_search_space_text
 
@@ -79,8 +80,8 @@ class Target:
             )
         if self.threads < 1:
             raise AutocompressError(f"--threads {self.threads}: use 1 or more")
-        if self.batch_size < 1:
-            raise AutocompressError(f"--batch-size {self.batch_size}: use 1 or more")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise AutocompressError(f"--batch-size {self.batch_size}: use 1 to {MAX_BATCH_SIZE}")
 
 
 @dataclass(frozen=True)
@@ -192,4 +193,16 @@ class StudySettings:
         if "max_accuracy_drop" in d:
             d.setdefault("max_metric_drop", d.pop("max_accuracy_drop"))
             d.setdefault("size", "packed")  # earlier studies optimised the packed size
-        return cls(**{**d, "target": Target(**d["target"])})
+        raw = d.get("target")
+        target: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        parts: tuple[tuple[dict[str, Any], type], ...] = ((d, cls), (target, Target))
+        for part, known in parts:
+            unknown = sorted(set(part) - {f.name for f in fields(known)})
+            if unknown:
+                where = "settings" if known is cls else "settings.target"
+                raise AutocompressError(
+                    f"the study's {where} have a field this autocompress does not know "
+                    f"({str(unknown[0])[:40]!r}): the study was made by a newer version, or its "
+                    "database was edited; upgrade autocompress, or start a new --study"
+                )
+        return cls(**{**d, "target": Target(**target)})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from autocompress.storage_checks import (
     prepare_sqlite_file,
     schema_error,
     sqlite_error,
+    sqlite_lock_file,
     sqlite_path,
 )
 
@@ -36,6 +40,22 @@ def _env_seconds(name: str, default: int) -> int:
     if value < 1:
         raise AutocompressError(f"{name}={raw!r}: use 1 second or more")
     return value
+
+
+@contextmanager
+def _creation_lock(path: Path | None) -> Iterator[None]:
+    """Hold the database's lock file while Optuna makes its tables: processes started
+    together on a fresh SQLite file otherwise race to create them (``table alembic_version
+    already exists``) and all but one fail."""
+    if path is None:
+        yield
+        return
+    fd = sqlite_lock_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def open_storage(
@@ -63,6 +83,13 @@ def open_storage(
     """
     heartbeat_interval = _env_seconds(HEARTBEAT_ENV, 30)
     grace_period = _env_seconds(GRACE_ENV, max(90, 3 * heartbeat_interval))
+    if grace_period < 2 * heartbeat_interval:
+        # A live worker beats every interval: a shorter grace fails its running trials.
+        raise AutocompressError(
+            f"{GRACE_ENV}={grace_period} is shorter than two heartbeats ({HEARTBEAT_ENV}="
+            f"{heartbeat_interval}): live trials would be failed as lost; use at least "
+            f"{2 * heartbeat_interval} (3 heartbeats or more is safer)"
+        )
     engine_kwargs: dict[str, Any] = {}
     path = sqlite_path(url)
     if path is not None:
@@ -73,7 +100,7 @@ def open_storage(
         engine_kwargs["pool_pre_ping"] = True
     where = f"study database {path}" if path is not None else f"storage {url!r}"
     try:
-        with warnings.catch_warnings():
+        with _creation_lock(path if write else None), warnings.catch_warnings():
             # Heartbeats and retries are marked experimental; they are what we rely on.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(

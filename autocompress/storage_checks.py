@@ -8,6 +8,7 @@ one line.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -17,6 +18,9 @@ import sqlalchemy
 import sqlalchemy.exc
 
 from autocompress.errors import StorageError
+from autocompress.safe_input import non_file_kind
+
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 IN_MEMORY = "in-memory storage loses the study when the process ends; use sqlite:///studies/NAME.db"
 
@@ -51,6 +55,7 @@ def prepare_sqlite_file(path: Path, create: bool) -> None:
     if path.is_dir():
         raise StorageError(f"{path} is a directory, not a study database; check --storage")
     if path.exists():
+        _check_database_file(path, create)
         return
     if not create:
         raise StorageError(
@@ -62,6 +67,67 @@ def prepare_sqlite_file(path: Path, create: bool) -> None:
         raise StorageError(
             f"cannot create the folder of study database {path}: {e.strerror or e}; check --storage"
         ) from None
+
+
+def _check_database_file(path: Path, create: bool) -> None:
+    """Refuse what SQLite would block on (a FIFO) or turn into a database: a verb that only
+    reads (``create=False``) must never make an empty or foreign file a study database.
+
+    Raises:
+        StorageError: Not a regular file; or, for a reading verb, empty or not SQLite.
+    """
+    kind = non_file_kind(os.stat(path).st_mode)
+    if kind is not None:
+        raise StorageError(f"{path} is {kind}, not a study database; check --storage")
+    if create:
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise StorageError(
+            f"cannot read study database {path}: {e.strerror or e}; check --storage"
+        ) from None
+    if not head:
+        raise StorageError(
+            f"{path} is empty, not a study database; check --storage (`autocompress study run` "
+            "creates one)"
+        )
+    if head != SQLITE_HEADER:
+        raise StorageError(
+            f"{path} is not an SQLite database (file is not a database); check --storage, or "
+            "restore the file from a backup"
+        )
+
+
+def sqlite_lock_file(path: Path) -> int:
+    """Open (creating) the lock file beside a study database; its file descriptor.
+
+    Raises:
+        StorageError: The lock file is a directory, a FIFO or anything but a regular file
+            (checked without blocking: opening a FIFO to write would wait for a reader).
+    """
+    lock = Path(f"{path}.lock")
+    try:
+        fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        try:
+            kind = non_file_kind(os.stat(lock).st_mode)
+        except OSError:
+            kind = None
+        why = f"it is {kind}" if kind else (e.strerror or str(e))
+        raise StorageError(
+            f"cannot use the lock file {lock} of the study database: {why}; remove it (it is "
+            "recreated) or fix its permissions"
+        ) from None
+    kind = non_file_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise StorageError(
+            f"cannot use the lock file {lock} of the study database: it is {kind}; remove it "
+            "(it is recreated)"
+        )
+    return fd
 
 
 def sqlite_error(path: Path, error: sqlalchemy.exc.SQLAlchemyError) -> StorageError:

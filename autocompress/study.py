@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress import __version__
 from autocompress.architecture import model_facts
 from autocompress.errors import AutocompressError, StorageError, WorkloadError
+from autocompress.faults import machine_fault
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import measure_latency
 from autocompress.measure import (
@@ -38,7 +39,13 @@ from autocompress.measure import (
     resident_memory_bytes,
     timing_input,
 )
-from autocompress.objective import TRIAL_LATENCY, Objective, method_failures, withdrawn_methods
+from autocompress.objective import (
+    TRIAL_LATENCY,
+    Objective,
+    method_failures,
+    unavailable_methods,
+    withdrawn_methods,
+)
 from autocompress.pipeline import save_baseline_artifact
 from autocompress.record import (
     ATTR,
@@ -54,8 +61,21 @@ from autocompress.sensitivity import profile_for
 from autocompress.settings import LIMIT_FLAGS, SAMPLERS, TARGETS, StudySettings, Target
 from autocompress.storage import DEFAULT_STORAGE, STUDIES_DIR, open_storage
 from autocompress.trial_notes import save_study_note
-from autocompress.workers import WorkerResult, budget_lock, failure_reasons, run_worker
-from autocompress.workload import LoadedWorkload, finite, load_workload, state_sha256
+from autocompress.workers import (
+    WorkerResult,
+    budget_lock,
+    failure_reasons,
+    grace_period,
+    lost_trials,
+    run_worker,
+)
+from autocompress.workload import (
+    LoadedWorkload,
+    finite,
+    load_workload,
+    state_sha256,
+    trusted_workload,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -65,6 +85,7 @@ __all__ = [
     "StudySettings",
     "Target",
     "artifact_dir",
+    "check_baseline",
     "create_or_resume",
     "load_study",
     "make_sampler",
@@ -158,12 +179,12 @@ def load_study(name: str, storage: optuna.storages.BaseStorage | str) -> optuna.
 def artifact_dir(studies_dir: Path, study: optuna.Study) -> Path:
     """Where a study's files live: ``<studies>/<name>-<uid>``, keyed by the study's own id
     (so the same name in two storages never shares files)."""
-    info = study_info(study)
+    info = study_info(study)  # validated: a uid is 12 hex digits
+    validate_study_name(study.study_name)  # the database names it too: never a path
     uid = info.get("uid")
     if uid:
         return Path(studies_dir) / f"{study.study_name}-{uid}"
-    validate_study_name(study.study_name)  # studies of earlier versions used the bare name
-    return Path(studies_dir) / study.study_name
+    return Path(studies_dir) / study.study_name  # studies of earlier versions
 
 
 def measure_baseline(
@@ -191,6 +212,8 @@ def measure_baseline(
     except (KeyboardInterrupt, SystemExit, AutocompressError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on the user's target
+        if machine_fault(e) is not None:
+            raise  # a full disk is not the model's fault
         text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         others = [
             t for t in TARGETS
@@ -273,7 +296,7 @@ def _settings_from(given: Mapping[str, Any]) -> StudySettings:
     return StudySettings(**values, target=Target(**target))
 
 
-def _baseline_matches(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
+def check_baseline(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
     stored = info["baseline"].get("weights_sha256")
     if stored and stored != state_sha256(workload.model.state_dict()):
         raise WorkloadError(
@@ -342,12 +365,12 @@ def create_or_resume(
             torch.set_num_threads(stored.target.threads)
             if workload is None:
                 workload = load_workload(
-                    stored.workload,
+                    trusted_workload(stored.workload, given.get("workload"), name),
                     data_dir=given.get("data_dir") or stored.data_dir,
                     seed=stored.seed,
                     cache_dir=studies_dir / "baselines",
                 )
-            _baseline_matches(workload, info, name)
+            check_baseline(workload, info, name)
             if SENSITIVITY not in info:
                 # A study created before profiles existed: measured once, here, under the lock.
                 profile = profile_for(stored.space(), workload)
@@ -366,6 +389,12 @@ def create_or_resume(
                 seed=settings.seed,
                 cache_dir=studies_dir / "baselines",
             )
+        facts = model_facts(workload.model, workload.example_input)
+        unavailable_methods(space, facts, settings.target)  # something must apply: checked now
+        budget = settings.budget(workload.task.name)
+        loose = workload.task.never_binds(budget["absolute"], budget["relative"])
+        if loose is not None:
+            raise AutocompressError(loose)
         if on_baseline is not None:
             on_baseline()
         uid = uuid.uuid4().hex[:12]
@@ -403,7 +432,6 @@ def create_or_resume(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(objective_names(info))
             if settings.warm_start:
-                facts = model_facts(workload.model, workload.example_input)
                 for params in space.warm_starts(facts, settings.target.runtime, settings.size):
                     study.enqueue_trial(params, user_attrs={"warm_start": True})
             study.set_user_attr(ATTR, info)  # a study without it is a failed creation
@@ -499,8 +527,14 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         for t in trials
         if t.state == TrialState.PRUNED
     ]
+    lost = lost_trials(study)
+    if lost:  # stored as RUNNING, but their workers are gone: say so, never "running"
+        counts["RUNNING"] -= len(lost)
+        counts["LOST"] = len(lost)
     return {
         "name": study.study_name,
+        "lost": lost,
+        "grace_period": grace_period(study),
         "counts": {k: v for k, v in counts.items() if v},
         "n_trials": len(trials),
         "n_feasible": len(feasible),

@@ -50,6 +50,10 @@ def eager_runner(model: Callable[..., Any]) -> Runner:
     return run
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 class Task:
     """Loss, distillation loss and metric of one kind of model.
 
@@ -62,6 +66,30 @@ class Task:
     name = "task"
     metric_name = "metric"
     higher_is_better = True
+    metric_range: tuple[float, float] | None = None  # the values the metric can take, if known
+
+    def never_binds(self, absolute: float | None, relative: float | None) -> str | None:
+        """Why a budget can never bind (every trial would be feasible), or ``None``.
+
+        Only a metric with a known range can say: accuracy lies in [0, 1], so a drop of 1 or
+        more, or a relative drop of 100% or more, allows every value.
+        """
+        if self.metric_range is None or not self.higher_is_better:
+            return None
+        low, high = self.metric_range
+        if absolute is not None and absolute >= high - low:
+            return (
+                f"{_article(self.metric_name)} {self.metric_name} drop of {absolute:g} can "
+                f"never bind: {self.metric_name} lies in [{low:g}, {high:g}], so every trial "
+                f"would be feasible; give a drop below {high - low:g}, e.g. 0.01"
+            )
+        if relative is not None and relative >= 1 and low >= 0:
+            return (
+                f"--max-relative-drop {relative:g} can never bind: {self.metric_name} is never "
+                "below 0, so a drop of 100% or more allows every trial; give a fraction below "
+                "1, e.g. 0.05"
+            )
+        return None
 
     def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The training loss of ``output`` on ``batch``."""
@@ -125,6 +153,7 @@ class Classification(Task):
 
     def __init__(self, score: Callable[[torch.Tensor, torch.Tensor], float] | None = None):
         self.score = score
+        self.metric_range = (0.0, 1.0) if score is None else None  # top-1 accuracy
 
     def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         labels = _labels(batch, self.name)

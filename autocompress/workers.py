@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import math
+import os
 import threading
 import time
 import warnings
@@ -29,6 +30,8 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import TrialFailure
+from autocompress.faults import MachineFault, machine_fault
+from autocompress.storage_checks import sqlite_lock_file
 
 _process_lock = threading.Lock()
 
@@ -81,13 +84,15 @@ def budget_lock(storage: optuna.storages.RDBStorage, study_name: str) -> Iterato
             with _process_lock:
                 yield
             return
-        lock_path = Path(f"{database}.lock")
-        with open(lock_path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        fd = sqlite_lock_file(Path(database))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
         return
     if dialect == "postgresql":
         key = _lock_key(study_name)
@@ -147,6 +152,27 @@ def failure_reasons(trials: list[FrozenTrial], grace_period: int | None = None) 
                 reason += f"; retried as trial {retried_as[t.number]}"
         reasons[t.number] = reason
     return reasons
+
+
+def lost_trials(study: optuna.Study) -> list[int]:
+    """Numbers of the trials stored as RUNNING whose worker has sent no heartbeat for longer
+    than the grace period: killed or crashed. Only read; the next worker fails and retries
+    them (``_next_trial``)."""
+    storage = _rdb(study)
+    if not isinstance(storage, optuna.storages.RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    # Optuna's own rule for a stale trial (the one fail_stale_trials applies), without writing.
+    ids = set(storage._get_stale_trial_ids(study._study_id))
+    return sorted(
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t._trial_id in ids
+    )
+
+
+def grace_period(study: optuna.Study) -> int | None:
+    """Seconds without a heartbeat after which a running trial counts as lost."""
+    return getattr(_rdb(study), "grace_period", None)
 
 
 class _Heartbeat:
@@ -298,6 +324,8 @@ def _run_one(
             except optuna.exceptions.UpdateFinishedTrialError:
                 raise
             except Exception as e:  # noqa: BLE001 - a failing trial never ends the run
+                if machine_fault(e) is not None:
+                    raise  # the disk's fault, not the trial's: handled below
                 if "fail_reason" not in trial.user_attrs:
                     text = str(e).strip().splitlines()[0] if str(e).strip() else ""
                     trial.set_user_attr("fail_reason", f"{type(e).__name__}: {text}"[:2000])
@@ -316,3 +344,30 @@ def _run_one(
         # Another worker saw no heartbeat in time and failed (and re-queued) this trial while
         # it ran: drop this run; the stored record stands and the retry runs it again.
         return _rdb(study).get_trial(trial._trial_id)
+    except Exception as e:
+        fault = machine_fault(e)
+        if fault is None:
+            raise
+        # A full disk or a damaged database fails every trial after this one: stop the run,
+        # with the trial recorded as failed (never left RUNNING) where the database allows.
+        if _fail_quietly(study, trial, f"stopped by the machine: {fault}"):
+            state = "it is recorded as failed"
+        else:
+            state = (
+                "it could not be recorded: it shows as RUNNING until a worker's heartbeat "
+                "check fails it and runs it again"
+            )
+        raise MachineFault(
+            f"trial {trial.number} stopped: {fault} ({state}; every trial recorded before it "
+            "is kept)"
+        ) from None
+
+
+def _fail_quietly(study: optuna.Study, trial: optuna.Trial, reason: str) -> bool:
+    """Record ``trial`` as failed with ``reason``; False when the database refuses."""
+    try:
+        trial.set_user_attr("fail_reason", reason[:2000])
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return True
+    except Exception:  # noqa: BLE001 - the database is what failed; the caller says so
+        return False

@@ -239,13 +239,31 @@ def _data_fingerprint(split: Split) -> list[float]:
     return [float(t.double().sum()) for t in tensors]
 
 
-def _baseline_cache_key(workload: Workload, seed: int) -> str:
+def _new_model(workload: Workload) -> nn.Module:
+    """A model from the workload's factory, refused unless it is a ``torch.nn.Module``."""
     assert workload.model_factory is not None  # noqa: S101 - checked by Workload
+    try:
+        model = workload.model_factory()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: the user's code
+        raise WorkloadError(
+            f"workload {workload.name!r}: model_factory() raised {type(e).__name__}: {str(e)[:200]}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise WorkloadError(
+            f"workload {workload.name!r}: model_factory() returned a "
+            f"{type(model).__name__}, not a torch.nn.Module"
+        )
+    return model
+
+
+def _baseline_cache_key(workload: Workload, seed: int) -> str:
     payload = json.dumps(
         {
             "name": workload.name,
             "training": repr(workload.baseline_training),
-            "model": repr(workload.model_factory()),
+            "model": repr(_new_model(workload)),
             "sizes": [len(workload.train), len(workload.val), len(workload.test)],
             "train": _data_fingerprint(workload.train),
             "seed": seed,
@@ -289,11 +307,11 @@ def _train_baseline(workload: Workload, task: Task, cache_dir: Path | None, seed
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", workload.name)[:80]
         path = Path(cache_dir) / f"{safe}-{_baseline_cache_key(workload, seed)}.pt"
         if path.exists():
-            model = workload.model_factory()
+            model = _new_model(workload)
             if _load_cached(model, path):
                 return model.eval()
     torch.manual_seed(seed)
-    model = workload.model_factory()
+    model = _new_model(workload)
     try:
         with torch_threads(BASELINE_THREADS):
             train(model, workload.train, task, workload.baseline_training, seed=seed)
@@ -316,14 +334,20 @@ def _check(loaded: LoadedWorkload) -> None:
     """The baseline runs on every split, gives finite outputs the task can read."""
     words = {"val": "validation", "train": "training", "test": "test"}
     for split_name in ("val", "train", "test"):
-        small = take_rows(next(iter(loaded.split(split_name).batches())), 2)
+        first = next(iter(loaded.split(split_name).batches()))
+        small = take_rows(first, 2)
         inputs = split_batch(small)[0]
         try:
             with torch.inference_mode():
                 out = as_output(call_model(loaded.model, inputs))
+                if split_name == "val":
+                    _check_rows(loaded, first, out)
         except WorkloadError:
             raise
-        except Exception as e:  # noqa: BLE001 - the user's model, on the user's data
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - the user's model, on the user's data
+            # SystemExit too: a model that calls exit() is the workload's error, one line.
             shapes = [tuple(t.shape) for t in flat_tensors(inputs)]
             first_line = str(e).splitlines()[0] if str(e) else ""
             raise WorkloadError(
@@ -336,6 +360,25 @@ def _check(loaded: LoadedWorkload) -> None:
                 "are NaN or infinite; check the model and its weights"
             )
         loaded.task.check(out, small)
+
+
+def _check_rows(loaded: LoadedWorkload, batch: Any, out_2: torch.Tensor) -> None:
+    """The output has one row per input row: checked at 2 rows and 3, so a model whose
+    output shape depends on the batch size (hard-coded, or mixing rows) is refused now,
+    not measured at a batch size it cannot take."""
+    three = take_rows(batch, 3)
+    rows = [t.shape[0] for t in flat_tensors(split_batch(three)[0]) if t.dim()]
+    if not rows or min(rows) < 3:
+        return  # a split of fewer rows: nothing more to learn
+    out_3 = as_output(call_model(loaded.model, split_batch(three)[0]))
+    shapes = (tuple(out_2.shape), tuple(out_3.shape))
+    if not (len(shapes[0]) == len(shapes[1]) >= 1 and shapes[0][0] == 2 and shapes[1][0] == 3
+            and shapes[0][1:] == shapes[1][1:]):  # fmt: skip
+        raise WorkloadError(
+            f"workload {loaded.name!r}: the model's output shape depends on the batch size "
+            f"other than by its rows ({shapes[0]} for 2 input rows, {shapes[1]} for 3); give "
+            "a model whose output has one row per input row at any batch size"
+        )
 
 
 def load_workload(
@@ -378,6 +421,31 @@ def load_workload(
             "or package.module:function or path/to/file.py:function"
         )
     return prepare(workload, cache_dir=cache_dir, seed=seed)
+
+
+def trusted_workload(stored: str, given: str | None, study: str) -> str:
+    """The workload to load for a stored study: a built-in one by its stored name; code only
+    when the user names it on the command line (a study's record is data: whoever can write
+    its database must not choose what this process imports).
+
+    Raises:
+        WorkloadError: The study's workload is a module the user did not name, or the user
+            named another one.
+    """
+    from autocompress.zoo import BUILTIN_WORKLOADS
+
+    if given is not None and given != stored:
+        raise WorkloadError(
+            f"--workload {given}: study {study!r} was made with workload {stored[:200]!r}; "
+            "leave --workload out, or use another --study"
+        )
+    if given is None and stored not in BUILTIN_WORKLOADS:
+        raise WorkloadError(
+            f"study {study!r} was made with workload {stored[:200]!r}, which is code: a study's "
+            f"database never decides what is imported; pass --workload {stored[:200]} to load "
+            "it (only if you trust that module)"
+        )
+    return stored
 
 
 def prepare(

@@ -312,7 +312,7 @@ def test_target_studies_retimes_the_fastest_feasible_trials_file(tmp_path: Path)
     url = f"sqlite:///{tmp_path / 't.db'}"
     settings = StudySettings(workload=TINY_MLP, space_text=TINY_SPACE.read_text(),
                              target=Target(runtime="onnxruntime", batch_size=8),
-                             max_metric_drop=1.0, warm_start=False)  # fmt: skip
+                             max_metric_drop=0.99, warm_start=False)  # fmt: skip
     study, settings, wl, info = create_or_resume("ort", open_storage(url), settings,
                                                  studies_dir=tmp_path)  # fmt: skip
     run_trials(study, settings, wl, info, n_trials=2, studies_dir=tmp_path)
@@ -553,7 +553,7 @@ def test_practitioner_recipes_compare_the_front_with_the_fastest_feasible_recipe
     url = f"sqlite:///{tmp_path / 'p.db'}"
     settings = StudySettings(workload=TINY_MLP, space_text=TINY_SPACE.read_text(),
                              target=Target(runtime="openvino", batch_size=8),
-                             max_metric_drop=1.0, warm_start=False)  # fmt: skip
+                             max_metric_drop=0.99, warm_start=False)  # fmt: skip
     study, settings, wl, info = create_or_resume("p", open_storage(url), settings,
                                                  studies_dir=tmp_path)  # fmt: skip
     run_trials(study, settings, wl, info, n_trials=2, studies_dir=tmp_path)

@@ -8,6 +8,7 @@ import struct
 import time
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,3 +79,31 @@ def test_exact_data_still_reads(tmp_path):
     header = bytes([0, 0, 0x0C, 3]) + struct.pack(">3I", 2, 3, 4)
     path.write_bytes(gzip.compress(header + data.tobytes()))
     assert np.array_equal(read_idx(path), data)
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed IDX file of unsigned bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.parametrize(
+    "image, labels, fragment",
+    [
+        ((10, 32, 32), [0] * 10, "images of shape (32, 32), MNIST's are (28, 28)"),
+        ((10, 28, 28), [0] * 9 + [12], "labels from 0 to 12, MNIST's are 0 to 9"),
+        ((10, 28, 28), [0] * 7, "10 images but labels of shape (7,)"),
+    ],
+    ids=["wrong-image-size", "label-out-of-range", "fewer-labels"],
+)
+def test_a_data_folder_with_wrong_images_or_labels_is_one_line(tmp_path, image, labels, fragment):
+    from autocompress.workload import load_workload
+
+    for prefix in ("train", "t10k"):
+        _idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros(image))
+        _idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.array(labels))
+    with pytest.raises(WorkloadError) as info:
+        load_workload("mnist-mlp", data_dir=tmp_path, cache_dir=None)
+    assert fragment in str(info.value) and "point --data-dir at MNIST" in str(info.value)

@@ -289,7 +289,9 @@ def test_a_study_on_cpu_openvino_runs_exports_and_applies(tmp_path, monkeypatch)
     assert result.exit_code == 0 and "openvino" in result.output
     trial = done[0].number
     result = runner.invoke(
-        app, ["export", "ov", "--trial", str(trial), "--out", "r.yaml", "--storage", url]
+        app,
+        ["export", "ov", "--trial", str(trial), "--out", "r.yaml", "--storage", url]
+        + ["--workload", "tests.conftest:tiny_workload"],
     )
     assert result.exit_code == 0, result.output
     result = runner.invoke(

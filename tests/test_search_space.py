@@ -240,7 +240,9 @@ def test_warm_starts_switch_transformer_pruning_off_where_the_space_can():
     )
     starts = parse_search_space_text(text).warm_starts()
     assert starts and all(s["heads.enabled"] is False for s in starts)
-    always_on = parse_search_space_text(text.replace("heads:\n  enabled: [false, true]", "depth:"))
+    always_on = parse_search_space_text(
+        text.replace("heads:\n  enabled: [false, true]", "depth: {}")
+    )
     starts = always_on.warm_starts()
     assert starts and all("depth.enabled" not in s for s in starts)
 
@@ -251,7 +253,9 @@ def test_warm_starts_switch_off_every_method_they_do_not_name():
     text = "".join(f"{m}:\n  enabled: [false, true]\n" for m in ("lowrank", "weights", "int8"))
     starts = parse_search_space_text(text).warm_starts()
     assert starts and all(s["lowrank.enabled"] is False for s in starts)
-    forced = parse_search_space_text(text.replace("lowrank:\n  enabled: [false, true]", "lowrank:"))
+    forced = parse_search_space_text(
+        text.replace("lowrank:\n  enabled: [false, true]", "lowrank: {}")
+    )
     assert forced.warm_starts() and all("lowrank.enabled" not in s for s in forced.warm_starts())
     # a method that defines a start (structured) forced on drops the starts without it
     text = "structured:\n  enabled: true\n" + "".join(
@@ -329,3 +333,23 @@ distillation:
     assert v1["weights.bits"].choices == (8, 4)
     assert v1["weights.enabled"].choices == (False, True)
     assert v1["finetune.epochs"].high == 2
+
+
+def test_a_section_whose_lines_are_all_commented_out_is_refused():
+    from autocompress.errors import SearchSpaceError
+    from autocompress.search_space import parse_search_space_text
+
+    text = "weights:\n  bits: [8, 4]\nstructured:\n  # amount: {low: 0.1, high: 0.5}\n"
+    with pytest.raises(SearchSpaceError, match="section structured is empty .are all its lines"):
+        parse_search_space_text(text, "s.yaml")
+    assert parse_search_space_text(text.replace("structured:\n", "structured: {}\n")).methods
+
+
+def test_a_runtime_setting_the_study_runtime_does_not_take_is_said():
+    from autocompress.methods.runtime import not_offered
+    from autocompress.search_space import parse_search_space_text
+
+    space = parse_search_space_text("weights:\n  bits: [8, 4]\nruntime:\n  precision: [f32, f16]\n")
+    assert not_offered(space, "onnxruntime") == [
+        "runtime.precision: onnxruntime has no such setting (another runtime's); ignored"
+    ]

@@ -162,3 +162,82 @@ def test_a_directory_is_not_a_database(monkeypatch, tmp_path):
         ["study", "run", "--study", "s", "--n-trials", "1", "--storage", f"sqlite:///{tmp_path}"],
     )
     assert_one_line_error(result, f"{tmp_path} is a directory, not a study database")
+
+
+# --- Files that are not what they seem, beside the database -----------------------------------
+
+
+def test_a_read_verb_never_turns_an_empty_file_into_a_database(monkeypatch, tmp_path):
+    db = tmp_path / "empty.db"
+    db.touch()
+    result = _invoke(monkeypatch, tmp_path, ["study", "list", "--storage", f"sqlite:///{db}"])
+    assert_one_line_error(result, f"{db} is empty, not a study database")
+    assert db.stat().st_size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_a_lock_file_that_is_not_a_file_is_one_line(monkeypatch, tmp_path, kind):
+    import os
+
+    db = tmp_path / "s.db"
+    lock = tmp_path / "s.db.lock"
+    if kind == "directory":
+        lock.mkdir()
+    else:
+        os.mkfifo(lock)  # opening it to write would wait for a reader: forever
+    result = _invoke(
+        monkeypatch,
+        tmp_path,
+        ["study", "run", "--study", "new", "--n-trials", "1", "--storage", f"sqlite:///{db}"]
+        + ["--workload", "tests.tiny_workloads:tiny"],
+    )
+    words = "a directory" if kind == "directory" else "a FIFO"
+    assert_one_line_error(result, f"lock file {lock} of the study database: it is {words}")
+    assert not db.exists()
+
+
+def test_a_grace_period_shorter_than_two_heartbeats_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOCOMPRESS_HEARTBEAT_INTERVAL", "10")
+    monkeypatch.setenv("AUTOCOMPRESS_GRACE_PERIOD", "5")
+    result = _invoke(
+        monkeypatch,
+        tmp_path,
+        ["study", "run", "--study", "new", "--n-trials", "1", "--storage", "sqlite:///s.db"]
+        + ["--workload", "tests.tiny_workloads:tiny"],
+    )
+    assert_one_line_error(
+        result, "AUTOCOMPRESS_GRACE_PERIOD=5 is shorter than two heartbeats", "use at least 20"
+    )
+
+
+def test_processes_creating_one_fresh_database_at_once_all_open_it(tmp_path):
+    """Four processes open a fresh SQLite file at the same moment: Optuna's table creation
+    raced (``table alembic_version already exists``) and all but one failed."""
+    import subprocess
+    import sys
+
+    from tests.reliability_helpers import REPO
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+        "from autocompress.storage import open_storage\n"
+        f"open_storage({url!r})\n"
+        "print('opened')\n"
+    )
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    import time
+
+    time.sleep(8)  # every process has imported and waits for the start
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and "opened" in out, err[-2000:]

@@ -24,6 +24,9 @@ from tests.conftest import skip_or_fail
 from tests.reliability_helpers import SPACE, cli_env, create_study, start_cli, wait_for_file
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+# A study's workload that is code is loaded only when the command line names it.
+TINY = ("--workload", "tests.tiny_workloads:tiny")
+HANG = ("--workload", "tests.tiny_workloads:hang_once")
 
 
 def _postgres_reason() -> str | None:
@@ -85,7 +88,7 @@ def test_workers_share_an_exact_budget(tmp_path, backend):
     budget = 10 if n_workers == 8 else 5
     create_study(tmp_path, name, url)
     procs = [
-        start_cli(tmp_path, "worker", name, "--storage", url, "--total", str(budget))
+        start_cli(tmp_path, "worker", name, "--storage", url, "--total", str(budget), *TINY)
         for _ in range(n_workers)
     ]
     results = _finish(procs)
@@ -110,7 +113,7 @@ def test_killed_worker_trial_fails_and_is_retried(tmp_path, backend):
     create_study(tmp_path, name, url, workload="tests.tiny_workloads:hang_once")
     (tmp_path / "hang").touch()
     procs = [
-        start_cli(tmp_path, "worker", name, "--storage", url, "--total", str(budget))
+        start_cli(tmp_path, "worker", name, "--storage", url, "--total", str(budget), *HANG)
         for _ in range(n_workers)
     ]
     pid = int(wait_for_file(tmp_path / "claimed", procs))
@@ -157,7 +160,7 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, command, s
         args = ["study", "run", "--study", name, "--storage", url, "--total", "3"]
         args += ["--workload", "tests.tiny_workloads:hang_once"]
     else:
-        args = ["worker", name, "--storage", url, "--total", "3"]
+        args = ["worker", name, "--storage", url, "--total", "3", *HANG]
     proc = _run_until_claimed(tmp_path, args)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -170,7 +173,7 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, command, s
     before = {t.number: (t.state, t.params) for t in trials}
 
     (tmp_path / "hang").unlink()
-    resumed = start_cli(tmp_path, "worker", name, "--storage", url, "--total", "3")
+    resumed = start_cli(tmp_path, "worker", name, "--storage", url, "--total", "3", *HANG)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-3000:]
     trials = _assert_accounted(load_study(name, url), 3)

@@ -197,3 +197,33 @@ def head_first_vit() -> Workload:
         loss.backward()
         opt.step()
     return Workload(train=train, val=_data(48, 1), test=_data(48, 2), model=model.eval())
+
+
+class _Exits(TinyMLP):
+    def fault(self, x: torch.Tensor) -> torch.Tensor | None:
+        raise SystemExit(3)  # a model that calls exit() in forward
+
+
+def exits() -> Workload:
+    """Tiny; the model raises SystemExit in forward."""
+    return _workload(_Exits)
+
+
+class _FixedBatch(TinyMLP):
+    def fault(self, x: torch.Tensor) -> torch.Tensor | None:
+        out = self.fc2(torch.relu(self.fc1(x)))
+        return out[:1].expand(2, -1)  # always 2 rows: passes a check on one 2-row batch
+
+
+def fixed_batch() -> Workload:
+    """Tiny; the output has 2 rows whatever the batch size."""
+    return _workload(_FixedBatch)
+
+
+def lambda_model() -> Workload:
+    """A factory that builds a lambda where the model should be."""
+    from autocompress.training import TrainingConfig
+
+    return Workload(train=_data(96, 0), val=_data(48, 1), test=_data(48, 2),
+                    model_factory=lambda: (lambda x: x),  # type: ignore[arg-type,return-value]
+                    baseline_training=TrainingConfig(epochs=1))  # fmt: skip

@@ -6,6 +6,7 @@ registered here, in the order ``--help`` lists them.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -48,6 +49,9 @@ app.command("apply")(apply_command)
 
 def main() -> None:
     """Console-script entry point."""
+    # A command started with `&` from a script inherits SIGINT ignored: Ctrl-C and kill -INT
+    # would not stop it. Every verb stops on SIGINT (exit 130), in the background too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except KeyboardInterrupt:

@@ -16,18 +16,32 @@ from rich.markup import escape
 
 from autocompress import __version__
 from autocompress.errors import AutocompressError
+from autocompress.faults import machine_fault
 from autocompress.shipped import resolve_space
 
 
-# Tables stay readable when the output is a file or a pipe, not a terminal.
+# Tables stay readable when the output is a file or a pipe, not a terminal. No automatic
+# highlighting: its patterns take time that grows faster than the text (a 40 KB word: a minute),
+# and text from recipes and databases is printed.
 def _width(stream: object) -> int | None:
     """The terminal's width (rich reads it, or ``COLUMNS`` when set); 160 for a pipe or file."""
     isatty = getattr(stream, "isatty", lambda: False)
     return None if isatty() or os.environ.get("COLUMNS", "").isdigit() else 160
 
 
-console = Console(width=_width(sys.stdout))
-err_console = Console(stderr=True, width=_width(sys.stderr))
+console = Console(width=_width(sys.stdout), highlight=False)
+err_console = Console(stderr=True, width=_width(sys.stderr), highlight=False)
+SHOWN_CHARS = 300  # of any text that comes from a file or a database
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """Text from a file or a study database, safe to print: one line, at most ``limit``
+    characters, its ``[...]`` printed as written (never read as markup: parsing markup also
+    takes time that grows faster than the text)."""
+    flat = " ".join(str(text).split())
+    return escape(flat if len(flat) <= limit else flat[: limit - 3] + "...")
+
+
 _state = {"debug": False, "interrupted": False}
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
@@ -64,9 +78,16 @@ def _user_errors() -> Iterator[None]:
     except AutocompressError as e:
         if _state["debug"]:
             raise
-        # Escaped: a message may hold brackets (pip install 'autocompress[openvino]').
-        err_console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        # Escaped and cut: a message may hold brackets (pip install 'autocompress[openvino]').
+        err_console.print(f"[red]error:[/] {shown(e, 2000)}", soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
+    except Exception as e:
+        # A full disk, a read-only folder, a damaged database: the machine's fault, named.
+        fault = machine_fault(e)
+        if fault is None or _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {shown(fault, 2000)}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _resolve_space(path: Path | None) -> Path:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -17,6 +17,7 @@ from autocompress.cli._common import (
     _user_errors,
     console,
     err_console,
+    shown,
 )
 from autocompress.cli._validate import check_listen
 from autocompress.errors import AutocompressError
@@ -44,13 +45,16 @@ def study_list(storage: StorageOpt = "") -> None:
         for name in names:
             s = optuna.load_study(study_name=name, storage=storage_obj)
             trials = s.get_trials(deepcopy=False)
-            info = s.user_attrs.get("autocompress", {})
+            raw = s.user_attrs.get("autocompress")
+            info: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            raw = info.get("settings")
+            settings: dict[str, Any] = raw if isinstance(raw, dict) else {}
             table.add_row(
-                name,
+                shown(name),
                 str(len(trials)),
                 str(sum(t.state.name == "COMPLETE" for t in trials)),
-                info.get("settings", {}).get("workload", "?"),
-                info.get("created", "?"),
+                shown(settings.get("workload", "?")),
+                shown(info.get("created", "?")),
             )
         console.print(table)
 
@@ -106,10 +110,17 @@ def study_status(
                 f"best feasible: {metric_name(info)} {b['metric']:.4f}, latency "
                 f"{b['latency_ms']:.3f} ms, size {b['size_kb']:.1f} KB ({info['size']})"
             )
+        for number in s["lost"]:
+            console.print(
+                f"trial {number} lost: stored as RUNNING, but its worker has sent no heartbeat "
+                f"for over {s['grace_period']} s (killed or crashed); the next worker marks it "
+                "failed and runs it again",
+                soft_wrap=True,
+            )
         for number, reason in s["failed"]:
-            console.print(f"trial {number} failed: {reason}", highlight=False, soft_wrap=True)
+            console.print(f"trial {number} failed: {shown(reason, 2000)}", soft_wrap=True)
         for number, reason in s["stopped"]:
-            console.print(f"trial {number} {reason}", highlight=False, soft_wrap=True)
+            console.print(f"trial {number} {shown(reason, 2000)}", soft_wrap=True)
         for method, why in s["withdrawn"].items():
             console.print(f"{method} is no longer offered: it {why}", highlight=False)
 

@@ -14,15 +14,18 @@ from autocompress.cli._common import (
     _user_errors,
     console,
     err_console,
+    shown,
 )
 from autocompress.errors import AutocompressError, RecipeError
 
+MAX_KEY_BYTES = 65_536  # a secret is a few dozen bytes
+
 
 def _read_key(path: Path, flag: str) -> bytes:
-    try:
-        key = path.read_bytes()
-    except OSError as e:
-        raise RecipeError(f"{flag} {path}: cannot read the key ({e.strerror or e})") from None
+    from autocompress.safe_input import read_bytes
+
+    # The bounded reader: /dev/zero would grow without end, a FIFO would block forever.
+    key = read_bytes(path, f"the key of {flag}", RecipeError, MAX_KEY_BYTES)
     if len(key.strip()) < 16:
         raise RecipeError(f"{flag} {path}: the key is shorter than 16 bytes; use a longer secret")
     return key.strip()
@@ -64,6 +67,13 @@ def export(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory, if the baseline must be retrained.")
     ] = None,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's workload, when it is package.module:function: a study's "
+            "database never decides what is imported, so code must be named here."
+        ),
+    ] = None,
 ) -> None:
     """Write the recipe of one trial: --trial N, or a rule over the feasible Pareto front.
 
@@ -76,8 +86,8 @@ def export(
     from autocompress.recipe import Selection, build_recipe, save_recipe, select_trial
     from autocompress.record import allowed_worsening, flags, metric_name, study_info, worsening
     from autocompress.safe_output import atomic_output, check_output_path
-    from autocompress.study import load_study
-    from autocompress.workload import load_workload
+    from autocompress.study import check_baseline, load_study
+    from autocompress.workload import load_workload, trusted_workload
 
     with _user_errors():
         check_output_path(out, "recipe", RecipeError)
@@ -104,13 +114,15 @@ def export(
             )
         chosen = select_trial(study, selection)
         settings = info["settings"]
-        # The baseline (cached) is needed for its fingerprint and layer names.
-        workload = load_workload(
-            settings["workload"],
+        # The baseline (cached) is needed for its fingerprint and layer names: the study's own
+        # baseline, never another one that happens to be cached.
+        loaded = load_workload(
+            trusted_workload(settings["workload"], workload, name),
             data_dir=data_dir or settings.get("data_dir"),
-            seed=settings["seed"],
+            seed=settings.get("seed", 0),
         )
-        recipe = build_recipe(study, chosen, workload.model)
+        check_baseline(loaded, info, name)
+        recipe = build_recipe(study, chosen, loaded.model)
         if sign_key is not None:
             recipe = recipe.signed(_read_key(sign_key, "--sign-key"))
         with atomic_output(out, "recipe", RecipeError) as tmp:
@@ -120,7 +132,7 @@ def export(
             f"trial {chosen.number} "
             f"({selection.describe(metric_name(info), info['task']['higher_is_better'])}): "
             f"{metric_name(info)} {value:.4f}, latency {latency:.3f} ms, size {size:.1f} KB "
-            f"({info['size']}); {recipe.source['summary']}",
+            f"({info['size']}); {shown(recipe.source['summary'])}",
             highlight=False,
         )
         if worsening(info, value) > allowed_worsening(info) or not math.isfinite(value):
@@ -168,10 +180,10 @@ def apply_command(
 
         autocompress apply r.yaml --out deploy/
     """
-    import shutil
-
     from autocompress.apply import export_deployables, rebuild, remeasure
     from autocompress.recipe import load_recipe
+    from autocompress.safe_input import read_bytes
+    from autocompress.safe_output import staged_folder
     from autocompress.workload import load_workload
     from autocompress.zoo import BUILTIN_WORKLOADS
 
@@ -182,41 +194,50 @@ def apply_command(
         ref = workload or r.workload
         if workload is None and r.workload not in BUILTIN_WORKLOADS:
             raise RecipeError(
-                f"the recipe names workload {r.workload!r}; a recipe never imports code: pass "
-                f"--workload {r.workload} to load it (only if you trust that module)"
+                f"the recipe names workload {shown(r.workload)!r}; a recipe never imports code: "
+                f"pass --workload {shown(r.workload)} to load it (only if you trust that module)"
             )
         out_dir = out or Path(f"{recipe.stem}-model")
         if out_dir.exists() and not out_dir.is_dir():
             raise AutocompressError(f"--out {out_dir} is a file; give a folder")
         wl = load_workload(ref, data_dir=data_dir, seed=r.baseline_seed)
-        err_console.print(f"applying {recipe} ({r.source.get('summary', '')}) to {wl.name}...")
-        rebuilt = rebuild(wl, r, out_dir / "model.acpk")
+        err_console.print(
+            f"applying {shown(recipe)} ({shown(r.source.get('summary', ''))}) to {wl.name}..."
+        )
+        # Written into a fresh folder, then renamed into --out whole: a symlink planted in
+        # --out is replaced, never followed, and a failure (a full disk) leaves nothing there.
+        with staged_folder(out_dir, "the model", RecipeError) as stage:
+            rebuilt = rebuild(wl, r, stage / "model.acpk")
+            (stage / "recipe.yaml").write_bytes(read_bytes(recipe, "recipe", RecipeError))
+            measured = remeasure(wl, rebuilt.compressed, r, stage)
+            exports = export_deployables(wl, rebuilt.compressed, r, stage, measured=measured)
+
+        def final(text: object) -> str:  # where the staged files now are
+            return shown(str(text).replace(str(stage), str(out_dir)), 2000)
+
         for note in rebuilt.warnings:
-            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
-        if recipe.resolve() != (out_dir / "recipe.yaml").resolve():
-            shutil.copyfile(recipe, out_dir / "recipe.yaml")
-        measured = remeasure(wl, rebuilt.compressed, r, out_dir)
-        exports = export_deployables(wl, rebuilt.compressed, r, out_dir, measured=measured)
+            err_console.print(f"[yellow]warning:[/] {shown(note)}", soft_wrap=True)
         deployed = measured.pop("deployed")
         files = measured.pop("deployed_files")
         table = Table("metric", "recipe", "re-measured", "difference", title=f"{recipe.name}")
         for key in measured:
             want, got = r.metrics.get(key), measured[key]
             if isinstance(got, str):
-                table.add_row(key, _fmt(want, key), got, "same" if want == got else "differs")
+                same = "same" if want == got else "differs"
+                table.add_row(shown(key), shown(_fmt(want, key)), shown(got), same)
                 continue
             diff = "-" if want is None else f"{float(got) - float(want):+.4f}"
             if key.endswith("_bytes") and want is not None:
                 diff = f"{int(got) - int(want):+,}"
-            table.add_row(key, _fmt(want, key), _fmt(got, key), diff)
+            table.add_row(shown(key), _fmt(want, key), _fmt(got, key), diff)
         console.print(table)
-        console.print(f"packed model: {rebuilt.compressed.artifact_path} "
-                      f"({measured['packed_bytes']:,} bytes)", highlight=False)  # fmt: skip
-        shown = " + ".join(files) if len(files) > 1 else deployed
-        console.print(f"measured on {r.target.get('runtime', 'torch')}: {shown} "
-                      f"({measured['deployed_bytes']:,} bytes)", highlight=False)  # fmt: skip
+        console.print(f"packed model: {final(rebuilt.compressed.artifact_path)} "
+                      f"({measured['packed_bytes']:,} bytes)")  # fmt: skip
+        named = " + ".join(files) if len(files) > 1 else deployed
+        console.print(f"measured on {shown(r.target.get('runtime', 'torch'))}: {final(named)} "
+                      f"({measured['deployed_bytes']:,} bytes)")  # fmt: skip
         for fmt, where in exports.items():
-            console.print(f"{fmt}: {where}", highlight=False)
+            console.print(f"{fmt}: {final(where)}")
         console.print(
             "load the packed model with autocompress.pipeline.load_compressed(PATH, baseline, "
             "example_input, task); a deployed file (.pt, .onnx, .xml) with "

@@ -132,8 +132,14 @@ def _report_stop(result: Any, name: str) -> None:
 
 
 def _budget_option(max_accuracy_drop: float | None, max_metric_drop: float | None) -> float | None:
+    import math
+
     if max_accuracy_drop is not None and max_metric_drop is not None:
         raise AutocompressError("give --max-accuracy-drop or --max-metric-drop, not both")
+    for flag, value in (("--max-accuracy-drop", max_accuracy_drop),
+                        ("--max-metric-drop", max_metric_drop)):  # fmt: skip
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise AutocompressError(f"{flag} {value}: use a finite number >= 0, e.g. 0.01")
     return max_metric_drop if max_metric_drop is not None else max_accuracy_drop
 
 
@@ -249,6 +255,7 @@ def study_run(
         check_run_options(
             n_trials=n_trials, timeout=timeout, seed=seed, threads=threads, batch_size=batch_size
         )
+        metric_drop = _budget_option(max_accuracy_drop, max_metric_drop)
         trackers = _trackers(mlflow, study)
         storage = storage or _default_storage()
         storage_obj = open_storage(storage, write=True)
@@ -258,7 +265,6 @@ def study_run(
             # Validated before any work; on resume without --space the stored space is used.
             path = _resolve_space(space)
             space_text, space_source = load_search_space(path).text, str(space or DEFAULT_SPACE)
-        metric_drop = _budget_option(max_accuracy_drop, max_metric_drop)
         target_parts: dict[str, Any] = {}
         if target is not None:
             parsed = Target.parse(target, threads or 1, batch_size or 32)
@@ -296,11 +302,19 @@ def study_run(
         result = _loop(
             the_study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
-            resume_command=f"autocompress study run --study {study} --storage {storage}",
+            resume_command=f"autocompress study run --study {study} --storage {storage}"
+            + _workload_flag(settings),
             callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, study)
         _print_front(study, storage)
+
+
+def _workload_flag(settings: Any) -> str:
+    """`` --workload REF`` when resuming needs it (the workload is code), else nothing."""
+    from autocompress.zoo import BUILTIN_WORKLOADS
+
+    return "" if settings.workload in BUILTIN_WORKLOADS else f" --workload {settings.workload}"
 
 
 def _names(storage: Any) -> set[str]:
@@ -345,6 +359,13 @@ def worker(
         typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
     mlflow: MLflowOpt = None,
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's workload, when it is package.module:function: a study's "
+            "database never decides what is imported, so code must be named here."
+        ),
+    ] = None,
 ) -> None:
     """Join an existing study and run its trials, with any number of other workers.
 
@@ -376,7 +397,7 @@ def worker(
                     "run the worker there, or pass --allow-other-hardware"
                 )
             err_console.print("[yellow]warning:[/] other hardware than the study's (allowed)")
-        given = {"data_dir": str(data_dir) if data_dir else None}
+        given = {"data_dir": str(data_dir) if data_dir else None, "workload": workload}
         study, settings, wl, info = create_or_resume(name, storage_obj, given)
         err_console.print(f"worker on study [bold]{name}[/] ({storage})")
         budget = "".join(
@@ -385,7 +406,8 @@ def worker(
         result = _loop(
             study, settings, wl, info,
             storage=storage, n_trials=n_trials, total=total, timeout=timeout,
-            resume_command=f"autocompress worker {name} --storage {storage}{budget}",
+            resume_command=f"autocompress worker {name} --storage {storage}{budget}"
+            + _workload_flag(settings),
             callbacks=trackers,
         )  # fmt: skip
         _report_stop(result, name)

@@ -43,8 +43,10 @@ def check_run_options(
             raise AutocompressError(
                 f"--threads {threads}: this machine has {cores} cores; use 1 to {cores}"
             )
-    if batch_size is not None and batch_size < 1:
-        raise AutocompressError(f"--batch-size {batch_size}: use 1 or more")
+    from autocompress.record import MAX_BATCH_SIZE  # imports Optuna: not at CLI start
+
+    if batch_size is not None and not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise AutocompressError(f"--batch-size {batch_size}: use 1 to {MAX_BATCH_SIZE}")
 
 
 def check_budget(n_trials: int | None, total: int | None, timeout: float | None) -> None:

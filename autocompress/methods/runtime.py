@@ -50,9 +50,17 @@ def not_offered(space: Any, runtime: str, device: str = "cpu") -> list[str]:
     if "runtime" not in getattr(space, "methods", ()):
         return []
     warnings = []
-    for key in RUNTIMES[runtime].SEARCH:
-        values = space.dims[f"runtime.{key}"].values()
-        offered = host_choices(runtime, key, device)
+    own = RUNTIMES[runtime].SEARCH
+    for key in RuntimeSettings.SEARCH:
+        dim = space.dims[f"runtime.{key}"]
+        if key not in own:
+            if dim.searched:  # another runtime's setting: this study never asks for it
+                warnings.append(
+                    f"runtime.{key}: {runtime} has no such setting (another runtime's); ignored"
+                )
+            continue
+        values = dim.values()
+        offered = host_choices(runtime, key, device) or own[key].choices
         if values is None or offered is None:
             continue
         missing = [str(v) for v in values if v not in offered]

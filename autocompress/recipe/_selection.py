@@ -38,6 +38,14 @@ class Selection:
             raise RecipeError(f"cannot optimize {self.optimize!r}; use one of {OPTIMIZE}")
         if self.trial is not None and self.trial < 0:
             raise RecipeError(f"--trial {self.trial}: trial numbers start at 0")
+        limits = [self.metric_limit, self.max_latency_ms, self.max_size_kb]
+        rule = any(v is not None for v in limits) or self.optimize != "metric"
+        if self.trial is not None and rule:
+            raise RecipeError(
+                f"--trial {self.trial} names the trial, so a rule over the front "
+                "(--min-accuracy, --metric-limit, --max-latency-ms, --max-size-kb, --minimize) "
+                "would be ignored; give --trial or a rule, not both"
+            )
         for name in ("metric_limit", "max_latency_ms", "max_size_kb"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import os
@@ -147,7 +148,7 @@ def torchscript(
         traced = torch.jit.trace(wrapped, args, strict=False, check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
     meta = {"inputs": list(signature.names), "kind": signature.kind, **(info or {})}
-    torch.jit.save(frozen, str(path), _extra_files={_INFO: json.dumps(meta)})
+    _save_torchscript(frozen, path, meta)
     runner: Callable[..., torch.Tensor] = frozen
     kind = "torchscript"
     if device == "cpu" and timing_input is not None:
@@ -164,9 +165,18 @@ def torchscript(
             )
         if chosen and optimized is not None:  # chosen only when there is one
             meta["optimize_for_inference"] = True
-            torch.jit.save(frozen, str(path), _extra_files={_INFO: json.dumps(meta)})
+            _save_torchscript(frozen, path, meta)
             runner, kind = optimized, "torchscript-onednn"
     return runner, signature, kind
+
+
+def _save_torchscript(module: Any, path: Path, meta: dict[str, Any]) -> None:
+    """Save through memory: PyTorch's own file writer aborts the whole process (a C++
+    exception in a destructor, exit 134) when the disk fills; Python's write raises OSError."""
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer, _extra_files={_INFO: json.dumps(meta)})
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def _observers(per_channel: bool, reduce_range: bool) -> Any:

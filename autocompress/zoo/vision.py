@@ -50,6 +50,10 @@ def digits(data_dir: Path | None) -> Workload:
     )
 
 
+MNIST_IMAGE = (28, 28)
+MNIST_CLASSES = 10
+
+
 def mnist_splits(data_dir: Path | None) -> tuple[TensorData, TensorData, TensorData]:
     """MNIST from its IDX ``.gz`` files: train 55k, validation 5k (last of train), test 10k."""
     if data_dir is None:
@@ -71,11 +75,35 @@ def mnist_splits(data_dir: Path | None) -> tuple[TensorData, TensorData, TensorD
         t = torch.tensor(a, dtype=torch.float32).unsqueeze(1) / 255.0
         return (t - 0.1307) / 0.3081
 
-    x_train = images(load("train-images-idx3-ubyte"))
-    y_train = torch.tensor(load("train-labels-idx1-ubyte"), dtype=torch.long)
-    x_test = images(load("t10k-images-idx3-ubyte"))
-    y_test = torch.tensor(load("t10k-labels-idx1-ubyte"), dtype=torch.long)
+    def pair(prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raw_x = load(f"{prefix}-images-idx3-ubyte")
+        raw_y = load(f"{prefix}-labels-idx1-ubyte")
+        where = f"{data_dir}/{prefix}-*-ubyte"
+        if raw_x.ndim != 3 or tuple(raw_x.shape[1:]) != MNIST_IMAGE:
+            raise WorkloadError(
+                f"{where}: images of shape {tuple(raw_x.shape[1:])}, MNIST's are {MNIST_IMAGE}; "
+                "point --data-dir at MNIST's IDX files"
+            )
+        if raw_y.ndim != 1 or len(raw_y) != len(raw_x):
+            raise WorkloadError(
+                f"{where}: {len(raw_x)} images but labels of shape {tuple(raw_y.shape)}; "
+                "point --data-dir at MNIST's IDX files"
+            )
+        if len(raw_y) and not (0 <= int(raw_y.min()) and int(raw_y.max()) < MNIST_CLASSES):
+            raise WorkloadError(
+                f"{where}: labels from {int(raw_y.min())} to {int(raw_y.max())}, MNIST's are 0 "
+                f"to {MNIST_CLASSES - 1}; point --data-dir at MNIST's IDX files"
+            )
+        return images(raw_x), torch.tensor(raw_y, dtype=torch.long)
+
+    x_train, y_train = pair("train")
+    x_test, y_test = pair("t10k")
     n_val = 5000
+    if len(x_train) <= n_val or not len(x_test):
+        raise WorkloadError(
+            f"{data_dir}: {len(x_train)} training and {len(x_test)} test images; MNIST has "
+            f"more than {n_val} and some; point --data-dir at MNIST's IDX files"
+        )
     return (
         TensorData(x_train[:-n_val], y_train[:-n_val]),
         TensorData(x_train[-n_val:], y_train[-n_val:]),

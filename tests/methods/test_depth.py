@@ -194,7 +194,7 @@ def test_the_transformer_methods_are_search_space_sections():
 
     from autocompress.search_space import parse_search_space_text
 
-    space = parse_search_space_text("mlp:\n  enabled: true\nheads:\n  enabled: true\ndepth:\n")
+    space = parse_search_space_text("mlp:\n  enabled: true\nheads:\n  enabled: true\ndepth: {}\n")
     assert space["heads.importance"].choices == ("magnitude", "activation")
     assert (space["depth.amount"].low, space["depth.amount"].high) == (0.1, 0.5)
     model, x = vit(4), images(2)

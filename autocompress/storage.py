@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,6 +60,27 @@ def _creation_lock(path: Path | None) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+CREATION_TRIES = 8  # processes started together on a fresh server database
+
+
+def _rdb_storage(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage; on a fresh PostgreSQL or MySQL database, processes started together
+    race to create its tables and types (5 of 6 failed with ``duplicate key value violates
+    unique constraint "pg_type_typname_nsp_index"``): the losers try again once the winner has
+    made them. (SQLite files are serialised by their lock file instead.)"""
+    for attempt in range(CREATION_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            if sqlite_path(url) is not None or attempt == CREATION_TRIES - 1:
+                raise
+            text = str(getattr(e, "orig", e)).lower()
+            if "duplicate" not in text and "already exists" not in text:
+                raise
+            time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+
 def open_storage(
     url: str = DEFAULT_STORAGE, create: bool = True, write: bool = True
 ) -> optuna.storages.RDBStorage:
@@ -103,7 +126,7 @@ def open_storage(
         with _creation_lock(path if write else None), warnings.catch_warnings():
             # Heartbeats and retries are marked experimental; they are what we rely on.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            storage = _rdb_storage(
                 url,
                 engine_kwargs=engine_kwargs,
                 heartbeat_interval=heartbeat_interval,

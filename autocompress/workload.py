@@ -44,6 +44,11 @@ from autocompress.training import TrainingConfig, train
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
 # What a study records for a workload given as a Python object: its record cannot rebuild it.
 PYTHON_OBJECT = "python object"
+PYTHON_OBJECT_ONLY = (
+    "this study's workload was given as a Python object, which the study cannot rebuild: resume "
+    "it from Python with autocompress.load_study(NAME, workload=obj), or make a study whose "
+    "workload is a module:function"
+)
 # Baselines train on one thread: float sums, and so the trained weights, depend on how work is
 # split between threads, and one is the count every machine has. With the seed, the same
 # workload then trains to the same bytes wherever the thread count was the only difference.
@@ -404,11 +409,7 @@ def load_workload(
     from autocompress.zoo import BUILTIN_WORKLOADS
 
     if ref == PYTHON_OBJECT:
-        raise WorkloadError(
-            "this study's workload was given as a Python object, which the study cannot rebuild: "
-            "resume it from Python with autocompress.load_study(NAME, workload=obj), or name a "
-            "module:function with --workload"
-        )
+        raise WorkloadError(PYTHON_OBJECT_ONLY)
     if ref in BUILTIN_WORKLOADS:
         workload = BUILTIN_WORKLOADS[ref](
             Path(data_dir) if data_dir else None, Path(cache_dir) if cache_dir else None
@@ -434,6 +435,8 @@ def trusted_workload(stored: str, given: str | None, study: str) -> str:
     """
     from autocompress.zoo import BUILTIN_WORKLOADS
 
+    if stored == PYTHON_OBJECT:
+        raise WorkloadError(PYTHON_OBJECT_ONLY)
     if given is not None and given != stored:
         raise WorkloadError(
             f"--workload {given}: study {study!r} was made with workload {stored[:200]!r}; "

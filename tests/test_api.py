@@ -72,9 +72,12 @@ def test_create_run_front_export_apply_then_resume_from_the_cli(tmp_path):
 
     # the CLI resumes the same study (the reference is importable from here) and reads it
     url = study.storage
+    # (a study's code workload is imported only when the user names it: --workload)
     cli = runner.invoke(
-        app, ["study", "run", "--study", "api", "--storage", url, "--n-trials", "1"]
-    )
+        app,
+        ["study", "run", "--study", "api", "--storage", url, "--n-trials", "1",
+         "--workload", "tests.conftest:tiny_workload"],
+    )  # fmt: skip
     assert cli.exit_code == 0, cli.output
     again = ac.load_study("api", url, studies_dir=tmp_path / "studies")
     assert len(again.optuna.get_trials(states=(TrialState.COMPLETE,))) == 3

@@ -259,3 +259,36 @@ def test_the_cluster_worker_script_names_a_missing_setting(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode != 0 and "set STUDY to the study name" in done.stderr
+
+
+@pytest.mark.postgres
+def test_workers_started_together_on_a_fresh_postgres_database_all_open_it(tmp_path):
+    """Six processes opening a database with no tables yet: all succeed (they raced to create
+    Optuna's tables and 5 of 6 failed on a duplicate type before)."""
+    reason = _postgres_reason()
+    if reason:
+        skip_or_fail(reason, "AUTOCOMPRESS_REQUIRE_POSTGRES")
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    code = f"from autocompress.storage import open_storage; open_storage({url!r}); print('ok')"
+    try:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=cli_env(tmp_path),
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            for _ in range(6)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    finally:
+        with admin.connect() as c:
+            c.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()

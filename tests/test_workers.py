@@ -207,7 +207,6 @@ def test_ctrl_c_pressed_again_while_the_first_is_handled_is_ignored(tmp_path):
 CLUSTER = Path(__file__).resolve().parent.parent / "docs" / "cluster"
 
 
-@pytest.mark.xfail(reason="fresh-database table creation race (issue 26); fix pending merge")
 def test_the_cluster_examples_run_one_command_and_it_shares_an_exact_budget(tmp_path, backend):
     """The Kubernetes Job, the Slurm array and the container all run docs/cluster/worker.sh;
     here N local processes run it at once on a new study: one creation, an exact total."""

@@ -108,7 +108,9 @@ def module_passages(
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             doc = ast.get_docstring(node)
             if doc:
-                out += [Passage(name, "docstring", p) for p in _paragraphs(doc, min_chars, max_chars)]
+                out += [
+                    Passage(name, "docstring", p) for p in _paragraphs(doc, min_chars, max_chars)
+                ]
     comments: list[str] = []
     last = -2
     try:
@@ -122,7 +124,9 @@ def module_passages(
             last = tok.start[0]
     except (tokenize.TokenError, SyntaxError):
         pass
-    out += [Passage(name, "comment", p) for p in _paragraphs("\n".join(comments), min_chars, max_chars)]
+    out += [
+        Passage(name, "comment", p) for p in _paragraphs("\n".join(comments), min_chars, max_chars)
+    ]
     lines = source.splitlines()
     for node in tree.body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -433,9 +437,9 @@ class CorpusTeacher:
             self.computed += len(missing)
             self.values[missing] = out.numpy()
             self.done[missing] = 1
-            if isinstance(self.values, np.memmap):
-                self.values.flush()
-                self.done.flush()  # type: ignore[union-attr]
+            for array in (self.values, self.done):
+                if isinstance(array, np.memmap):
+                    array.flush()
         return torch.from_numpy(np.array(self.values[rows]))
 
 
@@ -447,4 +451,7 @@ def describe(passages: list[Passage]) -> str:
     sources = len({p.source for p in passages})
     parts = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(chars.items()))
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    return f"{len(passages)} passages of Python {py}'s standard library from {sources} sources: {parts}"
+    return (
+        f"{len(passages)} passages of Python {py}'s standard library from {sources} "
+        f"sources: {parts}"
+    )

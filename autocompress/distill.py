@@ -183,7 +183,9 @@ def distill_on_data(
             output = as_output(call_model(model, inputs))
             loss = task.distillation_loss(output, target, inputs, temperature)
             if use_hidden:
-                loss = loss + hidden * hidden_loss(states.collect(), target_states, input_mask(inputs))
+                loss = loss + hidden * hidden_loss(
+                    states.collect(), target_states, input_mask(inputs)
+                )
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrialFailure(

@@ -77,7 +77,9 @@ class Distillation(Method):
             value = getattr(self, name)
             low = 0 if name == "steps" else 1
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"distillation {name} must be a whole number >= {low}, got {value!r}")
+                raise ValueError(
+                    f"distillation {name} must be a whole number >= {low}, got {value!r}"
+                )
         # The phase's own settings are checked where they live.
         self.training()
 

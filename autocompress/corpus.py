@@ -25,7 +25,7 @@ import sys
 import sysconfig
 import tokenize
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -276,43 +276,73 @@ def cached_tokens(
     return tokens, key
 
 
-def _rows(inputs: Inputs) -> int:
-    if isinstance(inputs, Mapping):
-        return len(next(iter(inputs.values())))
-    return len(inputs)
+def _check_inputs(inputs: Any) -> int:
+    tensors = list(inputs.values()) if isinstance(inputs, Mapping) else [inputs]
+    if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+        raise ValueError("distill_data must be a tensor or a dict of tensors (rows of inputs)")
+    rows = {len(t) for t in tensors}
+    if len(rows) != 1 or 0 in rows:
+        raise ValueError("distill_data: every tensor needs the same, non-zero number of rows")
+    return rows.pop()
 
 
-@dataclass(frozen=True)
 class DistillData:
     """Unlabeled inputs for distillation, separate from the labeled training split.
 
-    Attributes:
+    Args:
         inputs: Rows of model inputs: a tensor ``[rows, ...]`` or a dict of such tensors
-            (``input_ids`` and ``attention_mask`` for a tokenizer's output).
-        key: Identifies the data (a sha256): keys the teacher's cached outputs.
+            (``input_ids`` and ``attention_mask`` for a tokenizer's output); or a function
+            that returns them, called on first use (a corpus is read and tokenized only when
+            a trial distils on it).
+        key: Identifies the data: keys the teacher's cached outputs and the recovered
+            students. Default: the sha256 of the inputs (required with a function).
         cache_dir: Where the teacher's outputs on it are kept; ``None``: in memory only.
         info: What the data is, in words.
+
+    Raises:
+        ValueError: Inputs that are not rows of tensors, or a function without a key.
     """
 
-    inputs: Inputs
-    key: str = ""
-    cache_dir: Path | None = None
-    info: str = ""
-    _rows: int = field(default=0, repr=False)
+    def __init__(
+        self,
+        inputs: Inputs | Callable[[], Inputs],
+        key: str = "",
+        cache_dir: Path | None = None,
+        info: str = "",
+    ) -> None:
+        self._inputs: Inputs | None = None
+        self._loader: Callable[[], Inputs] | None = None
+        if callable(inputs) and not isinstance(inputs, torch.Tensor):
+            if not key:
+                raise ValueError("distill_data given as a function needs a key")
+            self._loader = inputs
+        else:
+            _check_inputs(inputs)
+            self._inputs = inputs
+        self.key = key or _tensors_sha256(inputs)  # type: ignore[arg-type]
+        self.cache_dir = cache_dir
+        self.info = info
 
-    def __post_init__(self) -> None:
-        tensors = list(self.inputs.values()) if isinstance(self.inputs, Mapping) else [self.inputs]
-        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-            raise ValueError("distill_data must be a tensor or a dict of tensors (rows of inputs)")
-        rows = {len(t) for t in tensors}
-        if len(rows) != 1 or 0 in rows:
-            raise ValueError("distill_data: every tensor needs the same, non-zero number of rows")
-        object.__setattr__(self, "_rows", rows.pop())
-        if not self.key:
-            object.__setattr__(self, "key", _tensors_sha256(self.inputs))
+    def with_cache_dir(self, cache_dir: Path | None) -> DistillData:
+        """The same data, its teacher outputs kept under ``cache_dir``."""
+        out = DistillData.__new__(DistillData)
+        out.__dict__.update(self.__dict__)
+        out.cache_dir = cache_dir
+        return out
+
+    @property
+    def inputs(self) -> Inputs:
+        """The rows (loaded on first use)."""
+        if self._inputs is None:
+            assert self._loader is not None  # noqa: S101 - one of the two is set
+            inputs = self._loader()
+            _check_inputs(inputs)
+            self._inputs = inputs
+        return self._inputs
 
     def __len__(self) -> int:
-        return self._rows
+        inputs = self.inputs
+        return len(next(iter(inputs.values()))) if isinstance(inputs, Mapping) else len(inputs)
 
     def rows(self, idx: torch.Tensor) -> Inputs:
         """Rows ``idx``; dict inputs with an ``attention_mask`` lose the padding columns
@@ -346,7 +376,7 @@ def as_distill_data(value: Any, cache_dir: Path | None = None) -> DistillData | 
     """
     if value is None or isinstance(value, DistillData):
         if isinstance(value, DistillData) and value.cache_dir is None and cache_dir is not None:
-            return DistillData(value.inputs, value.key, cache_dir, value.info)
+            return value.with_cache_dir(cache_dir)
         return value
     return DistillData(value, cache_dir=cache_dir, info="given by the workload")
 

@@ -157,3 +157,38 @@ def test_distill_data_is_checked():
         DistillData({"a": torch.zeros(2, 3), "b": torch.zeros(3, 3)})
     assert as_distill_data(None) is None
     assert len(as_distill_data(torch.zeros(5, 2))) == 5
+
+
+def test_a_corpus_given_as_a_function_is_read_on_first_use_only(tmp_path):
+    calls = []
+
+    def load():
+        calls.append(1)
+        return torch.zeros(6, 3, dtype=torch.long)
+
+    data = DistillData(load, key="corpus-v1")
+    assert calls == [] and data.key == "corpus-v1"
+    assert len(data) == 6 and len(data) == 6
+    assert calls == [1]
+    with pytest.raises(ValueError, match="needs a key"):
+        DistillData(load)
+    placed = as_distill_data(data, tmp_path)
+    assert placed.cache_dir == tmp_path and placed.key == data.key and data.cache_dir is None
+
+
+def test_a_workload_hands_its_distillation_data_to_the_study(tmp_path):
+    from autocompress.workload import Workload, prepare
+
+    x = torch.randn(8, 4)
+    wl = Workload(
+        train=(x, torch.zeros(8, dtype=torch.long)), val=(x, torch.zeros(8, dtype=torch.long)),
+        test=(x, torch.zeros(8, dtype=torch.long)), model=torch.nn.Linear(4, 2),
+        distill_data=torch.randn(20, 4),
+    )  # fmt: skip
+    loaded = prepare(wl, cache_dir=tmp_path)
+    assert len(loaded.distill_data) == 20
+    assert loaded.distill_data.cache_dir == tmp_path / "distill"
+    from autocompress.errors import WorkloadError
+
+    with pytest.raises(WorkloadError, match="distill_data"):
+        Workload(train=wl.train, val=wl.val, test=wl.test, model=wl.model, distill_data="text")

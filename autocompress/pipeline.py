@@ -19,7 +19,7 @@ import torch_pruning as tp
 from optuna import TrialPruned
 from torch import nn
 
-from autocompress.architecture import ModelFacts, model_facts, parameter_inventory
+from autocompress.architecture import HF_CONV1D, ModelFacts, model_facts, parameter_inventory
 from autocompress.artifact import load_packed, save_packed
 from autocompress.attention import width_problems
 from autocompress.data import Inputs, Split, call_model
@@ -138,9 +138,25 @@ class CompressedModel:
 
 
 def count_macs(model: nn.Module, example_input: Inputs) -> int:
-    """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter)."""
+    """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter,
+    which counts modules: transformers' ``Conv1D`` is taught to it below; attention's
+    functional matrix products are not counted)."""
     macs, _ = tp.utils.count_ops_and_params(model, example_inputs=example_input)
     return int(macs)
+
+
+def _count_conv1d(module: nn.Module, inputs: tuple, output: Any) -> None:
+    """torch-pruning's MAC count of transformers' ``Conv1D`` (GPT-2's linear layers), which
+    its own counter skips: as ``nn.Linear``'s, input elements times outputs plus the bias."""
+    if not inputs or not isinstance(output, torch.Tensor):
+        return
+    out_width = output.shape[-1]
+    macs = inputs[0].numel() * out_width + out_width
+    module.__flops__ += int(macs)  # type: ignore[operator, assignment]
+
+
+for _conv1d in HF_CONV1D:
+    tp.utils.op_counter.MODULES_MAPPING.setdefault(_conv1d, _count_conv1d)
 
 
 def save_baseline_artifact(model: nn.Module, path: str | os.PathLike[str]) -> int:

@@ -93,8 +93,11 @@ class Macs:
         parts = find_transformer_parts(wl.model)
         assert parts is not None  # noqa: S101 - transformer workloads only
         self.blocks = len(parts.blocks)
-        one_less = self.of({"depth": DepthPruning(1 / self.blocks)})
-        self.block_macs = self.blocks * (self.total - one_less)
+        if self.blocks < 2:
+            self.block_macs = self.total  # nothing to tell the blocks from the rest by
+        else:
+            one_less = self.of({"depth": DepthPruning(1 / self.blocks)})
+            self.block_macs = self.blocks * (self.total - one_less)
 
     def of(self, methods: dict[str, Any]) -> int:
         return count_macs(_apply(self.wl, methods), self.wl.example_input)
@@ -116,8 +119,8 @@ def plans(m: Macs) -> dict[tuple[str, float], dict[str, Any]]:
     for t in TARGETS:
         out[("heads", t)] = {"heads": min(0.75, t / heads)}
         out[("mlp", t)] = {"mlp": min(0.9, t / mlp)}
-        out[("depth", t)] = {"depth": round(t * m.blocks) / m.blocks}
-        depth = 1 / m.blocks if t >= 0.4 else 0.0
+        out[("depth", t)] = {"depth": min(0.5, round(t * m.blocks) / m.blocks)}
+        depth = min(0.5, 1 / m.blocks) if t >= 0.4 else 0.0
         head_share = 0.5 if t >= 0.4 else 1 / 3
         rest = (t / (1 - depth) - head_share * heads) if depth else (t - head_share * heads)
         out[("combined", t)] = {"heads": head_share, "mlp": min(0.9, max(0.0, rest / mlp))}

@@ -174,10 +174,8 @@ def distill_on_data(
     with hidden_states(model, student_names if use_hidden else []) as states:
         for step, idx in enumerate(data.index_batches(config.batch_size, steps, seed)):
             inputs = data.rows(idx)
-            if use_hidden:
+            if use_hidden:  # one teacher pass gives the output too
                 target, target_states = teacher_pass(teacher.teacher, inputs, teacher_names)
-                if teacher.cached:
-                    target = teacher.outputs(idx)
             else:
                 target = teacher.outputs(idx)
             output = as_output(call_model(model, inputs))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,19 +52,18 @@ from autocompress.workload import LoadedWorkload, load_workload
 from benchmarks.common import write_results
 
 TARGETS = (0.25, 0.5)
-KINDS = ("heads", "mlp", "depth", "combined")
 # Per workload: the recovery budgets (fine-tuning of today, distillation of the new recipe).
 SETTINGS: dict[str, dict[str, Any]] = {
     "minilm": {
-        "finetune": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 1e-4,
+        "finetune": {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 1e-4,
                      "schedule": "cosine", "warmup_fraction": 0.1},
-        "distill": {"steps": 150, "batch_size": 16, "lr": 1e-4, "hidden": 1.0},
+        "distill": {"steps": 48, "batch_size": 16, "lr": 1e-4, "hidden": 1.0},
         "budget": 0.01,
     },
     "tiny-lm": {
-        "finetune": {"epochs": 2, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3,
+        "finetune": {"epochs": 1, "batch_size": 16, "optimizer": "adamw", "lr": 1e-3,
                      "schedule": "cosine", "warmup_fraction": 0.05},
-        "distill": {"steps": 400, "batch_size": 16, "lr": 1e-3, "hidden": 1.0},
+        "distill": {"steps": 200, "batch_size": 16, "lr": 1e-3, "hidden": 1.0},
         "budget_relative": 0.05,
     },
 }  # fmt: skip
@@ -209,14 +209,14 @@ def bootstrap_se(items: torch.Tensor, other: torch.Tensor | None = None, n: int 
 
 
 def run_rows(
-    wl: LoadedWorkload, settings: dict[str, Any], out: Path, kinds: tuple[str, ...]
+    wl: LoadedWorkload, settings: dict[str, Any], out: Path, only: set[str] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any], Macs]:
     macs = Macs(wl)
     base_val, base_items = per_item(wl, wl.model, "val")
     rows = []
     students = StudentCache(out / "students", {"workload": wl.name})
     for (kind, target), plan in plans(macs).items():
-        if kind not in kinds:
+        if only and f"{kind}:{target}" not in only:
             continue
         row: dict[str, Any] = {"kind": kind, "target": target, "plan": plan}
         items = {}
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=sorted(SETTINGS), required=True)
     parser.add_argument("--cache-dir", type=Path, default=Path("studies") / "baselines")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="which rows, comma-separated")
+    parser.add_argument("--rows", default="", help="only these rows, e.g. mlp:0.5,depth:0.25")
     parser.add_argument("--steps", type=int, help="distillation steps of the new recipe")
     parser.add_argument("--no-front", action="store_true")
     args = parser.parse_args(argv)
@@ -332,12 +332,13 @@ def main(argv: list[str] | None = None) -> None:
     wl = load_workload(args.workload, cache_dir=args.cache_dir)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        rows, baseline, macs = run_rows(wl, settings, out, tuple(args.kinds.split(",")))
+        only = {r.strip() for r in args.rows.split(",") if r.strip()}
+        rows, baseline, macs = run_rows(wl, settings, out, only)
         front = None
         if args.workload == "minilm" and not args.no_front:
             front = run_front(wl, settings, rows, baseline["val"], macs, out)
     payload = {
-        "command": f"python -m benchmarks.recovery --workload {args.workload}",
+        "command": "python -m benchmarks.recovery " + " ".join(argv or sys.argv[1:]),
         "eval": {
             "val_items": baseline["items"],
             "test_items": len(wl.test),

@@ -102,6 +102,7 @@ def rebuild(
                 teacher_outputs=teacher,
                 replay=recipe.records,
                 calibration_rows=CALIBRATION_ROWS,
+                distill_data=workload.distill_data,
             )
     except RecipeError:
         raise

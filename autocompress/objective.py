@@ -29,6 +29,7 @@ import torch
 from optuna.trial import TrialState
 
 from autocompress.architecture import model_facts
+from autocompress.corpus import CorpusTeacher, weights_sha256
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import AutocompressError, TrialFailure
@@ -48,6 +49,7 @@ from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
 from autocompress.record import SENSITIVITY, allowed_worsening, limit_excess, worsening
 from autocompress.settings import StudySettings, Target
+from autocompress.students import StudentCache
 from autocompress.training import TeacherOutputs
 from autocompress.trial_notes import record_constraint, save_trial_note
 from autocompress.workload import LoadedWorkload, finite
@@ -165,6 +167,32 @@ class Objective:
         self._calibration: list[Inputs] | None = None
         self._baseline_deployed: Deployed | None = None
         self._widths: dict[str, int] | None = None
+        self._students: StudentCache | None = None
+        self._corpus_teacher: CorpusTeacher | None = None
+
+    @property
+    def students(self) -> StudentCache:
+        """Recovered students of this study, kept so that trials differing only in
+        quantization or runtime settings reuse them (:mod:`autocompress.students`)."""
+        if self._students is None:
+            data = self.workload.distill_data
+            self._students = StudentCache(
+                self.artifact_dir / "students",
+                {
+                    "baseline": weights_sha256(self.workload.model),
+                    "distill_data": None if data is None else data.key,
+                    "calibration_rows": CALIBRATION_ROWS,
+                },
+            )
+        return self._students
+
+    @property
+    def corpus_teacher(self) -> CorpusTeacher | None:
+        """The baseline's outputs on the workload's distillation data (filled as used)."""
+        data = self.workload.distill_data
+        if self._corpus_teacher is None and data is not None:
+            self._corpus_teacher = CorpusTeacher(self.workload.model, data)
+        return self._corpus_teacher
 
     @property
     def teacher(self) -> TeacherOutputs:
@@ -210,6 +238,10 @@ class Objective:
             runtime=self.settings.target.runtime,
             profile=self.info.get(SENSITIVITY),
         )
+        reseeded = self.students.seed_for(config)
+        if reseeded.seed != config.seed:
+            trial.set_user_attr("student_seed", reseeded.seed)
+            config = reseeded
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("summary", config.describe())
         twin = deterministic_twin(trial.study, config)
@@ -365,6 +397,9 @@ class Objective:
             calibration_rows=CALIBRATION_ROWS,
             on_stage=self._stage,
             on_epoch=on_epoch,
+            distill_data=wl.distill_data,
+            corpus_teacher=self.corpus_teacher if config.get("distillation") else None,
+            students=self.students,
         )
         self._stage("measure")
         int8 = config.get("int8")
@@ -432,6 +467,7 @@ class Objective:
             "notes": notes,
             "artifact": compressed.artifact_path,
             "fidelity": "full",
+            "student_reused": report["student_reused"],
             "seconds": time.perf_counter() - started,
         }
         for key, item in attrs.items():

@@ -19,7 +19,7 @@ import torch_pruning as tp
 from optuna import TrialPruned
 from torch import nn
 
-from autocompress.architecture import ModelFacts, model_facts, parameter_inventory
+from autocompress.architecture import HF_CONV1D, ModelFacts, model_facts, parameter_inventory
 from autocompress.artifact import load_packed, save_packed
 from autocompress.attention import width_problems
 from autocompress.data import Inputs, Split, call_model
@@ -28,6 +28,7 @@ from autocompress.grid import QuantSpec, storage_bits
 from autocompress.methods import METHODS, STAGES, Context, Method, ordered
 from autocompress.methods.weights import implied_weights
 from autocompress.reparam import bake
+from autocompress.students import Student, StudentCache
 from autocompress.tasks import Classification, Task
 
 ARTIFACT_KIND = "autocompress.packed-model"
@@ -137,9 +138,25 @@ class CompressedModel:
 
 
 def count_macs(model: nn.Module, example_input: Inputs) -> int:
-    """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter)."""
+    """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter,
+    which counts modules: transformers' ``Conv1D`` is taught to it below; attention's
+    functional matrix products are not counted)."""
     macs, _ = tp.utils.count_ops_and_params(model, example_inputs=example_input)
     return int(macs)
+
+
+def _count_conv1d(module: nn.Module, inputs: tuple, output: Any) -> None:
+    """torch-pruning's MAC count of transformers' ``Conv1D`` (GPT-2's linear layers), which
+    its own counter skips: as ``nn.Linear``'s, input elements times outputs plus the bias."""
+    if not inputs or not isinstance(output, torch.Tensor):
+        return
+    out_width = output.shape[-1]
+    macs = inputs[0].numel() * out_width + out_width
+    module.__flops__ += int(macs)  # type: ignore[operator, assignment]
+
+
+for _conv1d in HF_CONV1D:
+    tp.utils.op_counter.MODULES_MAPPING.setdefault(_conv1d, _count_conv1d)
 
 
 def save_baseline_artifact(model: nn.Module, path: str | os.PathLike[str]) -> int:
@@ -228,6 +245,22 @@ def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> No
         raise TrialFailure(f"{name} left a model that does not run: {reason}", method=name)
 
 
+def _restore(student: nn.Module, stored: Student, ctx: Context) -> None:
+    """Rebuild a stored recovered student in place: replay its pruning, load its weights."""
+    replay = ctx.replay
+    ctx.replay = stored.records
+    try:
+        for name, method in ctx.config.stage("prune"):
+            if name in stored.records:
+                _run_method(name, method, student, ctx)
+    finally:
+        ctx.replay = replay
+    student.load_state_dict(stored.state)
+    ctx.records = dict(stored.records)
+    ctx.notes = [*stored.notes, "recovered student reused from an earlier trial (same pruning, "
+                 "recovery and seed): no training run"]  # fmt: skip
+
+
 def compress(
     model: nn.Module,
     config: CompressionConfig,
@@ -242,6 +275,9 @@ def compress(
     calibration_rows: int = 256,
     on_stage: Callable[[str], None] | None = None,
     on_epoch: Callable[[int, float, nn.Module], None] | None = None,
+    distill_data: Any = None,
+    corpus_teacher: Any = None,
+    students: StudentCache | None = None,
 ) -> CompressedModel:
     """Apply ``config`` to a fresh copy of ``model`` and write its packed artifact.
 
@@ -260,6 +296,12 @@ def compress(
         on_stage: Called with the stage name as each stage starts.
         on_epoch: Called after each fine-tuning epoch with (epoch, mean loss, model); it may
             raise to stop a hopeless trial early.
+        distill_data: Unlabeled inputs for distillation
+            (:class:`~autocompress.corpus.DistillData`).
+        corpus_teacher: The teacher's outputs on them
+            (:class:`~autocompress.corpus.CorpusTeacher`), shared between trials.
+        students: Where recovered students are kept: a stored one with this configuration's
+            prune and train stages replaces running them (:mod:`autocompress.students`).
 
     Raises:
         TrialFailure: A method could not be applied (its name is in the message).
@@ -280,14 +322,23 @@ def compress(
         seed=config.seed,
         on_epoch=on_epoch,
         teacher_outputs=teacher_outputs,
+        distill_data=distill_data,
+        corpus_teacher=corpus_teacher,
     )
     params_before = sum(p.numel() for p in student.parameters())
+    stored = None if students is None else students.load(config)
+    if stored is not None:
+        _restore(student, stored, ctx)
     for stage in STAGES[:-1]:
+        if stored is not None and stage in ("prune", "train"):
+            continue
         stage_hook(stage)
         for name, method in config.stage(stage):
             _run_method(name, method, student, ctx)
         if stage == "train":
             bake(student)  # masks become zeros, quantization-aware roundings go
+            if students is not None:
+                students.save(config, Student(student.state_dict(), ctx.records, ctx.notes))
     student.eval()
     plan = {
         n: QuantSpec.from_list(s) for n, s in ctx.records.get("weights", {}).get("plan", {}).items()
@@ -306,6 +357,7 @@ def compress(
         "float32_bytes": bits["float32_bytes"],
         "records": ctx.records,
         "notes": ctx.notes,
+        "student_reused": stored is not None,
     }
     return CompressedModel(student, str(artifact_path), size, report)
 

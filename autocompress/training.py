@@ -8,6 +8,7 @@ for, a list of batches is shuffled batch by batch. Learning-rate schedules are
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,10 +79,15 @@ class Distill:
     Attributes:
         temperature: Softmax temperature for teacher and student, >= 1.
         alpha: Weight of the distillation term; ``1 - alpha`` weighs the task's own loss.
+        hidden: Weight of the hidden-state term (:func:`autocompress.distill.hidden_loss`),
+            added to the blend; 0 leaves it out.
+        pairs: ``(student block, teacher block)`` names the hidden-state term compares.
     """
 
     temperature: float = 4.0
     alpha: float = 0.5
+    hidden: float = 0.0
+    pairs: tuple[tuple[str, str], ...] = ()
 
 
 class TeacherOutputs:
@@ -112,7 +118,8 @@ class TeacherOutputs:
         return self._live(split_batch(batch)[0])
 
 
-def _optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``config`` over the model's trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -196,20 +203,57 @@ def train(
         raise ValueError("distillation needs the teacher's outputs")
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = max(1, train_split.num_batches(config.batch_size))
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, config.epochs * steps_per_epoch)
     model.train()
-    total_steps, done = config.epochs * steps_per_epoch, 0
+    total_steps = config.epochs * steps_per_epoch
+    with contextlib.ExitStack() as stack:
+        states = None
+        if distill is not None and distill.hidden > 0 and distill.pairs:
+            from autocompress.distill import hidden_states
+
+            states = stack.enter_context(hidden_states(model, [s for s, _ in distill.pairs]))
+        _epochs(model, train_split, task, config, distill, teacher, states, seed, generator,
+                optimizer, scheduler, total_steps, on_epoch)  # fmt: skip
+    model.eval()
+    return model
+
+
+def _epochs(
+    model: nn.Module,
+    train_split: Split,
+    task: Task,
+    config: TrainingConfig,
+    distill: Distill | None,
+    teacher: TeacherOutputs | None,
+    states: Any,
+    seed: int,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    total_steps: int,
+    on_epoch: Callable[[int, float], None] | None,
+) -> None:
+    done = 0
     for epoch in range(config.epochs):
         total, steps = 0.0, 0
         for batch, idx in _epoch(train_split, config.batch_size, generator, seed + epoch):
-            output = as_output(call_model(model, split_batch(batch)[0]))
+            inputs = split_batch(batch)[0]
+            output = as_output(call_model(model, inputs))
             loss = task.loss(output, batch)
             if distill is not None and teacher is not None:
                 soft = task.distillation_loss(
                     output, teacher.for_batch(batch, idx), batch, distill.temperature
                 )
                 loss = distill.alpha * soft + (1.0 - distill.alpha) * loss
+                if states is not None:
+                    from autocompress.distill import hidden_loss, input_mask, teacher_pass
+
+                    names = [t for _, t in distill.pairs]
+                    _, target = teacher_pass(teacher.teacher, inputs, names)
+                    loss = loss + distill.hidden * hidden_loss(
+                        states.collect(), target, input_mask(inputs)
+                    )
             if not torch.isfinite(loss):
                 raise TrialFailure(
                     f"fine-tuning loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1} "
@@ -225,5 +269,3 @@ def train(
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch + 1, total / max(1, steps))
-    model.eval()
-    return model

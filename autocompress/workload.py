@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autocompress.corpus import DistillData, as_distill_data
 from autocompress.data import (
     Inputs,
     Split,
@@ -77,6 +78,10 @@ class Workload:
             higher is better, in place of top-1 accuracy.
         name: The reference the workload was loaded from.
         info: Facts shown with the study (where the data came from).
+        distill_data: Unlabeled inputs for distillation, separate from the labeled training
+            split: a tensor of rows, a dict of such tensors, or
+            :class:`~autocompress.corpus.DistillData` (the built-in transformer workloads give
+            a corpus of the standard library's text, :mod:`autocompress.corpus`).
 
     Each split is :class:`~autocompress.data.TensorData`, an ``(x, y)`` tensor pair, a
     ``DataLoader`` or a list of batches (tensors, ``(inputs, labels)`` tuples or dicts).
@@ -93,8 +98,13 @@ class Workload:
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
     name: str = "custom"
     info: dict[str, str] = field(default_factory=dict)
+    distill_data: Any = None
 
     def __post_init__(self) -> None:
+        try:
+            self.distill_data = as_distill_data(self.distill_data)
+        except ValueError as e:
+            raise WorkloadError(f"workload {self.name!r}: {e}") from None
         for split in ("train", "val", "test"):
             setattr(self, split, as_split(getattr(self, split), split))
         if self.metric is not None:
@@ -130,6 +140,7 @@ class LoadedWorkload:
         task: Loss, distillation loss and metric.
         example_input: One batch of inputs.
         info: Facts shown with the study.
+        distill_data: Unlabeled inputs for distillation, or ``None``.
     """
 
     name: str
@@ -140,6 +151,7 @@ class LoadedWorkload:
     task: Task
     example_input: Inputs
     info: dict[str, str] = field(default_factory=dict)
+    distill_data: DistillData | None = None
 
     def split(self, name: str) -> Split:
         """The split called ``train``, ``val`` or ``test``."""
@@ -160,7 +172,7 @@ class LoadedWorkload:
         """The same workload around another baseline."""
         return LoadedWorkload(
             self.name, model, self.train, self.val, self.test, self.task, self.example_input,
-            self.info,
+            self.info, self.distill_data,
         )  # fmt: skip
 
 
@@ -479,6 +491,9 @@ def prepare(
         task=task,
         example_input=example,
         info=dict(workload.info),
+        distill_data=as_distill_data(
+            workload.distill_data, Path(cache_dir) / "distill" if cache_dir else None
+        ),
     )
     _check(loaded)
     return loaded

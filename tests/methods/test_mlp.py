@@ -110,3 +110,34 @@ def test_settings_are_validated():
     with pytest.raises(ValueError, match=r"\[0, 0.9\]"):
         MlpPruning(0.95)
     assert MlpPruning(0.5).describe() == "MLP width -50%"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_activation_ranks_neurons_by_what_they_output_not_their_weights(kind):
+    factory, example, _, train = FAMILIES[kind]
+    model, x = factory(), example()
+    parts = find_transformer_parts(model)
+    modules = dict(model.named_modules())
+    g = torch.Generator().manual_seed(4)
+    expected = []
+    for mlp in parts.mlps:
+        up, down = _rows_and_columns(model, mlp)
+        quiet = sorted(torch.randperm(up.shape[0], generator=g)[: up.shape[0] // 4].tolist())
+        with torch.no_grad():
+            up[quiet] *= 0.001  # (almost) silent on any input...
+            modules[mlp.up].bias[quiet] = 0.0
+            down[quiet] *= 1000.0  # ...with the largest weights
+        expected.append(quiet)
+    by_weights = apply("mlp", MlpPruning(0.25), copy.deepcopy(model), x)
+    by_output = apply("mlp", MlpPruning(0.25, "activation"), model, x, train=train())
+    assert list(by_output.records["mlp"].values()) == expected
+    assert all(not set(r) & set(q) for r, q in
+               zip(by_weights.records["mlp"].values(), expected, strict=True))  # fmt: skip
+
+
+def test_activation_needs_calibration_data_and_a_known_importance():
+    model, x = _family("bert")
+    with pytest.raises(ValueError, match="calibration data"):
+        apply("mlp", MlpPruning(0.25, "activation"), model, x)
+    with pytest.raises(ValueError, match="importance"):
+        MlpPruning(0.25, "loudness")

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D
 from autocompress.data import Inputs, call_model
 from autocompress.grid import QuantSpec, absmax_scale, codes_for
+from autocompress.transformer_parts import HF_CONV1D
 
 DAMPING = 0.01  # share of the mean Hessian diagonal added to it (as the paper does)
 

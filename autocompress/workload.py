@@ -1,8 +1,9 @@
 """What is being compressed: the baseline model, its three data splits, its task.
 
 A workload is a built-in name (:data:`autocompress.zoo.BUILTIN_WORKLOADS`) or a user's
-``package.module:function`` returning a :class:`Workload`. :func:`load_workload` checks it and
-returns a :class:`LoadedWorkload`, whose every field is set.
+``package.module:function`` returning a :class:`Workload` (defined in
+:mod:`autocompress.workload_spec`, below the zoo, and importable from here).
+:func:`load_workload` checks it and returns a :class:`LoadedWorkload`, whose every field is set.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ from autocompress.data import (
     Split,
     TensorData,
     as_output,
-    as_split,
     call_model,
     flat_tensors,
     gather_inputs,
@@ -38,8 +38,9 @@ from autocompress.data import (
 )
 from autocompress.errors import TrialFailure, WorkloadError
 from autocompress.hardware import torch_threads
-from autocompress.tasks import Classification, Task, as_task, eager_runner
-from autocompress.training import TrainingConfig, train
+from autocompress.tasks import Task, as_task, eager_runner
+from autocompress.training import train
+from autocompress.workload_spec import Workload as Workload  # re-exported: users import it here
 
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
 # What a study records for a workload given as a Python object: its record cannot rebuild it.
@@ -48,68 +49,6 @@ PYTHON_OBJECT = "python object"
 # split between threads, and one is the count every machine has. With the seed, the same
 # workload then trains to the same bytes wherever the thread count was the only difference.
 BASELINE_THREADS = 1
-
-
-@dataclass
-class Workload:
-    """A model to compress and the data to judge it by, as a user gives it.
-
-    Give either a trained ``model``, or a ``model_factory`` plus ``baseline_training`` and the
-    baseline is trained once and cached.
-
-    Attributes:
-        train: Fine-tuning and calibration data. Never used to choose between trials.
-        val: The split whose metric the search optimises.
-        test: Held out: reported per trial, never steers the search.
-        model: A trained model.
-        model_factory: Builds an untrained model.
-        baseline_training: How to train the factory's model into the baseline.
-        example_input: One batch of inputs the model accepts (default: the first training
-            example): a tensor, a tuple or a dict of tensors.
-        task: ``classification`` (default), ``language-modeling``, ``regression`` or an
-            :class:`autocompress.tasks.CustomTask`.
-        metric: For classification, ``metric(logits, labels) -> float`` over a whole split,
-            higher is better, in place of top-1 accuracy.
-        name: The reference the workload was loaded from.
-        info: Facts shown with the study (where the data came from).
-
-    Each split is :class:`~autocompress.data.TensorData`, an ``(x, y)`` tensor pair, a
-    ``DataLoader`` or a list of batches (tensors, ``(inputs, labels)`` tuples or dicts).
-    """
-
-    train: Any
-    val: Any
-    test: Any
-    model: nn.Module | None = None
-    model_factory: Callable[[], nn.Module] | None = None
-    baseline_training: TrainingConfig | None = None
-    example_input: Inputs | None = None
-    task: Task | str = "classification"
-    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
-    name: str = "custom"
-    info: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for split in ("train", "val", "test"):
-            setattr(self, split, as_split(getattr(self, split), split))
-        if self.metric is not None:
-            if self.task not in ("classification",) and not isinstance(self.task, Classification):
-                raise WorkloadError(
-                    f"workload {self.name!r}: `metric` is for classification; give a "
-                    "CustomTask for other tasks"
-                )
-            self.task = Classification(score=self.metric)
-        self.task = as_task(self.task)
-        if self.model is None and (self.model_factory is None or self.baseline_training is None):
-            raise WorkloadError(
-                f"workload {self.name!r}: give a trained `model`, or `model_factory` "
-                "together with `baseline_training`"
-            )
-        if self.model is not None and not isinstance(self.model, nn.Module):
-            raise WorkloadError(
-                f"workload {self.name!r}: model is a {type(self.model).__name__}, not a "
-                "torch.nn.Module"
-            )
 
 
 @dataclass(frozen=True)

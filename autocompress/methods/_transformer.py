@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, bias_of, weight_of
+from autocompress.architecture import bias_of, weight_of
 from autocompress.data import Inputs, call_model
-from autocompress.transformer_parts import TransformerParts, find_transformer_parts
+from autocompress.transformer_parts import HF_CONV1D, TransformerParts, find_transformer_parts
 
 
 def parts_of(model: nn.Module) -> TransformerParts | None:

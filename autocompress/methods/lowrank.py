@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.architecture import HF_CONV1D, LINEARS, bias_of, weight_of
+from autocompress.architecture import LINEARS, bias_of, weight_of
 from autocompress.methods._base import Context, Method, Param, fraction
 from autocompress.methods._transformer import calibration_batches, parts_of, rows, run_batches
+from autocompress.transformer_parts import HF_CONV1D
 
 SPARSE = 0.05  # a layer with this share of exact zeros is treated as pruned
 

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from autocompress.allocation import allocate_bits
-from autocompress.architecture import HF_CONV1D, tensor_of
+from autocompress.allocation import allocate_bits, profile_sizes
+from autocompress.architecture import tensor_of
 from autocompress.grid import GRANULARITIES, QuantSpec, absmax_scale, codes_for, dequantize
 from autocompress.methods._base import (
     Context,
@@ -32,7 +32,7 @@ from autocompress.methods._base import (
     allocation_param,
     profile_part,
 )
-from autocompress.sensitivity import profile_sizes
+from autocompress.transformer_parts import HF_CONV1D
 
 BITS = (16, 8, 7, 6, 5, 4, 3, 2)
 ALGORITHMS = ("rtn", "gptq")

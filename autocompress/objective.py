@@ -463,8 +463,3 @@ def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:
     if bits < 16 and not deployed.low_bit_weights:
         return [f"{bits}-bit weights run as float on {deployed.kind}: smaller artifact, not faster"]
     return []
-
-
-def finite_values(values: tuple[float, ...]) -> bool:
-    """Whether every objective value is a finite number."""
-    return all(math.isfinite(v) for v in values)

@@ -32,6 +32,7 @@ from autocompress.architecture import model_facts
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import AutocompressError, TrialFailure
+from autocompress.errors import reason as failure_reason  # `reason` is a local name here
 from autocompress.faults import machine_fault
 from autocompress.fidelity import CheapResult, hopeless_reason
 from autocompress.latency import LatencySettings
@@ -46,7 +47,15 @@ from autocompress.measure import (
 from autocompress.methods import METHODS
 from autocompress.methods.structured import layer_widths
 from autocompress.pipeline import CompressionConfig, compress
-from autocompress.record import SENSITIVITY, allowed_worsening, limit_excess, worsening
+from autocompress.record import (
+    SENSITIVITY,
+    allowed_worsening,
+    budget_excess,
+    limit_excess,
+    metric_limit,
+    objective_bytes,
+    worsening,
+)
 from autocompress.settings import StudySettings, Target
 from autocompress.training import TeacherOutputs
 from autocompress.trial_notes import record_constraint, save_trial_note
@@ -237,9 +246,8 @@ class Objective:
             if machine_fault(e) is not None:
                 raise  # a full disk is not the trial's fault: the trial loop stops the run
             # SystemExit too: a model that calls exit() fails its trial, not the whole study.
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            reason = f"{type(e).__name__}: {text}"
-            if isinstance(e, MemoryError) or "out of memory" in text.lower():
+            reason = failure_reason(e)
+            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
                 reason = f"out of memory: {reason}"
             self._record_failure(trial, reason, getattr(e, "method", None))
             raise TrialFailure(reason) from e
@@ -264,8 +272,7 @@ class Objective:
         allowed = allowed_worsening(self.info)
         worse = worsening(self.info, value)
         if not finite(value) or worse > allowed + margin:
-            base = float(self.info["baseline"]["metric"])
-            limit = base - allowed if self.info["task"]["higher_is_better"] else base + allowed
+            limit = metric_limit(self.info)
             reason = (
                 f"stopped early after epoch {epoch}: validation {self.info['task']['metric']} "
                 f"{value:.4f} is more than {margin:.4g} beyond the budget's limit {limit:.4f}"
@@ -312,8 +319,8 @@ class Objective:
                 target.threads,
             )
             value = evaluate(wl, deployed, "val")
-        size_bytes = (
-            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
+        size_bytes = objective_bytes(
+            self.info["size"], packed=compressed.size_bytes, deployed=deployed.size_bytes
         )
         ratio = lat.ratio_to_reference if lat.ratio_to_reference is not None else math.inf
         cheap = CheapResult(
@@ -387,11 +394,11 @@ class Objective:
                 "outputs are NaN or infinite)"
             )
         latency_ms = lat.ratio_to_reference * float(self.info["baseline"]["latency_ms"])
-        size_bytes = (
-            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
+        size_bytes = objective_bytes(
+            self.info["size"], packed=compressed.size_bytes, deployed=deployed.size_bytes
         )
         worse = worsening(self.info, value)
-        record_constraint(trial, "metric_budget", worse - allowed_worsening(self.info))
+        record_constraint(trial, "metric_budget", budget_excess(self.info, value))
         memory_mb = None
         if self.settings.max_memory_mb is not None:
             resident = resident_memory_bytes(

@@ -23,7 +23,7 @@ from autocompress.architecture import ModelFacts, model_facts, parameter_invento
 from autocompress.artifact import load_packed, save_packed
 from autocompress.attention import width_problems
 from autocompress.data import Inputs, Split, call_model
-from autocompress.errors import TrialFailure
+from autocompress.errors import TrialFailure, reason
 from autocompress.grid import QuantSpec, storage_bits
 from autocompress.methods import METHODS, STAGES, Context, Method, ordered
 from autocompress.methods.weights import implied_weights
@@ -181,10 +181,6 @@ def parameter_bits(model: nn.Module, plan: Mapping[str, QuantSpec]) -> dict[str,
     return {"effective_bits": total_bits / total if total else 32.0, "float32_bytes": kept}
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else ""
-
-
 def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
     """Why ``model`` no longer runs, or ``None`` when it does: the shape rules of its
     attention (:func:`autocompress.attention.width_problems`), then one forward pass of
@@ -200,7 +196,7 @@ def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - whatever stops the forward pass is the finding
-        return f"its forward pass raises {type(e).__name__}: {_first_line(e)}"
+        return f"its forward pass raises {reason(e)}"
     finally:
         model.train(was_training)
     return None
@@ -219,14 +215,13 @@ def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> No
     except (TrialFailure, TrialPruned, KeyboardInterrupt, SystemExit):
         raise  # already a trial's outcome (a hopeless trial stopped early), or a stop
     except Exception as e:  # noqa: BLE001 - any failure of a method fails the trial, named
-        message = _first_line(e)
         what = f"{name} failed"
-        if isinstance(e, MemoryError) or "out of memory" in message.lower():
+        if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
             what = f"out of memory in {name}"
-        raise TrialFailure(f"{what}: {type(e).__name__}: {message}", method=name) from e
-    reason = broken_reason(model, ctx.example_input)
-    if reason is not None:
-        raise TrialFailure(f"{name} left a model that does not run: {reason}", method=name)
+        raise TrialFailure(f"{what}: {reason(e)}", method=name) from e
+    broken = broken_reason(model, ctx.example_input)
+    if broken is not None:
+        raise TrialFailure(f"{name} left a model that does not run: {broken}", method=name)
 
 
 def compress(
@@ -348,7 +343,7 @@ def load_compressed(
                 if name in records:
                     method.apply(model, ctx)
         except Exception as e:  # noqa: BLE001 - any mismatch means the file does not fit
-            raise ValueError(f"{path} does not fit this model: {type(e).__name__}: {e}") from None
+            raise ValueError(f"{path} does not fit this model: {reason(e)}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -36,7 +36,7 @@ from autocompress.data import (
     split_batch,
     take_rows,
 )
-from autocompress.errors import TrialFailure, WorkloadError
+from autocompress.errors import TrialFailure, WorkloadError, reason
 from autocompress.hardware import torch_threads
 from autocompress.tasks import Task, as_task, eager_runner
 from autocompress.training import train
@@ -145,7 +145,7 @@ def _import_user_workload(ref: str) -> Workload:
         ) from None
     except BaseException as e:  # noqa: BLE001 - SystemExit too: any import failure is the user's
         raise WorkloadError(
-            f"workload {ref!r}: cannot import module {module_name!r} ({type(e).__name__}: {e})"
+            f"workload {ref!r}: cannot import module {module_name!r} ({reason(e)})"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -157,9 +157,7 @@ def _import_user_workload(ref: str) -> Workload:
     except (WorkloadError, KeyboardInterrupt):
         raise
     except BaseException as e:  # noqa: BLE001 - SystemExit from user code is an error too
-        raise WorkloadError(
-            f"workload {ref!r}: {func_name}() raised {type(e).__name__}: {e}"
-        ) from None
+        raise WorkloadError(f"workload {ref!r}: {func_name}() raised {reason(e)}") from None
     if not isinstance(result, Workload):
         raise WorkloadError(
             f"workload {ref!r}: {func_name}() returned {type(result).__name__}, "
@@ -288,10 +286,9 @@ def _check(loaded: LoadedWorkload) -> None:
         except BaseException as e:  # noqa: BLE001 - the user's model, on the user's data
             # SystemExit too: a model that calls exit() is the workload's error, one line.
             shapes = [tuple(t.shape) for t in flat_tensors(inputs)]
-            first_line = str(e).splitlines()[0] if str(e) else ""
             raise WorkloadError(
                 f"workload {loaded.name!r}: the model cannot run on the {words[split_name]} data "
-                f"(input shapes {shapes}): {type(e).__name__}: {first_line}"
+                f"(input shapes {shapes}): {reason(e)}"
             ) from None
         if torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
             raise WorkloadError(

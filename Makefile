@@ -27,6 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autocompress tests benchmarks
 	$(VENV)/bin/ruff format --check autocompress tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy benchmarks tests
 
 # Breaks each rule the suite guards on a copy of the package and checks a test fails (slow).
 mutation: $(VENV)/.installed

@@ -11,6 +11,7 @@ do not see each other's rounding: the cheaper, "parallel" form of the method).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ def linear_inputs(
     handles = []
     for owner, name in owners.items():
 
-        def hook(_m: nn.Module, args: tuple, _out: object, name: str = name) -> None:
+        def hook(_m: nn.Module, args: tuple[Any, ...], _out: object, name: str = name) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
             sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]

@@ -70,7 +70,7 @@ class ReportData:
     @property
     def baseline(self) -> dict[str, Any]:
         """The study's baseline record."""
-        return self.info["baseline"]
+        return dict(self.info["baseline"])
 
     @property
     def names(self) -> list[str]:

@@ -273,7 +273,7 @@ def _legend_handles(data: ReportData) -> list[Any]:
 
 
 def _overlaps(a: Any, b: Any, pad: float = 0.0) -> bool:
-    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+    return bool(a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad)
 
 
 # Label offsets (points) tried in order: close first, then further out with a leader line.

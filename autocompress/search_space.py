@@ -62,7 +62,7 @@ class Dimension:
         if values is not None:
             return value in values and type(value) is type(values[values.index(value)])
         low, high = self._range()
-        return low <= value <= high
+        return bool(low <= value <= high)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask ``trial`` for this parameter (or return the fixed value)."""

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ class LoadedWorkload:
         """The split called ``train``, ``val`` or ``test``."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; use train, val or test")
-        return getattr(self, name)
+        return cast(Split, getattr(self, name))
 
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
         """The task's metric of the eager ``model`` on ``split``."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch.nn.functional as F
 from torch import nn
@@ -109,7 +109,7 @@ def block_influence(ctx: Context) -> list[float]:
             raise ValueError("depth pruning found no transformer blocks in the baseline")
         return influence(facts.model, parts, calibration_batches(ctx, "depth pruning"))
 
-    return facts.cached(f"depth.influence.{ctx.calibration_rows}", compute)
+    return cast(list[float], facts.cached(f"depth.influence.{ctx.calibration_rows}", compute))
 
 
 def influence(model: nn.Module, parts: TransformerParts, batches: list[Any]) -> list[float]:
@@ -119,7 +119,9 @@ def influence(model: nn.Module, parts: TransformerParts, batches: list[Any]) -> 
     sums = [0.0] * len(parts.blocks)
     counts = [0] * len(parts.blocks)
 
-    def hook(_m: nn.Module, args: tuple, kwargs: dict, output: Any, i: int) -> None:
+    def hook(
+        _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, i: int
+    ) -> None:
         x, y = first_tensor_arg(args, kwargs), first_tensor_out(output)
         if x is None or y is None or x.shape != y.shape:
             return

@@ -44,7 +44,7 @@ class Distillation(Method):
             raise ValueError(f"distillation alpha must be in [0, 1], got {self.alpha!r}")
 
     @classmethod
-    def suggest(cls, s: Suggester) -> Method | None:  # type: ignore[override]
+    def suggest(cls, s: Suggester) -> Method | None:
         finetune = s.chosen.get("finetune")
         if finetune is None or not getattr(finetune, "epochs", 0):
             return None  # nothing to distil into

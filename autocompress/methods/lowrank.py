@@ -133,7 +133,9 @@ class LowRank(Method):
         return {str(n): f"{r} (2 factors)" for n, r in ((record or {}).get("ranks") or {}).items()}
 
 
-def _candidates(model: nn.Module, ctx: Context) -> tuple[dict[str, nn.Module], dict[str, list]]:
+def _candidates(
+    model: nn.Module, ctx: Context
+) -> tuple[dict[str, nn.Module], dict[str, list[Any]]]:
     """Linear layers this method may factorize, and the others by why they stay whole."""
     modules = dict(model.named_modules())
     parts = parts_of(model)

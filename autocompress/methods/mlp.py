@@ -11,7 +11,7 @@ and ``mlp.fc1`` / ``mlp.fc2`` or ``mlp.0`` / ``mlp.2`` blocks (ViTs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -121,7 +121,7 @@ def _whole_reason(modules: dict[str, nn.Module], mlp: Mlp) -> str | None:
 def neuron_scores(up: nn.Module, down: nn.Module) -> torch.Tensor:
     """L2 norm of each hidden neuron's weights: its row of ``up`` and its column of ``down``."""
     with torch.no_grad():
-        return torch.cat([rows(up), columns(down)], dim=1).norm(dim=1)
+        return cast(torch.Tensor, torch.cat([rows(up), columns(down)], dim=1).norm(dim=1))
 
 
 def _update_configs(model: nn.Module, widths: set[int]) -> None:

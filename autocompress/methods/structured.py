@@ -171,7 +171,7 @@ def pruned_layers(facts: Any) -> list[str]:
     if parts is not None:
         downs = {m.down for m in parts.mlps}
         roots = [n for n in roots if n not in downs]
-    return roots
+    return list(roots)
 
 
 def replay_history(model: nn.Module, history: list[list[Any]], example_input: Any) -> None:

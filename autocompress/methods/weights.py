@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -237,7 +237,7 @@ def implied_weights(ctx_config: object) -> WeightQuantization | None:
     """The weight quantization in force: the configured one, or 8 bits implied by int8."""
     weights = ctx_config.get("weights")  # type: ignore[attr-defined]
     if weights is not None:
-        return weights
+        return cast(WeightQuantization, weights)
     int8 = ctx_config.get("int8")  # type: ignore[attr-defined]
     if int8 is None:
         return None

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -117,7 +117,7 @@ class Recipe:
         doc["content_sha256"] = content_hash(doc)
         if self.signature:
             doc["signature"] = self.signature
-        return doc
+        return cast(dict[str, Any], doc)
 
     def _body(self) -> dict[str, Any]:
         steps = []

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -312,6 +312,6 @@ class TorchRuntime(Runtime):
             else:
                 flat = (inputs,)
             with torch.inference_mode():
-                return module(*flat)
+                return cast(torch.Tensor, module(*flat))
 
         return run

@@ -385,7 +385,7 @@ def retrieval_task() -> CustomTask:
     )
 
 
-class _Rows(torch.utils.data.Dataset):
+class _Rows(torch.utils.data.Dataset[Any]):
     """Rows of equally long tensors, each row a dict (the default collate stacks them)."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:

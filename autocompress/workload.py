@@ -185,7 +185,7 @@ def _new_model(workload: Workload) -> nn.Module:
         raise
     except BaseException as e:  # noqa: BLE001 - SystemExit too: the user's code
         raise WorkloadError(
-            f"workload {workload.name!r}: model_factory() raised {type(e).__name__}: {str(e)[:200]}"
+            f"workload {workload.name!r}: model_factory() raised {reason(e, 200)}"
         ) from None
     if not isinstance(model, nn.Module):
         raise WorkloadError(

@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint
+.PHONY: demo test lint mutation
 
 # The demo needs the package and its core dependencies only; the tests need the `test` extra
 # (which holds every runtime and tool, so it serves the demo too).
@@ -27,3 +27,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check autocompress tests benchmarks
 	$(VENV)/bin/ruff format --check autocompress tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy benchmarks tests
+
+# Breaks each rule the suite guards on a copy of the package and checks a test fails (slow).
+mutation: $(VENV)/.installed
+	$(PY) -m benchmarks.mutation_check

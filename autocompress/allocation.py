@@ -35,9 +35,12 @@ import heapq
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from autocompress.architecture import ModelFacts
 
 PRUNE_STEP = 0.05  # granularity of per-layer pruning ratios between measured points
 DP_UNITS = 2048  # the dynamic program's budget resolution
@@ -294,4 +297,22 @@ def allocate_ratios(
     return Allocation(ratios, found.cost, found.loss, found.met)
 
 
-__all__ = ["Allocation", "allocate", "allocate_bits", "allocate_ratios", "ratio_curve"]
+def profile_sizes(profile: Mapping[str, Any], facts: ModelFacts) -> dict[str, int]:
+    """Elements of every parameter the profile names (layers by their weight)."""
+    numel = {p.name: p.numel for p in facts.params}
+    names = [*profile.get("bits", {}), *profile.get("prune", {})]
+    sizes = {n: numel[n] for n in names if n in numel}
+    for layer in profile.get("channels", {}):
+        if f"{layer}.weight" in numel:
+            sizes[layer] = numel[f"{layer}.weight"]
+    return sizes
+
+
+__all__ = [
+    "Allocation",
+    "allocate",
+    "allocate_bits",
+    "allocate_ratios",
+    "profile_sizes",
+    "ratio_curve",
+]

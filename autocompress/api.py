@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autocompress.errors import AutocompressError, WorkloadError
-from autocompress.record import feasible_front, flags, front_rows, study_info
+from autocompress.record import feasible_front, flags, front_rows, recorded_bytes, study_info
 from autocompress.workload import PYTHON_OBJECT, Workload
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
@@ -63,7 +63,7 @@ class FrontTrial:
 def _front_record(info: dict[str, Any], trial: FrozenTrial) -> FrontTrial:
     value, latency, size_kb = trial.values
     base = info["baseline"]
-    base_size = base.get("deployed_bytes" if info["size"] == "deployed" else "packed_bytes")
+    base_size = recorded_bytes(base, info["size"])
     test = trial.user_attrs.get("test_metric")
     return FrontTrial(
         number=trial.number,

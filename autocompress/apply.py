@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from torch import nn
 
 from autocompress.data import Split, TensorData, as_split, gather_inputs
-from autocompress.errors import RecipeError
+from autocompress.errors import RecipeError, reason
 from autocompress.faults import machine_fault
 from autocompress.hardware import torch_threads
 from autocompress.measure import (
@@ -109,10 +108,7 @@ def rebuild(
     except Exception as e:  # noqa: BLE001 - a recipe that does not fit is the user's to know
         if machine_fault(e) is not None:
             raise  # a full disk is not the recipe's fault
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise RecipeError(
-            f"the recipe does not apply to this model: {type(e).__name__}: {text}"
-        ) from None
+        raise RecipeError(f"the recipe does not apply to this model: {reason(e)}") from None
     _check_records(recipe, compressed)
     return Rebuilt(compressed, notes)
 
@@ -236,9 +232,7 @@ def export_deployables(
         except Exception as e:  # noqa: BLE001 - export fails in many ways; the reason is reported
             if machine_fault(e) is not None:
                 raise  # a full disk: no format is "skipped", the whole apply fails
-            msg = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # the exporter colours its text
-            msg = msg.splitlines()[0] if msg else ""
-            results[fmt] = f"skipped: {type(e).__name__}: {msg}"
+            results[fmt] = f"skipped: {reason(e)}"  # the exporter's colours dropped
     return results
 
 

@@ -15,20 +15,11 @@ import torch
 from torch import nn
 
 from autocompress.data import Inputs, as_output, call_model
+from autocompress.transformer_parts import HF_CONV1D, TransformerParts, find_transformer_parts
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _hf_conv1d() -> tuple[type[nn.Module], ...]:
-    """transformers' ``Conv1D`` (GPT-2's linear layer, weight stored [in, out]) when installed."""
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except Exception:  # noqa: BLE001 - transformers is optional; any import failure means none
-        return ()
-    return (Conv1D,)
-
-
-HF_CONV1D = _hf_conv1d()
 LINEARS: tuple[type[nn.Module], ...] = (nn.Linear, *HF_CONV1D)
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (*CONVS, *LINEARS)
 
@@ -214,10 +205,8 @@ class ModelFacts:
         return parameter_inventory(self.model)
 
     @cached_property
-    def transformer(self) -> Any:
+    def transformer(self) -> TransformerParts | None:
         """The model's transformer parts (blocks, attention, MLPs), or ``None``."""
-        from autocompress.transformer_parts import find_transformer_parts
-
         return find_transformer_parts(self.model)
 
     @cached_property

@@ -319,7 +319,7 @@ class DistillData:
         else:
             _check_inputs(inputs)
             self._inputs = inputs
-        self.key = key or _tensors_sha256(inputs)  # type: ignore[arg-type]
+        self.key = key or _tensors_sha256(inputs)
         self.cache_dir = cache_dir
         self.info = info
 

@@ -17,7 +17,6 @@ from typing import Any, cast
 
 import torch
 import torch.fx
-from torch import nn
 
 from autocompress.errors import WorkloadError
 
@@ -325,21 +324,3 @@ def predict(model: Callable[..., Any], split: Split, batch_size: int = 512) -> t
     return torch.cat(
         [as_output(call_model(model, split_batch(b)[0])) for b in split.batches(batch_size)]
     )
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Run ``model`` in eval mode over the tensor ``x`` in batches and return the outputs."""
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat(
-            [as_output(model(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-        )
-    finally:
-        model.train(was_training)
-
-
-def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows whose arg-max equals the label."""
-    return float((logits.argmax(dim=-1) == labels).float().mean())

@@ -1,5 +1,7 @@
 """User-facing errors: one line each, saying what was wrong, where, and what to do."""
 
+import re
+
 
 class AutocompressError(Exception):
     """Base of every error a user can cause; the CLI prints it as one line and exits non-zero."""
@@ -34,3 +36,18 @@ class TrialFailure(Exception):
 
 class RecipeError(AutocompressError):
     """A recipe is malformed, of an unknown version, tampered with, or cannot be applied."""
+
+
+def reason(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line, ``Type: first line of its message`` (at most ``limit``
+    characters of message): the one way a failure becomes a reason a user reads.
+
+    Terminal colour codes are dropped, and a first line that only says where the error came
+    from (OpenVINO's ``Exception from src/...:``) gives way to the message's last line.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if len(lines) > 1 and first.startswith("Exception from"):
+        first = lines[-1]
+    return f"{type(error).__name__}: {first[:limit]}" if first else type(error).__name__

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.record import LATENCY_NOISE, is_feasible
+from autocompress.record import LATENCY_NOISE, dominates_by, is_feasible
 
 MIN_OBSERVED = 3  # comparable fine-tuned trials before their outcome bounds a candidate
 MARGIN = 0.25  # x the budget: how much better than those trials a candidate may still end
@@ -117,10 +117,11 @@ def hopeless_reason(
         if not is_feasible(t):
             continue
         worse = t.user_attrs.get("worsening")
-        if worse is None or float(worse) > optimistic:
+        if worse is None:
             continue
         _, latency, size = t.values
-        if latency <= cheap.latency_ms / (1 + LATENCY_MARGIN) and size <= cheap.size_kb:
+        mine = (optimistic, cheap.latency_ms, cheap.size_kb)
+        if dominates_by((float(worse), latency, size), mine, (0.0, LATENCY_MARGIN, 0.0)):
             return (
                 f"stopped before fine-tuning: trial {t.number} is faster ({latency:.4g} vs "
                 f"{cheap.latency_ms:.4g} ms), no larger ({size:.4g} vs {cheap.size_kb:.4g} KB) "

@@ -11,13 +11,14 @@ do not see each other's rounding: the cheaper, "parallel" form of the method).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D
 from autocompress.data import Inputs, call_model
 from autocompress.grid import QuantSpec, absmax_scale, codes_for
+from autocompress.transformer_parts import HF_CONV1D
 
 DAMPING = 0.01  # share of the mean Hessian diagonal added to it (as the paper does)
 
@@ -45,7 +46,7 @@ def linear_inputs(
     handles = []
     for owner, name in owners.items():
 
-        def hook(_m: nn.Module, args: tuple, _out: object, name: str = name) -> None:
+        def hook(_m: nn.Module, args: tuple[Any, ...], _out: object, name: str = name) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float64)
             sums[name] = sums.get(name, 0) + x.T @ x
             counts[name] = counts.get(name, 0) + x.shape[0]

@@ -52,7 +52,7 @@ class QuantSpec:
     @property
     def qmax(self) -> int:
         """The largest code: codes lie in ``[-qmax, qmax]``."""
-        return 2 ** (self.bits - 1) - 1
+        return int(2 ** (self.bits - 1) - 1)
 
     def to_list(self) -> list[object]:
         """A compact JSON form: ``[bits, granularity, channel_axis]``."""

@@ -6,6 +6,7 @@ import os
 import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -81,7 +82,7 @@ def hardware_fingerprint(device: str = "cpu", threads: int = 1) -> dict[str, str
     return info
 
 
-def same_hardware(a: dict, b: dict) -> bool:
+def same_hardware(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two fingerprints describe the same measuring conditions."""
     keys = ("cpu", "logical_cores", "threads", "device", "gpu", "machine")
     if "isa" in a and "isa" in b and a["isa"] != b["isa"]:  # older records lack it

@@ -75,15 +75,18 @@ def measure_deployed(
     target: Any,
     baseline: Deployed,
     latency: LatencySettings,
+    *,
+    test: bool = True,
 ) -> dict[str, Any]:
-    """Validation and test metric of a deployed model, and its latency against the baseline's
-    deployed form (same runtime, same batch, interleaved)."""
+    """Validation and test metric of a deployed model (test ``None`` when ``test`` is false),
+    and its latency against the baseline's deployed form (same runtime, same batch,
+    interleaved)."""
     result = time_against(
         deployed, baseline, timing_input(workload, target.batch_size), latency, target.threads
     )
     return {
         "metric": evaluate(workload, deployed, "val"),
-        "test_metric": evaluate(workload, deployed, "test"),
+        "test_metric": evaluate(workload, deployed, "test") if test else None,
         "latency": result,
     }
 

@@ -20,7 +20,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +33,28 @@ from autocompress.corpus import CorpusTeacher, weights_sha256
 from autocompress.data import Inputs, input_batches
 from autocompress.deploy import Deployed
 from autocompress.errors import AutocompressError, TrialFailure
+from autocompress.errors import reason as failure_reason  # `reason` is a local name here
 from autocompress.faults import machine_fault
 from autocompress.fidelity import CheapResult, hopeless_reason
-from autocompress.latency import LatencySettings
+from autocompress.latency import LatencyResult, LatencySettings
 from autocompress.measure import (
     deploy_for_target,
-    evaluate,
     measure_deployed,
     resident_memory_bytes,
-    time_against,
     timing_input,
 )
 from autocompress.methods import METHODS
 from autocompress.methods.structured import layer_widths
-from autocompress.pipeline import CompressionConfig, compress
-from autocompress.record import SENSITIVITY, allowed_worsening, limit_excess, worsening
+from autocompress.pipeline import CompressedModel, CompressionConfig, compress
+from autocompress.record import (
+    SENSITIVITY,
+    allowed_worsening,
+    budget_excess,
+    limit_excess,
+    metric_limit,
+    objective_bytes,
+    worsening,
+)
 from autocompress.settings import StudySettings, Target
 from autocompress.students import StudentCache
 from autocompress.training import TeacherOutputs
@@ -269,9 +276,8 @@ class Objective:
             if machine_fault(e) is not None:
                 raise  # a full disk is not the trial's fault: the trial loop stops the run
             # SystemExit too: a model that calls exit() fails its trial, not the whole study.
-            text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            reason = f"{type(e).__name__}: {text}"
-            if isinstance(e, MemoryError) or "out of memory" in text.lower():
+            reason = failure_reason(e)
+            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
                 reason = f"out of memory: {reason}"
             self._record_failure(trial, reason, getattr(e, "method", None))
             raise TrialFailure(reason) from e
@@ -296,8 +302,7 @@ class Objective:
         allowed = allowed_worsening(self.info)
         worse = worsening(self.info, value)
         if not finite(value) or worse > allowed + margin:
-            base = float(self.info["baseline"]["metric"])
-            limit = base - allowed if self.info["task"]["higher_is_better"] else base + allowed
+            limit = metric_limit(self.info)
             reason = (
                 f"stopped early after epoch {epoch}: validation {self.info['task']['metric']} "
                 f"{value:.4f} is more than {margin:.4g} beyond the budget's limit {limit:.4f}"
@@ -306,52 +311,61 @@ class Objective:
             trial.set_user_attr("stopped_reason", reason)
             raise optuna.TrialPruned(reason)
 
+    def _compress_and_measure(
+        self, config: CompressionConfig, stem: Path, *, test: bool, **compress_kw: Any
+    ) -> _Measured:
+        """The one path of both fidelities: compress (artifact ``stem.acpk``), deploy on the
+        target (``stem``), then the validation metric (and test's when ``test``), latency
+        against the baseline, and the size the study optimises."""
+        wl, target = self.workload, self.settings.target
+        compressed = compress(
+            wl.model,
+            config,
+            stem.parent / f"{stem.name}.acpk",
+            task=wl.task,
+            train=wl.train,
+            example_input=wl.example_input,
+            facts=self.facts,
+            calibration_rows=CALIBRATION_ROWS,
+            on_stage=self._stage,
+            **compress_kw,
+        )
+        self._stage("measure")
+        int8 = config.get("int8")
+        deployed = deploy_for_target(
+            wl,
+            compressed.model,
+            stem,
+            target,
+            int8=int8,
+            weights=config.get("weights"),
+            calibration=self.calibration if int8 is not None else None,
+            runtime=config.get("runtime"),
+        )
+        measured = measure_deployed(
+            wl, deployed, target, self.baseline_deployed, self.latency, test=test
+        )
+        size = objective_bytes(
+            self.info["size"], packed=compressed.size_bytes, deployed=deployed.size_bytes
+        )
+        return _Measured(
+            compressed, deployed, measured["metric"], measured["test_metric"],
+            measured["latency"], size,
+        )  # fmt: skip
+
     def _cheap_first(self, trial: optuna.Trial, config: CompressionConfig) -> None:
         """Measure the candidate without fine-tuning; stop it (PRUNED, ``fidelity: cheap``)
         when fine-tuning could not bring it onto the front (:mod:`autocompress.fidelity`)."""
-        wl, target = self.workload, self.settings.target
         started = time.perf_counter()
         self._stage("cheap")
         cheap_config = config.without("finetune", "distillation")
-        int8 = config.get("int8")
         with tempfile.TemporaryDirectory(dir=self.artifact_dir) as tmp:
-            compressed = compress(
-                wl.model,
-                cheap_config,
-                Path(tmp) / "cheap.acpk",
-                task=wl.task,
-                train=wl.train,
-                example_input=wl.example_input,
-                facts=self.facts,
-                calibration_rows=CALIBRATION_ROWS,
-                on_stage=self._stage,
-            )
-            deployed = deploy_for_target(
-                wl,
-                compressed.model,
-                Path(tmp) / "cheap",
-                target,
-                int8=int8,
-                weights=config.get("weights"),
-                calibration=self.calibration if int8 is not None else None,
-                runtime=config.get("runtime"),
-            )
-            lat = time_against(
-                deployed,
-                self.baseline_deployed,
-                timing_input(wl, target.batch_size),
-                self.latency,
-                target.threads,
-            )
-            value = evaluate(wl, deployed, "val")
-        size_bytes = (
-            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
-        )
-        ratio = lat.ratio_to_reference if lat.ratio_to_reference is not None else math.inf
+            m = self._compress_and_measure(cheap_config, Path(tmp) / "cheap", test=False)
+        value = m.value
         cheap = CheapResult(
             worsening=worsening(self.info, value) if finite(value) else math.inf,
-            latency_ms=ratio * float(self.info["baseline"]["latency_ms"]),
-            size_kb=size_bytes / 1000,
+            latency_ms=m.latency_ratio * float(self.info["baseline"]["latency_ms"]),
+            size_kb=m.size_bytes / 1000,
         )
         trial.set_user_attr("cheap_metric", value if finite(value) else None)
         trial.set_user_attr("cheap_worsening", cheap.worsening if finite(value) else None)
@@ -385,48 +399,27 @@ class Objective:
             if self.settings.early_stop and epoch < epochs:
                 self._stop_if_hopeless(trial, epoch, model)
 
-        compressed = compress(
-            wl.model,
+        m = self._compress_and_measure(
             config,
-            self.artifact_dir / f"trial-{trial.number}.acpk",
-            task=wl.task,
-            train=wl.train,
-            example_input=wl.example_input,
-            facts=self.facts,
+            self.artifact_dir / f"trial-{trial.number}",
+            test=True,
             teacher_outputs=self.teacher if config.get("distillation") else None,
-            calibration_rows=CALIBRATION_ROWS,
-            on_stage=self._stage,
             on_epoch=on_epoch,
             distill_data=wl.distill_data,
             corpus_teacher=self.corpus_teacher if config.get("distillation") else None,
             students=self.students,
         )
-        self._stage("measure")
-        int8 = config.get("int8")
-        deployed = deploy_for_target(
-            wl,
-            compressed.model,
-            self.artifact_dir / f"trial-{trial.number}",
-            target,
-            int8=int8,
-            weights=config.get("weights"),
-            calibration=self.calibration if int8 is not None else None,
-            runtime=config.get("runtime"),
-        )
+        compressed, deployed = m.compressed, m.deployed
         trial.set_user_attr("summary", summary_of_what_ran(config, deployed))
-        measured = measure_deployed(wl, deployed, target, self.baseline_deployed, self.latency)
-        value, test_value, lat = measured["metric"], measured["test_metric"], measured["latency"]
+        value, test_value, lat, size_bytes = m.value, m.test_value, m.latency, m.size_bytes
         if not finite(value):
             raise TrialFailure(
                 f"the validation {self.info['task']['metric']} is {value} (the compressed model's "
                 "outputs are NaN or infinite)"
             )
-        latency_ms = lat.ratio_to_reference * float(self.info["baseline"]["latency_ms"])
-        size_bytes = (
-            deployed.size_bytes if self.info["size"] == "deployed" else compressed.size_bytes
-        )
+        latency_ms = m.latency_ratio * float(self.info["baseline"]["latency_ms"])
         worse = worsening(self.info, value)
-        record_constraint(trial, "metric_budget", worse - allowed_worsening(self.info))
+        record_constraint(trial, "metric_budget", budget_excess(self.info, value))
         memory_mb = None
         if self.settings.max_memory_mb is not None:
             resident = resident_memory_bytes(
@@ -447,7 +440,7 @@ class Objective:
         report = compressed.report
         notes = list(report["notes"]) + list(deployed.notes) + _runtime_notes(config, deployed)
         attrs = {
-            "test_metric": test_value if finite(test_value) else None,
+            "test_metric": test_value if test_value is not None and finite(test_value) else None,
             "worsening": worse,
             "latency_ratio": lat.ratio_to_reference,
             "latency_measured_ms": lat.median_ms,
@@ -490,6 +483,24 @@ def summary_of_what_ran(config: CompressionConfig, deployed: Deployed) -> str:
     return config.describe().replace(int8.describe(), label)
 
 
+@dataclass(frozen=True)
+class _Measured:
+    """What :meth:`Objective._compress_and_measure` measured of one configuration."""
+
+    compressed: CompressedModel
+    deployed: Deployed
+    value: float
+    test_value: float | None
+    latency: LatencyResult
+    size_bytes: int
+
+    @property
+    def latency_ratio(self) -> float:
+        """Latency as a ratio to the baseline's, timed interleaved (infinite if untimed)."""
+        ratio = self.latency.ratio_to_reference
+        return math.inf if ratio is None else ratio
+
+
 def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:
     """What the deployed form does with low-bit weights."""
     weights = config.get("weights")
@@ -499,8 +510,3 @@ def _runtime_notes(config: CompressionConfig, deployed: Deployed) -> list[str]:
     if bits < 16 and not deployed.low_bit_weights:
         return [f"{bits}-bit weights run as float on {deployed.kind}: smaller artifact, not faster"]
     return []
-
-
-def finite_values(values: tuple[float, ...]) -> bool:
-    """Whether every objective value is a finite number."""
-    return all(math.isfinite(v) for v in values)

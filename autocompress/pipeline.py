@@ -19,17 +19,18 @@ import torch_pruning as tp
 from optuna import TrialPruned
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, ModelFacts, model_facts, parameter_inventory
+from autocompress.architecture import ModelFacts, model_facts, parameter_inventory
 from autocompress.artifact import load_packed, save_packed
 from autocompress.attention import width_problems
 from autocompress.data import Inputs, Split, call_model
-from autocompress.errors import TrialFailure
+from autocompress.errors import TrialFailure, reason
 from autocompress.grid import QuantSpec, storage_bits
 from autocompress.methods import METHODS, STAGES, Context, Method, ordered
 from autocompress.methods.weights import implied_weights
 from autocompress.reparam import bake
 from autocompress.students import Student, StudentCache
 from autocompress.tasks import Classification, Task
+from autocompress.transformer_parts import HF_CONV1D
 
 ARTIFACT_KIND = "autocompress.packed-model"
 CONFIG_FORMAT = 2
@@ -91,15 +92,16 @@ class CompressionConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CompressionConfig:
-        """Inverse of :meth:`to_dict`; configurations of earlier versions are converted.
+        """Inverse of :meth:`to_dict`.
 
         Raises:
-            ValueError: An unknown method or setting, or an invalid value.
+            ValueError: Another format, an unknown method or setting, or an invalid value.
         """
         if d.get("format") != CONFIG_FORMAT:
-            from autocompress.legacy import config_from_v1
-
-            d = config_from_v1(d)
+            raise ValueError(
+                f"not a compression configuration of format {CONFIG_FORMAT} "
+                f"(format {d.get('format')!r})"
+            )
         methods = {}
         for name, params in dict(d.get("methods") or {}).items():
             if name not in METHODS:
@@ -145,7 +147,7 @@ def count_macs(model: nn.Module, example_input: Inputs) -> int:
     return int(macs)
 
 
-def _count_conv1d(module: nn.Module, inputs: tuple, output: Any) -> None:
+def _count_conv1d(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
     """torch-pruning's MAC count of transformers' ``Conv1D`` (GPT-2's linear layers), which
     its own counter skips: as ``nn.Linear``'s, input elements times outputs plus the bias."""
     if not inputs or not isinstance(output, torch.Tensor):
@@ -197,10 +199,6 @@ def parameter_bits(model: nn.Module, plan: Mapping[str, QuantSpec]) -> dict[str,
     return {"effective_bits": total_bits / total if total else 32.0, "float32_bytes": kept}
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else ""
-
-
 def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
     """Why ``model`` no longer runs, or ``None`` when it does: the shape rules of its
     attention (:func:`autocompress.attention.width_problems`), then one forward pass of
@@ -216,7 +214,7 @@ def broken_reason(model: nn.Module, example_input: Inputs) -> str | None:
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - whatever stops the forward pass is the finding
-        return f"its forward pass raises {type(e).__name__}: {_first_line(e)}"
+        return f"its forward pass raises {reason(e)}"
     finally:
         model.train(was_training)
     return None
@@ -235,14 +233,13 @@ def _run_method(name: str, method: Method, model: nn.Module, ctx: Context) -> No
     except (TrialFailure, TrialPruned, KeyboardInterrupt, SystemExit):
         raise  # already a trial's outcome (a hopeless trial stopped early), or a stop
     except Exception as e:  # noqa: BLE001 - any failure of a method fails the trial, named
-        message = _first_line(e)
         what = f"{name} failed"
-        if isinstance(e, MemoryError) or "out of memory" in message.lower():
+        if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
             what = f"out of memory in {name}"
-        raise TrialFailure(f"{what}: {type(e).__name__}: {message}", method=name) from e
-    reason = broken_reason(model, ctx.example_input)
-    if reason is not None:
-        raise TrialFailure(f"{name} left a model that does not run: {reason}", method=name)
+        raise TrialFailure(f"{what}: {reason(e)}", method=name) from e
+    broken = broken_reason(model, ctx.example_input)
+    if broken is not None:
+        raise TrialFailure(f"{name} left a model that does not run: {broken}", method=name)
 
 
 def _restore(student: nn.Module, stored: Student, ctx: Context) -> None:
@@ -399,7 +396,7 @@ def load_compressed(
                 if name in records:
                     method.apply(model, ctx)
         except Exception as e:  # noqa: BLE001 - any mismatch means the file does not fit
-            raise ValueError(f"{path} does not fit this model: {type(e).__name__}: {e}") from None
+            raise ValueError(f"{path} does not fit this model: {reason(e)}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import optuna
@@ -27,6 +28,30 @@ METRIC_ROUNDING = 1e-6  # x |baseline metric|: a deployment's float rounding is 
 DEVICES = ("cpu", "cuda")
 MAX_BATCH_SIZE = 4096  # the largest batch latency is measured at (one home: the CLI checks it)
 _UID = re.compile(r"[0-9a-f]{12}")
+# Where each size is recorded (trial user attributes, the baseline record).
+SIZE_KEYS = {"deployed": "deployed_bytes", "packed": "packed_bytes"}
+
+
+def objective_bytes(kind: str, *, packed: int, deployed: int) -> int:
+    """The size the study optimises (``kind``, :data:`SIZE_KINDS`): the deployed file or the
+    packed artifact. The one place the choice is made."""
+    if kind not in SIZE_KEYS:
+        raise ValueError(f"size must be one of {SIZE_KINDS}, got {kind!r}")
+    return deployed if kind == "deployed" else packed
+
+
+def recorded_bytes(record: Mapping[str, Any], kind: str) -> float | None:
+    """The ``kind`` size a trial or baseline recorded (``None`` if it did not); records of
+    earlier versions hold the packed size as ``size_bytes``."""
+    value = record.get(SIZE_KEYS[kind])
+    if value is None and kind == "packed":
+        value = record.get("size_bytes")
+    return None if value is None else float(value)
+
+
+def higher_is_better(info: Mapping[str, Any]) -> bool:
+    """The metric's direction, as the study's task recorded it: the one place it is read."""
+    return bool(info["task"]["higher_is_better"])
 
 
 def directions(higher_is_better: bool) -> list[Literal["minimize", "maximize"]]:
@@ -53,7 +78,7 @@ def normalize_info(info: dict[str, Any]) -> dict[str, Any]:
     if "metric" not in baseline and "accuracy" in baseline:
         baseline["metric"] = baseline["accuracy"]
         baseline["test_metric"] = baseline.get("test_accuracy")
-    baseline.setdefault("packed_bytes", baseline.get("size_bytes"))
+    baseline.setdefault("packed_bytes", recorded_bytes(baseline, "packed"))
     info["baseline"] = baseline
     info["settings"] = settings
     return info
@@ -199,16 +224,38 @@ def allowed_worsening(info: dict[str, Any]) -> float:
     return float(budget["absolute"])
 
 
-def worsening(info: dict[str, Any], value: float) -> float:
-    """How much worse ``value`` is than the baseline's metric (> 0: worse)."""
+def worsening(info: dict[str, Any], value: float, baseline: float | None = None) -> float:
+    """How much worse ``value`` is than the baseline's metric (> 0: worse); ``baseline``: the
+    baseline's metric on another split (test), in place of validation's."""
+    base = float(info["baseline"]["metric"]) if baseline is None else baseline
+    return base - value if higher_is_better(info) else value - base
+
+
+def metric_limit(info: dict[str, Any]) -> float:
+    """The worst metric value the budget allows (the baseline's, worsened by the budget)."""
     base = float(info["baseline"]["metric"])
-    return base - value if info["task"]["higher_is_better"] else value - base
+    allowed = allowed_worsening(info)
+    return base - allowed if higher_is_better(info) else base + allowed
+
+
+def budget_excess(info: dict[str, Any], value: float, baseline: float | None = None) -> float:
+    """The budget's constraint value for a metric of ``value`` (> 0: over the budget; a
+    non-finite metric is infinitely over); ``baseline`` as in :func:`worsening`."""
+    if not math.isfinite(value):
+        return math.inf
+    return worsening(info, value, baseline) - allowed_worsening(info)
+
+
+def over_budget(info: dict[str, Any], value: float, baseline: float | None = None) -> bool:
+    """Whether a metric of ``value`` is beyond the budget (the rule of feasibility on
+    validation, of the ``test over budget`` flag and of export's warning)."""
+    return budget_excess(info, value, baseline) > 0
 
 
 def budget_words(info: dict[str, Any]) -> str:
     """The budget in words, e.g. ``accuracy drop <= 0.01`` or ``perplexity rise <= 5%``."""
     name = metric_name(info)
-    change = "drop" if info["task"]["higher_is_better"] else "rise"
+    change = "drop" if higher_is_better(info) else "rise"
     budget = info["budget"]
     if budget.get("relative") is not None:
         return f"{name} {change} <= {float(budget['relative']):.1%} ({allowed_worsening(info):.4g})"
@@ -257,28 +304,34 @@ def is_feasible(trial: FrozenTrial) -> bool:
     )
 
 
-def _dominates(a: list[float], b: list[float]) -> bool:
-    return all(x <= y for x, y in zip(a, b, strict=True)) and any(
-        x < y for x, y in zip(a, b, strict=True)
-    )
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Pareto dominance of losses (minimised): ``a`` is no worse than ``b`` in every objective
+    and better in one (the front's rule)."""
+    pairs = list(zip(a, b, strict=True))
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
 
 
-def as_losses(info: dict[str, Any], values: list[float]) -> list[float]:
+def dominates_by(a: Sequence[float], b: Sequence[float], margins: Sequence[float]) -> bool:
+    """The variant for noisy measurements: ``a`` is no worse than ``b`` in every objective,
+    and ``margins[i]`` (a share, >= 0) better in objective ``i`` (``a_i <= b_i / (1 + m)``),
+    e.g. a latency margin for timing noise (:data:`autocompress.fidelity.LATENCY_MARGIN`)."""
+    return all(x <= y / (1 + m) for x, y, m in zip(a, b, margins, strict=True))
+
+
+def as_losses(info: dict[str, Any], values: Sequence[float]) -> list[float]:
     """Objective values in minimisation form (the metric negated when higher is better)."""
-    sign = -1.0 if info["task"]["higher_is_better"] else 1.0
+    sign = -1.0 if higher_is_better(info) else 1.0
     return [sign * values[0], values[1], values[2]]
 
 
 def size_key(info: dict[str, Any]) -> str:
     """The user attribute (and baseline key) of the size the study optimises, in bytes."""
-    return "deployed_bytes" if info["size"] == "deployed" else "packed_bytes"
+    return SIZE_KEYS[info["size"]]
 
 
 def baseline_size_bytes(info: dict[str, Any]) -> float | None:
     """The baseline's size of the kind the study optimises (:func:`size_key`), in bytes."""
-    base = info["baseline"]
-    size = base.get(size_key(info)) or base.get("size_bytes")
-    return None if size is None else float(size)
+    return recorded_bytes(info["baseline"], info["size"])
 
 
 def beats_baseline(info: dict[str, Any], values: list[float] | tuple[float, ...]) -> bool:
@@ -309,7 +362,7 @@ def front_of(info: dict[str, Any], trials: list[FrozenTrial]) -> list[FrozenTria
     front = [
         t
         for t in feasible
-        if not any(_dominates(losses[o.number], losses[t.number]) for o in feasible)
+        if not any(dominates(losses[o.number], losses[t.number]) for o in feasible)
     ]
     return sorted(front, key=lambda t: (losses[t.number], t.number))
 
@@ -343,8 +396,7 @@ def flags(info: dict[str, Any], trial: HasUserAttrs) -> list[str]:
     test = attrs.get("test_metric", attrs.get("test_accuracy"))
     base_test = info["baseline"].get("test_metric")
     if test is not None and base_test is not None and math.isfinite(test):
-        lost = base_test - test if info["task"]["higher_is_better"] else test - base_test
-        if lost > allowed_worsening(info):
+        if over_budget(info, float(test), baseline=float(base_test)):
             out.append("test over budget")
     return out
 
@@ -416,7 +468,7 @@ def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]
                 f"{attrs.get('test_metric', attrs.get('test_accuracy', math.nan)):.4f}",
                 f"{latency:.3f}",
                 f"{base['latency_ms'] / latency:.2f}x",
-                _kb(attrs.get("packed_bytes", attrs.get("size_bytes"))),
+                _kb(recorded_bytes(attrs, "packed")),
                 _kb(attrs.get("deployed_bytes")),
                 f"{base_size / 1000 / size_kb:.1f}x",
                 ", ".join(flags(info, t)),
@@ -457,7 +509,7 @@ def _yes_no(value: Any) -> str:
 def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
     """The study's settings in words, as (setting, value) rows, for reports and notes."""
     settings, task, hw = info["settings"], info["task"], info.get("hardware") or {}
-    better = "higher" if task["higher_is_better"] else "lower"
+    better = "higher" if higher_is_better(info) else "lower"
     size = {"deployed": "deployed file (what the runtime loads)",
             "packed": "packed artifact (compressed weights)"}  # fmt: skip
     rows = [

@@ -70,11 +70,6 @@ def add_rounding(model: nn.Module, name: str, spec: QuantSpec) -> None:
     parametrize.register_parametrization(module, attr, RoundToGrid(spec, name), unsafe=True)
 
 
-def has_parametrizations(model: nn.Module) -> bool:
-    """Whether any module of ``model`` carries a parametrization."""
-    return any(parametrize.is_parametrized(m) for m in model.modules())
-
-
 def bake(model: nn.Module) -> None:
     """Remove every parametrization: masks are applied for good, roundings dropped (the float
     parameter is kept; the quantize step rounds it to exactly what the last forward saw)."""

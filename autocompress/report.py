@@ -28,13 +28,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.hypervolume import hypervolume
 from autocompress.record import (
-    allowed_worsening,
     as_losses,
     budget_words,
     feasible_front,
     front_columns,
     front_rows,
+    higher_is_better,
     is_feasible,
+    metric_limit,
     objective_names,
     settings_rows,
     study_info,
@@ -69,7 +70,7 @@ class ReportData:
     @property
     def baseline(self) -> dict[str, Any]:
         """The study's baseline record."""
-        return self.info["baseline"]
+        return dict(self.info["baseline"])
 
     @property
     def names(self) -> list[str]:
@@ -85,7 +86,7 @@ def reference_point(info: dict[str, Any]) -> np.ndarray:
     """The hypervolume reference, in minimisation form: the metric at the budget's limit,
     latency and size at 1.1 x the baseline's."""
     base = info["baseline"]
-    limit = as_losses(info, [float(base["metric"]), 0.0, 0.0])[0] + allowed_worsening(info)
+    limit = as_losses(info, [metric_limit(info), 0.0, 0.0])[0]
     return np.array([limit, 1.1 * base["latency_ms"], 1.1 * base["size_kb"]])
 
 
@@ -93,7 +94,7 @@ def ideal_metric_loss(info: dict[str, Any]) -> float:
     """The metric's best value, in minimisation form: 1 for a higher-is-better metric of at most
     1 (accuracy, recall), twice the baseline for another; 0 for a lower-is-better one."""
     base = float(info["baseline"]["metric"])
-    if info["task"]["higher_is_better"]:
+    if higher_is_better(info):
         return -(1.0 if base <= 1.0 else 2.0 * base)
     return 0.0
 
@@ -236,7 +237,7 @@ _CSS = (
 
 def _figure_caption(data: ReportData) -> str:
     name = html.escape(data.names[0])
-    better = "higher" if data.info["task"]["higher_is_better"] else "lower"
+    better = "higher" if higher_is_better(data.info) else "lower"
     direction = "" if better == "higher" else " (its axis is inverted, so better is up)"
     return (
         f"<p>Red: the feasible Pareto front, numbered by trial; blue: other feasible trials; "

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from optuna.trial import FrozenTrial
 
-from autocompress.record import allowed_worsening, budget_words, flags
+from autocompress.record import allowed_worsening, budget_words, flags, higher_is_better
 from autocompress.sensitivity_view import ProfileRow, ProfileSection
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class View:
 
 
 def _budget_limit(data: ReportData) -> float:
-    sign = 1 if data.info["task"]["higher_is_better"] else -1
+    sign = 1 if higher_is_better(data.info) else -1
     return float(data.baseline["metric"]) - sign * allowed_worsening(data.info)
 
 
@@ -204,7 +204,7 @@ def draw_projection(ax: Axes, data: ReportData, xi: int, yi: int) -> View:
     base = _baseline(data)
     ax.scatter([base[xi]], [base[yi]], marker="*", s=170, facecolors="none", edgecolors="black",
                zorder=4, gid="baseline")  # fmt: skip
-    names, better = data.names, data.info["task"]["higher_is_better"]
+    names, better = data.names, higher_is_better(data.info)
     for i, axis, set_lim in ((xi, ax.xaxis, ax.set_xlim), (yi, ax.yaxis, ax.set_ylim)):
         lo, hi = view.x if axis is ax.xaxis else view.y
         if i in LOG:
@@ -241,7 +241,7 @@ def draw_hypervolume(ax: Axes, data: ReportData) -> None:
 def _legend_handles(data: ReportData) -> list[Any]:
     from matplotlib.lines import Line2D
 
-    better = data.info["task"]["higher_is_better"]
+    better = higher_is_better(data.info)
     name = data.names[0]
     limit = f"{name} {'>=' if better else '<='} {_budget_limit(data):.4g}"
 
@@ -273,7 +273,7 @@ def _legend_handles(data: ReportData) -> list[Any]:
 
 
 def _overlaps(a: Any, b: Any, pad: float = 0.0) -> bool:
-    return a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+    return bool(a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad)
 
 
 # Label offsets (points) tried in order: close first, then further out with a leader line.

@@ -143,14 +143,15 @@ class StrictLoader(yaml.SafeLoader):
             if self._aliases > MAX_ALIASES:
                 raise _Refused(
                     f"more than {MAX_ALIASES} aliases (*name); write the values out",
-                    self.peek_event().start_mark,
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]  # yaml stubs
                 )
             return super().compose_node(parent, index)  # type: ignore[arg-type]  # stubs: int
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
                 raise _Refused(
-                    f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                    f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]  # yaml stubs
                 )
             return super().compose_node(parent, index)  # type: ignore[arg-type]  # stubs: int
         finally:

@@ -30,14 +30,6 @@ from autocompress.safe_input import load_yaml, read_text
 
 FORMAT_VERSION = 2
 ENABLED = Param(bool, True, "apply this method (a list [false, true] searches it)")
-_V1_KEYS = {
-    "pruning": {"method", "amount", "per_layer", "layer_scale"},
-    "quantization": {"weight_bits", "int8_activations", "granularity", "per_layer",
-                     "keep_edges_8bit"},
-    "distillation": {"enabled", "temperature", "alpha"},
-    "finetune": {"epochs", "batch_size", "optimizer", "lr", "schedule", "warmup_fraction",
-                 "weight_decay", "quant_aware"},
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -70,7 +62,7 @@ class Dimension:
         if values is not None:
             return value in values and type(value) is type(values[values.index(value)])
         low, high = self._range()
-        return low <= value <= high
+        return bool(low <= value <= high)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         """Ask ``trial`` for this parameter (or return the fixed value)."""
@@ -420,24 +412,6 @@ def _parse_dimension(name: str, raw: Any, param: Param, where: str) -> Dimension
     return Dimension(name, value=_check_value(raw, param, where))
 
 
-def _check_v1(document: dict[str, Any], source: str) -> None:
-    for key, value in document.items():
-        if key in ("format_version", "description"):
-            continue
-        if key not in _V1_KEYS:
-            raise SearchSpaceError(
-                f"{source}: unknown key {key!r}; format 1 sections are {', '.join(_V1_KEYS)}"
-            )
-        if value is not None and not isinstance(value, dict):
-            raise SearchSpaceError(f"{source}: {key} must be a mapping of parameters")
-        for sub in value or {}:
-            if sub not in _V1_KEYS[key]:
-                raise SearchSpaceError(
-                    f"{source}: unknown key {key}.{sub!s}; "
-                    f"{key} takes {', '.join(sorted(_V1_KEYS[key]))}"
-                )
-
-
 def parse_search_space(document: Any, source: str = "<space>", text: str = "") -> SearchSpace:
     """Validate a parsed YAML document into a :class:`SearchSpace`.
 
@@ -451,16 +425,11 @@ def parse_search_space(document: Any, source: str = "<space>", text: str = "") -
             f"got {type(document).__name__}"
         )
     version = document.get("format_version", FORMAT_VERSION)
-    if type(version) is not int or version not in (1, FORMAT_VERSION):
+    if type(version) is not int or version != FORMAT_VERSION:
         raise SearchSpaceError(
             f"{source}: format_version {version!r} is not supported; this autocompress reads "
-            f"format_version 1 and {FORMAT_VERSION}"
+            f"format_version {FORMAT_VERSION}"
         )
-    if version == 1:
-        from autocompress.legacy import space_from_v1
-
-        _check_v1(document, source)
-        document = space_from_v1(document)
     description = document.get("description", "")
     if not isinstance(description, str):
         raise SearchSpaceError(f"{source}: description must be text")

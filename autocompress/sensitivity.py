@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, ModelFacts, model_facts
+from autocompress.allocation import profile_sizes
+from autocompress.architecture import ModelFacts, model_facts
 from autocompress.data import (
     Batch,
     Inputs,
@@ -37,6 +37,7 @@ from autocompress.data import (
 )
 from autocompress.grid import GRANULARITIES, QuantSpec
 from autocompress.tasks import Task
+from autocompress.transformer_parts import HF_CONV1D
 
 if TYPE_CHECKING:
     from autocompress.search_space import SearchSpace
@@ -250,17 +251,6 @@ def profile_for(space: SearchSpace, workload: LoadedWorkload) -> dict[str, Any] 
     )
 
 
-def profile_sizes(profile: Mapping[str, Any], facts: ModelFacts) -> dict[str, int]:
-    """Elements of every parameter the profile names (layers by their weight)."""
-    numel = {p.name: p.numel for p in facts.params}
-    names = [*profile.get("bits", {}), *profile.get("prune", {})]
-    sizes = {n: numel[n] for n in names if n in numel}
-    for layer in profile.get("channels", {}):
-        if f"{layer}.weight" in numel:
-            sizes[layer] = numel[f"{layer}.weight"]
-    return sizes
-
-
 __all__ = [
     "CALIBRATION_ROWS",
     "PROFILE_FORMAT",
@@ -269,6 +259,5 @@ __all__ = [
     "calibration_batches",
     "measure_profile",
     "profile_for",
-    "profile_sizes",
     "request_for",
 ]

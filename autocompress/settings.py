@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -52,7 +52,7 @@ class Target:
         """The runtime with a trial's settings (its ``runtime`` method), or its defaults."""
         if settings is None:
             return RUNTIMES[self.runtime]()
-        return settings.build()
+        return cast(Runtime, settings.build())
 
     @property
     def name(self) -> str:

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autocompress import __version__
 from autocompress.architecture import model_facts
-from autocompress.errors import AutocompressError, StorageError, WorkloadError
+from autocompress.errors import AutocompressError, StorageError, WorkloadError, reason
 from autocompress.faults import machine_fault
 from autocompress.hardware import hardware_fingerprint
 from autocompress.latency import measure_latency
@@ -52,7 +52,9 @@ from autocompress.record import (
     SENSITIVITY,
     directions,
     feasible_front,
+    higher_is_better,
     is_feasible,
+    objective_bytes,
     objective_names,
     study_info,
 )
@@ -214,15 +216,14 @@ def measure_baseline(
     except Exception as e:  # noqa: BLE001 - the user's model on the user's target
         if machine_fault(e) is not None:
             raise  # a full disk is not the model's fault
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         others = [
             t for t in TARGETS
             if t.startswith(f"{target.device}-") and t != target.name
             and RUNTIMES[t.split("-", 1)[1]].available() is None
         ]  # fmt: skip
         raise WorkloadError(
-            f"the baseline cannot be deployed or run on {target.name} ({type(e).__name__}: "
-            f"{text}); try --target {' or '.join(others) or 'cpu-torch'}"
+            f"the baseline cannot be deployed or run on {target.name} ({reason(e, 200)}); "
+            f"try --target {' or '.join(others) or 'cpu-torch'}"
         ) from None
     if not finite(value):
         raise WorkloadError(
@@ -403,8 +404,10 @@ def create_or_resume(
             workload, settings.target, out_dir, memory=settings.max_memory_mb is not None
         )
         task = workload.task
-        size_key = "deployed_bytes" if settings.size == "deployed" else "packed_bytes"
-        baseline["size_kb"] = baseline[size_key] / 1000
+        size = objective_bytes(
+            settings.size, packed=baseline["packed_bytes"], deployed=baseline["deployed_bytes"]
+        )
+        baseline["size_kb"] = size / 1000
         profile = profile_for(space, workload)  # once per study, on training data
         info = {
             "version": __version__,
@@ -516,7 +519,7 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
     )
     best = {}
     if feasible:
-        pick = max if info["task"]["higher_is_better"] else min
+        pick = max if higher_is_better(info) else min
         best = {
             "metric": pick(t.values[0] for t in feasible),
             "latency_ms": min(t.values[1] for t in feasible),

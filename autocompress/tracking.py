@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.errors import AutocompressError
+from autocompress.errors import AutocompressError, reason
 from autocompress.record import flags, is_feasible, metric_name, objective_names, study_info
 
 INSTALL = "pip install 'autocompress[tracking]'"
@@ -149,11 +149,6 @@ def _ms(when: Any) -> int | None:
     return None if when is None else int(when.timestamp() * 1000)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300] if text else ''}"
-
-
 class MLflowTracker:
     """An Optuna callback ``(study, frozen_trial)``: logs each finished trial as an MLflow run.
 
@@ -205,7 +200,7 @@ class MLflowTracker:
             self.experiment_id = self._experiment_id(experiment)
         except Exception as e:  # noqa: BLE001 - any store or connection error, said in one line
             raise AutocompressError(
-                f"--mlflow {uri}: cannot open experiment {experiment!r} ({_first_line(e)}); "
+                f"--mlflow {uri}: cannot open experiment {experiment!r} ({reason(e)}); "
                 "check the URI (http://host:port, sqlite:///mlflow.db, or a file store with "
                 "MLFLOW_ALLOW_FILE_STORE=true)"
             ) from None
@@ -227,7 +222,7 @@ class MLflowTracker:
             try:
                 self.log(study, trial)
             except Exception as e:  # noqa: BLE001 - tracking never ends a study
-                self.on_error(f"trial {trial.number} was not logged to MLflow ({_first_line(e)})")
+                self.on_error(f"trial {trial.number} was not logged to MLflow ({reason(e)})")
 
     def log(self, study: optuna.Study, trial: FrozenTrial) -> str:
         """Log ``trial`` as a new run; returns the run's id."""

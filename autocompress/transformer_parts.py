@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D
+
+def _hf_conv1d() -> tuple[type[nn.Module], ...]:
+    """transformers' ``Conv1D`` (GPT-2's linear layer, weight stored [in, out]) when installed."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except Exception:  # noqa: BLE001 - transformers is optional; any import failure means none
+        return ()
+    return (Conv1D,)
+
+
+# Below the architecture facts (which find these parts): the one place that asks transformers.
+HF_CONV1D = _hf_conv1d()
 
 
 @dataclass

@@ -17,14 +17,13 @@ from typing import Any
 import optuna
 
 from autocompress.record import (
-    allowed_worsening,
     baseline_size_bytes,
     budget_words,
     flags,
     metric_name,
+    over_budget,
     settings_rows,
     study_info,
-    worsening,
 )
 
 LEGACY_CONSTRAINTS_KEY = "constraints"  # the list form optuna-dashboard 0.21 reads
@@ -94,8 +93,7 @@ def trial_note(
     value, latency, size = values
     base = info["baseline"]
     name = metric_name(info)
-    worse = worsening(info, value)
-    feasible = worse <= allowed_worsening(info)
+    feasible = not over_budget(info, value)
     verdict = (
         "feasible" if feasible else f"**INFEASIBLE**: outside the budget ({budget_words(info)})"
     )

@@ -29,7 +29,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
-from autocompress.errors import TrialFailure
+from autocompress.errors import TrialFailure, reason
 from autocompress.faults import MachineFault, machine_fault
 from autocompress.storage_checks import sqlite_lock_file
 
@@ -327,8 +327,7 @@ def _run_one(
                 if machine_fault(e) is not None:
                     raise  # the disk's fault, not the trial's: handled below
                 if "fail_reason" not in trial.user_attrs:
-                    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    trial.set_user_attr("fail_reason", f"{type(e).__name__}: {text}"[:2000])
+                    trial.set_user_attr("fail_reason", reason(e, 2000))
                 return study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
             except BaseException:
                 # Interrupted or told to stop: record the trial as failed, never RUNNING.

@@ -1,8 +1,9 @@
 """What is being compressed: the baseline model, its three data splits, its task.
 
 A workload is a built-in name (:data:`autocompress.zoo.BUILTIN_WORKLOADS`) or a user's
-``package.module:function`` returning a :class:`Workload`. :func:`load_workload` checks it and
-returns a :class:`LoadedWorkload`, whose every field is set.
+``package.module:function`` returning a :class:`Workload` (defined in
+:mod:`autocompress.workload_spec`, below the zoo, and importable from here).
+:func:`load_workload` checks it and returns a :class:`LoadedWorkload`, whose every field is set.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,17 +31,17 @@ from autocompress.data import (
     Split,
     TensorData,
     as_output,
-    as_split,
     call_model,
     flat_tensors,
     gather_inputs,
     split_batch,
     take_rows,
 )
-from autocompress.errors import TrialFailure, WorkloadError
+from autocompress.errors import TrialFailure, WorkloadError, reason
 from autocompress.hardware import torch_threads
-from autocompress.tasks import Classification, Task, as_task, eager_runner
-from autocompress.training import TrainingConfig, train
+from autocompress.tasks import Task, as_task, eager_runner
+from autocompress.training import train
+from autocompress.workload_spec import Workload as Workload  # re-exported: users import it here
 
 DEFAULT_CACHE_DIR = Path("studies") / "baselines"
 # What a study records for a workload given as a Python object: its record cannot rebuild it.
@@ -54,77 +55,6 @@ PYTHON_OBJECT_ONLY = (
 # split between threads, and one is the count every machine has. With the seed, the same
 # workload then trains to the same bytes wherever the thread count was the only difference.
 BASELINE_THREADS = 1
-
-
-@dataclass
-class Workload:
-    """A model to compress and the data to judge it by, as a user gives it.
-
-    Give either a trained ``model``, or a ``model_factory`` plus ``baseline_training`` and the
-    baseline is trained once and cached.
-
-    Attributes:
-        train: Fine-tuning and calibration data. Never used to choose between trials.
-        val: The split whose metric the search optimises.
-        test: Held out: reported per trial, never steers the search.
-        model: A trained model.
-        model_factory: Builds an untrained model.
-        baseline_training: How to train the factory's model into the baseline.
-        example_input: One batch of inputs the model accepts (default: the first training
-            example): a tensor, a tuple or a dict of tensors.
-        task: ``classification`` (default), ``language-modeling``, ``regression`` or an
-            :class:`autocompress.tasks.CustomTask`.
-        metric: For classification, ``metric(logits, labels) -> float`` over a whole split,
-            higher is better, in place of top-1 accuracy.
-        name: The reference the workload was loaded from.
-        info: Facts shown with the study (where the data came from).
-        distill_data: Unlabeled inputs for distillation, separate from the labeled training
-            split: a tensor of rows, a dict of such tensors, or
-            :class:`~autocompress.corpus.DistillData` (the built-in transformer workloads give
-            a corpus of the standard library's text, :mod:`autocompress.corpus`).
-
-    Each split is :class:`~autocompress.data.TensorData`, an ``(x, y)`` tensor pair, a
-    ``DataLoader`` or a list of batches (tensors, ``(inputs, labels)`` tuples or dicts).
-    """
-
-    train: Any
-    val: Any
-    test: Any
-    model: nn.Module | None = None
-    model_factory: Callable[[], nn.Module] | None = None
-    baseline_training: TrainingConfig | None = None
-    example_input: Inputs | None = None
-    task: Task | str = "classification"
-    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None
-    name: str = "custom"
-    info: dict[str, str] = field(default_factory=dict)
-    distill_data: Any = None
-
-    def __post_init__(self) -> None:
-        try:
-            self.distill_data = as_distill_data(self.distill_data)
-        except ValueError as e:
-            raise WorkloadError(f"workload {self.name!r}: {e}") from None
-        for split in ("train", "val", "test"):
-            setattr(self, split, as_split(getattr(self, split), split))
-        if self.metric is not None:
-            if self.task not in ("classification",) and not isinstance(self.task, Classification):
-                raise WorkloadError(
-                    f"workload {self.name!r}: `metric` is for classification; give a "
-                    "CustomTask for other tasks"
-                )
-            self.task = Classification(score=self.metric)
-        self.task = as_task(self.task)
-        if self.model is None and (self.model_factory is None or self.baseline_training is None):
-            raise WorkloadError(
-                f"workload {self.name!r}: give a trained `model`, or `model_factory` "
-                "together with `baseline_training`"
-            )
-        if self.model is not None and not isinstance(self.model, nn.Module):
-            raise WorkloadError(
-                f"workload {self.name!r}: model is a {type(self.model).__name__}, not a "
-                "torch.nn.Module"
-            )
 
 
 @dataclass(frozen=True)
@@ -157,7 +87,7 @@ class LoadedWorkload:
         """The split called ``train``, ``val`` or ``test``."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; use train, val or test")
-        return getattr(self, name)
+        return cast(Split, getattr(self, name))
 
     def evaluate(self, model: nn.Module, split: str = "val") -> float:
         """The task's metric of the eager ``model`` on ``split``."""
@@ -223,7 +153,7 @@ def _import_user_workload(ref: str) -> Workload:
         ) from None
     except BaseException as e:  # noqa: BLE001 - SystemExit too: any import failure is the user's
         raise WorkloadError(
-            f"workload {ref!r}: cannot import module {module_name!r} ({type(e).__name__}: {e})"
+            f"workload {ref!r}: cannot import module {module_name!r} ({reason(e)})"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):
@@ -235,9 +165,7 @@ def _import_user_workload(ref: str) -> Workload:
     except (WorkloadError, KeyboardInterrupt):
         raise
     except BaseException as e:  # noqa: BLE001 - SystemExit from user code is an error too
-        raise WorkloadError(
-            f"workload {ref!r}: {func_name}() raised {type(e).__name__}: {e}"
-        ) from None
+        raise WorkloadError(f"workload {ref!r}: {func_name}() raised {reason(e)}") from None
     if not isinstance(result, Workload):
         raise WorkloadError(
             f"workload {ref!r}: {func_name}() returned {type(result).__name__}, "
@@ -265,7 +193,7 @@ def _new_model(workload: Workload) -> nn.Module:
         raise
     except BaseException as e:  # noqa: BLE001 - SystemExit too: the user's code
         raise WorkloadError(
-            f"workload {workload.name!r}: model_factory() raised {type(e).__name__}: {str(e)[:200]}"
+            f"workload {workload.name!r}: model_factory() raised {reason(e, 200)}"
         ) from None
     if not isinstance(model, nn.Module):
         raise WorkloadError(
@@ -366,10 +294,9 @@ def _check(loaded: LoadedWorkload) -> None:
         except BaseException as e:  # noqa: BLE001 - the user's model, on the user's data
             # SystemExit too: a model that calls exit() is the workload's error, one line.
             shapes = [tuple(t.shape) for t in flat_tensors(inputs)]
-            first_line = str(e).splitlines()[0] if str(e) else ""
             raise WorkloadError(
                 f"workload {loaded.name!r}: the model cannot run on the {words[split_name]} data "
-                f"(input shapes {shapes}): {type(e).__name__}: {first_line}"
+                f"(input shapes {shapes}): {reason(e)}"
             ) from None
         if torch.is_floating_point(out) and not bool(torch.isfinite(out).all()):
             raise WorkloadError(

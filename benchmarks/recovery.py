@@ -295,7 +295,8 @@ def run_front(
         test = evaluate(wl, deployed, "test")
         candidates.append({
             "trial": number, "label": label, "macs_removed": removed,
-            "speedup_vs_eager": 1 / lat.ratio_to_reference, "latency_ms": lat.median_ms,
+            "speedup_vs_eager": 1 / (lat.ratio_to_reference or math.nan),
+            "latency_ms": lat.median_ms,
             "val_metric": value, "test_metric": test,
             "feasible": feasible(wl, settings, base_val, value),
             "student_reused": c.report["student_reused"], "deployed_bytes": deployed.size_bytes,

@@ -1,7 +1,8 @@
 """The package's import graph has no loop: no module needs another that needs it back.
 
-Only imports that run when a module is imported count (module level, outside
-``if TYPE_CHECKING:``); an import inside a function runs later, once both modules exist.
+Every import that can run counts: at module level and inside functions (an import deferred
+into a function hides a loop from Python, not from the layering). Only imports under
+``if TYPE_CHECKING:`` are left out: they never run.
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
-def _import_time_edges(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
+def _import_edges(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
     def resolve(name: str) -> str | None:
         while name and name not in modules:
             name = name.rpartition(".")[0]
         return name or None
 
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text())
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
     out: set[str] = set()
-    for node in ast.parse(path.read_text()).body:  # module level only; `if` blocks skipped
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -88,16 +99,33 @@ def test_the_cycle_finder_finds_a_loop() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_a_function_local_import_is_an_edge_and_a_type_checking_one_is_not(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "b.py").write_text("")
+    (pkg / "c.py").write_text("")
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from pkg.c import X\n"
+        "def f():\n    from pkg.b import Y\n    return Y\n"
+    )
+    (pkg / "a.py").write_text(source)
+    modules = {"pkg": pkg / "__init__.py", "pkg.a": pkg / "a.py", "pkg.b": pkg / "b.py",
+               "pkg.c": pkg / "c.py"}  # fmt: skip
+    assert _import_edges("pkg.a", pkg / "a.py", modules) == {"pkg.b"}
+
+
 def test_no_import_loop_in_the_package() -> None:
     modules = _modules()
-    graph = {m: _import_time_edges(m, p, modules) for m, p in modules.items()}
+    graph = {m: _import_edges(m, p, modules) for m, p in modules.items()}
     assert "autocompress.study" in graph and graph["autocompress.study"], "graph not built"
     assert _cycles(graph) == []
 
 
 def test_the_trial_objective_does_not_import_the_dashboard_or_recipes() -> None:
     modules = _modules()
-    graph = {m: _import_time_edges(m, p, modules) for m, p in modules.items()}
+    graph = {m: _import_edges(m, p, modules) for m, p in modules.items()}
     reached, todo = set(), ["autocompress.objective"]
     while todo:
         m = todo.pop()

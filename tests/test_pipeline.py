@@ -106,22 +106,11 @@ def test_unknown_methods_and_settings_are_refused():
         CompressionConfig.from_dict({"format": 2, "methods": {"structured": {"amount": 2}}})
 
 
-def test_format_1_configurations_are_read():
-    v1 = {
-        "prune": {"method": "unstructured", "amount": 0.5, "layer_amounts": {"3": 0.9}},
-        "finetune": {"epochs": 2, "batch_size": 32, "optimizer": "adam", "lr": 1e-3,
-                     "schedule": "cosine", "warmup_fraction": 0.0, "weight_decay": 0.0,
-                     "quant_aware": True},
-        "distill": {"temperature": 2.0, "alpha": 0.5},
-        "quantize": {"weight_bits": 4, "granularity": "per_tensor", "int8_activations": False,
-                     "keep_edges_8bit": True, "calibration_size": 512, "layer_bits": {"0": 8}},
-        "seed": 7,
-    }  # fmt: skip
-    config = CompressionConfig.from_dict(v1)
-    assert config.seed == 7
-    assert config.get("unstructured") == UnstructuredPruning(0.5, {"3.weight": 0.9})
-    assert config.get("weights").bits == 4 and config.get("weights").layer_bits == {"0.weight": 8}
-    assert config.get("finetune").quant_aware and config.get("distillation").alpha == 0.5
+def test_a_configuration_of_another_format_is_refused():
+    with pytest.raises(ValueError, match="format 1"):
+        CompressionConfig.from_dict({"format": 1, "methods": {}})
+    with pytest.raises(ValueError, match="format None"):
+        CompressionConfig.from_dict({"prune": {}, "quantize": {}})
 
 
 def test_not_an_artifact_is_refused(tiny, tmp_path):

@@ -22,7 +22,7 @@ from autocompress.search_space import load_search_space, parse_search_space_text
 BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
 )
-SPACE = "pruning:\n  method: [none, structured]\n"
+SPACE = "structured:\n  amount: [0.25, 0.5]\n"
 
 
 def _one_line(error: Exception, *fragments: str) -> str:
@@ -143,7 +143,7 @@ def test_alias_bomb_in_a_free_text_field_is_refused():
         parse_search_space_text(nested + SPACE, "space.yaml")
     _one_line(info.value, "space.yaml", "alias bomb")
     with pytest.raises(RecipeError) as info:
-        loads(nested + "format_version: 1\n", "r.yaml")
+        loads(nested + "format_version: 2\n", "r.yaml")
     _one_line(info.value, "recipe r.yaml", "alias bomb")
 
 
@@ -163,8 +163,8 @@ def test_an_alias_to_its_own_container_is_refused():
 @pytest.mark.parametrize(
     "text, line",
     [
-        (SPACE + "pruning:\n  method: [none]\n", 3),  # a whole section silently replaced
-        ("pruning:\n  method: [none, structured]\n  method: none\n", 3),
+        (SPACE + "structured:\n  amount: 0.5\n", 3),  # a whole section silently replaced
+        ("structured:\n  amount: [0.25, 0.5]\n  amount: 0.5\n", 3),
         ("{finetune: {epochs: 1, epochs: 2}}", 1),
     ],
     ids=["section", "key", "flow"],
@@ -199,6 +199,6 @@ def test_a_tag_that_would_construct_an_object_is_refused(tmp_path):
 def test_format_version_true_is_not_version_1():
     with pytest.raises(SearchSpaceError, match="format_version True is not supported"):
         parse_search_space_text("format_version: true\n" + SPACE, "space.yaml")
-    assert parse_search_space_text("format_version: 1\n" + SPACE, "space.yaml")
+    assert parse_search_space_text("format_version: 2\n" + SPACE, "space.yaml")
     with pytest.raises(RecipeError, match="unknown format_version True"):
         loads("format_version: true\n", "r.yaml")

@@ -52,8 +52,7 @@ def test_shipped_spaces_load_and_name_only_known_methods():
         ("weights:\n  bits: []", "empty list of choices"),
         ("structured:\n  amount: {low: 0.1}", "needs both low and high"),
         ("structured:\n  amount: {low: 0.1, high: 0.5, step: 0.9}", "larger than the range"),
-        ("format_version: 1\nprunning: {}", "unknown key 'prunning'"),
-        ("format_version: 1\npruning:\n  amout: 0.5", "unknown key pruning.amout"),
+        ("format_version: 1\nstructured: {}", "format_version 1 is not supported"),
     ],
 )
 def test_bad_spaces_name_the_key_and_file(text, message):
@@ -309,30 +308,6 @@ finetune:
             seen.add((weights.keep_edges_8bit if weights else True, finetune.quant_aware))
         study.tell(trial, 0.0)
     assert seen == {(True, False), (True, True), (False, False), (False, True)}
-
-
-def test_format_1_spaces_are_read_as_the_same_search():
-    v1 = parse_search_space_text(
-        """
-format_version: 1
-pruning:
-  method: [none, structured]
-  amount: {low: 0.2, high: 0.6}
-quantization:
-  weight_bits: [32, 8, 4]
-  int8_activations: [false, true]
-finetune:
-  epochs: {low: 0, high: 2}
-distillation:
-  enabled: [false, true]
-"""
-    )
-    assert v1.methods == ("structured", "weights", "int8", "finetune", "distillation")
-    assert v1["structured.enabled"].choices == (False, True)
-    assert v1["structured.amount"].low == 0.2
-    assert v1["weights.bits"].choices == (8, 4)
-    assert v1["weights.enabled"].choices == (False, True)
-    assert v1["finetune.epochs"].high == 2
 
 
 def test_a_section_whose_lines_are_all_commented_out_is_refused():

@@ -65,7 +65,7 @@ def test_non_finite_loss_fails_the_trial():
         train(model, _blobs(64, 0), TASK, TrainingConfig(epochs=1, batch_size=32))
 
 
-def test_distillation_blends_the_teachers_soft_targets():
+def test_teacher_outputs_are_cached_and_the_soft_loss_is_the_tempered_kl():
     torch.manual_seed(0)
     teacher = tiny_cnn().eval()
     data = _blobs(64, 0)
@@ -112,3 +112,36 @@ def test_loss_uses_the_task():
     out = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     batch = (torch.zeros(2, 1), torch.tensor([0, 1]))
     assert TASK.loss(out, batch).item() == pytest.approx(F.cross_entropy(out, batch[1]).item())
+
+
+def _contrary_teacher() -> torch.nn.Module:
+    """A teacher that answers (class + 1) mod 4 on the blobs: it reads the lit quadrant of
+    class c - 1 into logit c. Its answers are known without running it."""
+    linear = torch.nn.Linear(64, 4)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.zero_()
+        for c in range(4):
+            r, col = divmod((c - 1) % 4, 2)
+            mask = torch.zeros(8, 8)
+            mask[r * 4 : r * 4 + 4, col * 4 : col * 4 + 4] = 1.0
+            linear.weight[c] = 2.0 * mask.reshape(-1)
+    return torch.nn.Sequential(torch.nn.Flatten(), linear).eval()
+
+
+def test_distillation_teaches_what_the_teacher_says_not_the_labels():
+    data, held_out = _blobs(256, 0), _blobs(128, 1)
+    teacher = _contrary_teacher()
+    assert torch.equal(teacher(held_out.x).argmax(1), (held_out.y + 1) % 4)
+    config = TrainingConfig(epochs=4, batch_size=32, lr=0.01)
+    agree = {}
+    for alpha in (0.0, 1.0):
+        torch.manual_seed(0)
+        student = tiny_cnn()
+        train(student, data, TASK, config, distill=Distill(1.0, alpha),
+              teacher=TeacherOutputs(teacher, data))  # fmt: skip
+        with torch.no_grad():
+            said = student(held_out.x).argmax(1)
+        agree[alpha] = float((said == (held_out.y + 1) % 4).float().mean())
+    # alpha 0 learns the labels (never the teacher's answer); alpha 1 learns the teacher's
+    assert agree[0.0] < 0.2 and agree[1.0] > 0.8, agree

@@ -133,8 +133,9 @@ def _print_front(name: str, storage: str) -> None:
         front_columns,
         front_legend,
         front_rows,
+        study_info,
     )
-    from autocompress.study import load_study, study_info
+    from autocompress.study import load_study
 
     study = load_study(name, _existing_storage(storage))
     info = study_info(study)
@@ -323,8 +324,9 @@ def sensitivity(
 
         autocompress sensitivity per-layer-1 --format csv
     """
+    from autocompress.record import study_info
     from autocompress.sensitivity_view import SORTS, study_profile
-    from autocompress.study import load_study, study_info
+    from autocompress.study import load_study
 
     with _user_errors():
         if fmt not in ("text", "csv", "json"):
@@ -354,7 +356,7 @@ def sensitivity(
 PROFILE_CSV = ("section", "method", "name", "params", "setting", "loss_increase")
 
 
-def _print_profile_csv(profile: dict | None, sort: str) -> None:
+def _print_profile_csv(profile: dict[str, Any] | None, sort: str) -> None:
     import csv
     import sys
 
@@ -370,7 +372,9 @@ def _print_profile_csv(profile: dict | None, sort: str) -> None:
                 out.writerow((section.key, section.method, row.name, params, setting, shown))
 
 
-def _print_profile_tables(name: str, info: dict, profile: dict | None, sort: str) -> None:
+def _print_profile_tables(
+    name: str, info: dict[str, Any], profile: dict[str, Any] | None, sort: str
+) -> None:
     from autocompress.sensitivity_view import (
         NO_PROFILE_HINT,
         format_increase,

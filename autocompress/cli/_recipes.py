@@ -81,10 +81,15 @@ def export(
 
         autocompress export demo --min-accuracy 0.98 --minimize latency --out r.yaml
     """
-    import math
 
-    from autocompress.recipe import Selection, build_recipe, save_recipe, select_trial
-    from autocompress.record import allowed_worsening, flags, metric_name, study_info, worsening
+    from autocompress.recipe import (
+        Selection,
+        build_recipe,
+        export_warnings,
+        save_recipe,
+        select_trial,
+    )
+    from autocompress.record import metric_name, study_info
     from autocompress.safe_output import atomic_output, check_output_path
     from autocompress.study import check_baseline, load_study
     from autocompress.workload import load_workload, trusted_workload
@@ -135,10 +140,8 @@ def export(
             f"({info['size']}); {shown(recipe.source['summary'])}",
             highlight=False,
         )
-        if worsening(info, value) > allowed_worsening(info) or not math.isfinite(value):
-            err_console.print("[yellow]warning:[/] this trial is outside the study's budget")
-        for flag in flags(info, chosen):
-            err_console.print(f"[yellow]warning:[/] trial {chosen.number}: {flag}")
+        for warning in export_warnings(info, chosen, value):
+            err_console.print(f"[yellow]warning:[/] trial {chosen.number}: {warning}")
         console.print(f"recipe written to {out}")
 
 

@@ -43,7 +43,26 @@ METHODS: dict[str, type[Method]] = {
     "distillation": Distillation,
 }
 
-__all__ = ["METHODS", "STAGES", "Context", "Method", "Origin", "Param", "Suggester"]
+__all__ = [
+    "METHODS",
+    "STAGES",
+    "Context",
+    "DepthPruning",
+    "Distillation",
+    "Finetune",
+    "HeadPruning",
+    "Int8",
+    "LowRank",
+    "Method",
+    "MlpPruning",
+    "Origin",
+    "Param",
+    "RuntimeSettings",
+    "StructuredPruning",
+    "Suggester",
+    "UnstructuredPruning",
+    "WeightQuantization",
+]
 
 
 def ordered(names: list[str] | tuple[str, ...]) -> list[str]:

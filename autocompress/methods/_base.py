@@ -14,12 +14,12 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from torch import nn
 
 from autocompress.data import Inputs, Split
-from autocompress.params import Param
+from autocompress.params import Param as Param  # re-exported: methods declare with it
 from autocompress.tasks import Task
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class Method:
 
     def params(self) -> dict[str, Any]:
         """The method's settings as plain values (its recipe form)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dict(dataclasses.asdict(self))  # type: ignore[call-overload]
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Method:
@@ -323,7 +323,7 @@ def profile_part(s: Suggester, key: str, method: str) -> Mapping[str, Any]:
             f"{method}: allocation 'sensitivity' needs the sensitivity profile a study measures "
             "when it is created; outside a study use allocation: sampled"
         )
-    return part
+    return cast(Mapping[str, Any], part)
 
 
 def fraction(value: float, name: str, high: float = 0.95) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from autocompress.allocation import allocate_ratios
+from autocompress.allocation import allocate_ratios, profile_sizes
 from autocompress.methods._base import Param, Suggester, allocation_param, fraction, profile_part
-from autocompress.sensitivity import profile_sizes
 
 
 def layer_amount_params(what: str) -> dict[str, Param]:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, bias_of, weight_of
+from autocompress.architecture import bias_of, weight_of
 from autocompress.data import Inputs, call_model
-from autocompress.transformer_parts import TransformerParts, find_transformer_parts
+from autocompress.transformer_parts import HF_CONV1D, TransformerParts, find_transformer_parts
 
 
 def parts_of(model: nn.Module) -> TransformerParts | None:
@@ -127,7 +127,7 @@ def calibration_batches(ctx: Any, method: str) -> list[Inputs]:
     """
     if ctx.train is None:
         raise ValueError(f"{method} needs calibration data (the training split)")
-    return ctx.calibration
+    return list(ctx.calibration)
 
 
 def first_tensor_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
@@ -137,7 +137,7 @@ def first_tensor_arg(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Ten
             return value
     for name in ("hidden_states", "src", "x", "input"):
         if isinstance(kwargs.get(name), torch.Tensor):
-            return kwargs[name]
+            return cast(torch.Tensor | None, kwargs[name])
     return None
 
 

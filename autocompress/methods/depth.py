@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +129,7 @@ def block_influence(ctx: Context) -> list[float]:
             raise ValueError("depth pruning found no transformer blocks in the baseline")
         return influence(facts.model, parts, calibration_batches(ctx, "depth pruning"))
 
-    return facts.cached(f"depth.influence.{ctx.calibration_rows}", compute)
+    return cast(list[float], facts.cached(f"depth.influence.{ctx.calibration_rows}", compute))
 
 
 def output_importance(ctx: Context) -> list[float]:
@@ -143,9 +143,9 @@ def output_importance(ctx: Context) -> list[float]:
         if parts is None:
             raise ValueError("depth pruning found no transformer blocks in the baseline")
         batches = calibration_batches(ctx, "depth pruning by output")
-        return skip_losses(facts.model, parts, batches, ctx.task)
+        return list(skip_losses(facts.model, parts, batches, ctx.task))
 
-    return facts.cached(f"depth.output.{ctx.calibration_rows}", compute)
+    return cast(list[float], facts.cached(f"depth.output.{ctx.calibration_rows}", compute))
 
 
 def skip_losses(
@@ -175,7 +175,7 @@ def skip_losses(
     return losses
 
 
-def _skip(_m: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+def _skip(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
     """A forward hook that makes a block pass its input through unchanged."""
     x = first_tensor_arg(args, kwargs)
     if x is None:
@@ -194,7 +194,9 @@ def influence(model: nn.Module, parts: TransformerParts, batches: list[Any]) -> 
     sums = [0.0] * len(parts.blocks)
     counts = [0] * len(parts.blocks)
 
-    def hook(_m: nn.Module, args: tuple, kwargs: dict, output: Any, i: int) -> None:
+    def hook(
+        _m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any, i: int
+    ) -> None:
         x, y = first_tensor_arg(args, kwargs), first_tensor_out(output)
         if x is None or y is None or x.shape != y.shape:
             return

@@ -84,7 +84,7 @@ class Distillation(Method):
         self.training()
 
     @classmethod
-    def suggest(cls, s: Suggester) -> Method | None:  # type: ignore[override]
+    def suggest(cls, s: Suggester) -> Method | None:
         finetune = s.chosen.get("finetune")
         epochs = getattr(finetune, "epochs", 0) if finetune is not None else 0
         steps = s("steps")

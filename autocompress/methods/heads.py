@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -144,7 +144,9 @@ def _whole_reason(modules: dict[str, nn.Module], a: Attention) -> str | None:
     return f"nn.MultiheadAttention with {reason}" if reason else None
 
 
-def _check_plan(plan: dict[str, list[int]], attention: dict[str, Attention], whole: dict) -> None:
+def _check_plan(
+    plan: dict[str, list[int]], attention: dict[str, Attention], whole: dict[str, Any]
+) -> None:
     for name, heads in plan.items():
         a = attention.get(name)
         if a is None or (heads and name in whole):
@@ -187,7 +189,7 @@ def magnitude_scores(modules: dict[str, nn.Module], a: Attention) -> torch.Tenso
             [qkv.unflatten(1, (a.num_heads, -1)).transpose(0, 1).flatten(1),
              out.unflatten(0, (a.num_heads, -1)).flatten(1)], dim=1,
         )  # fmt: skip
-        return per_head.norm(dim=1)
+        return cast(torch.Tensor, per_head.norm(dim=1))
 
 
 def activation_scores(
@@ -208,7 +210,10 @@ def activation_scores(
         if a.kind == "mha":
 
             def mha_hook(
-                m: nn.MultiheadAttention, args: tuple, kwargs: dict, a: Attention = a
+                m: nn.MultiheadAttention,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                a: Attention = a,
             ) -> None:
                 call = _MHA_CALL.bind(m, *args, **kwargs)
                 call.apply_defaults()
@@ -224,7 +229,7 @@ def activation_scores(
             # The output projection's input is the heads' outputs side by side.
             out = modules[a.projections[-1]]
 
-            def proj_hook(_m: nn.Module, args: tuple, a: Attention = a) -> None:
+            def proj_hook(_m: nn.Module, args: tuple[Any, ...], a: Attention = a) -> None:
                 add(a, args[0])
 
             handles.append(out.register_forward_pre_hook(proj_hook))
@@ -284,7 +289,9 @@ def _unfuse_encoders(model: nn.Module) -> None:
             module.use_nested_tensor = False
 
 
-def _count_sliced_mha(module: SlicedMultiheadAttention, inputs: tuple, _output: Any) -> None:
+def _count_sliced_mha(
+    module: SlicedMultiheadAttention, inputs: tuple[Any, ...], _output: Any
+) -> None:
     """torch-pruning's MAC count of a sliced attention (its own counter assumes whole width)."""
     if len(inputs) < 3:
         return

@@ -24,9 +24,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from autocompress.architecture import HF_CONV1D, LINEARS, bias_of, weight_of
+from autocompress.architecture import LINEARS, bias_of, weight_of
 from autocompress.methods._base import Context, Method, Param, fraction
 from autocompress.methods._transformer import calibration_batches, parts_of, rows, run_batches
+from autocompress.transformer_parts import HF_CONV1D
 
 SPARSE = 0.05  # a layer with this share of exact zeros is treated as pruned
 
@@ -132,7 +133,9 @@ class LowRank(Method):
         return {str(n): f"{r} (2 factors)" for n, r in ((record or {}).get("ranks") or {}).items()}
 
 
-def _candidates(model: nn.Module, ctx: Context) -> tuple[dict[str, nn.Module], dict[str, list]]:
+def _candidates(
+    model: nn.Module, ctx: Context
+) -> tuple[dict[str, nn.Module], dict[str, list[Any]]]:
     """Linear layers this method may factorize, and the others by why they stay whole."""
     modules = dict(model.named_modules())
     parts = parts_of(model)

@@ -14,7 +14,7 @@ Recognised: BERT (``intermediate.dense`` / ``output.dense``), GPT-2 (``mlp.c_fc`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -144,7 +144,7 @@ def _whole_reason(modules: dict[str, nn.Module], mlp: Mlp) -> str | None:
 def neuron_scores(up: nn.Module, down: nn.Module) -> torch.Tensor:
     """L2 norm of each hidden neuron's weights: its row of ``up`` and its column of ``down``."""
     with torch.no_grad():
-        return torch.cat([rows(up), columns(down)], dim=1).norm(dim=1)
+        return cast(torch.Tensor, torch.cat([rows(up), columns(down)], dim=1).norm(dim=1))
 
 
 def activation_scores(
@@ -157,7 +157,7 @@ def activation_scores(
     counts = dict.fromkeys((m.up for m in mlps), 0)
 
     def hook(up: str) -> Any:
-        def add(_m: nn.Module, args: tuple) -> None:
+        def add(_m: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0].detach().flatten(0, -2).abs().double()
             sums[up] = sums.get(up, 0) + x.sum(dim=0)
             counts[up] += x.shape[0]

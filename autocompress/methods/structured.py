@@ -18,6 +18,7 @@ from torch import nn
 
 from autocompress.architecture import out_features
 from autocompress.data import as_output, call_model
+from autocompress.errors import reason
 from autocompress.methods._base import (
     Context,
     Method,
@@ -170,7 +171,7 @@ def pruned_layers(facts: Any) -> list[str]:
     if parts is not None:
         downs = {m.down for m in parts.mlps}
         roots = [n for n in roots if n not in downs]
-    return roots
+    return list(roots)
 
 
 def replay_history(model: nn.Module, history: list[list[Any]], example_input: Any) -> None:
@@ -188,5 +189,5 @@ def replay_history(model: nn.Module, history: list[list[Any]], example_input: An
         )
     except (AttributeError, IndexError, KeyError, RuntimeError) as e:
         raise ValueError(
-            f"the recorded pruning history does not fit this model: {type(e).__name__}: {e}"
+            f"the recorded pruning history does not fit this model: {reason(e)}"
         ) from None

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
-from autocompress.allocation import allocate_bits
-from autocompress.architecture import HF_CONV1D, tensor_of
+from autocompress.allocation import allocate_bits, profile_sizes
+from autocompress.architecture import tensor_of
 from autocompress.grid import GRANULARITIES, QuantSpec, absmax_scale, codes_for, dequantize
 from autocompress.methods._base import (
     Context,
@@ -32,7 +32,7 @@ from autocompress.methods._base import (
     allocation_param,
     profile_part,
 )
-from autocompress.sensitivity import profile_sizes
+from autocompress.transformer_parts import HF_CONV1D
 
 BITS = (16, 8, 7, 6, 5, 4, 3, 2)
 ALGORITHMS = ("rtn", "gptq")
@@ -237,7 +237,7 @@ def implied_weights(ctx_config: object) -> WeightQuantization | None:
     """The weight quantization in force: the configured one, or 8 bits implied by int8."""
     weights = ctx_config.get("weights")  # type: ignore[attr-defined]
     if weights is not None:
-        return weights
+        return cast(WeightQuantization, weights)
     int8 = ctx_config.get("int8")  # type: ignore[attr-defined]
     if int8 is None:
         return None

@@ -24,7 +24,7 @@ from autocompress.recipe._document import (
     weights_sha256,
 )
 from autocompress.recipe._export import RecipeArtifacts, build_recipe, recipe_for
-from autocompress.recipe._selection import OPTIMIZE, Selection, select_trial
+from autocompress.recipe._selection import OPTIMIZE, Selection, export_warnings, select_trial
 
 __all__ = [
     "FORMAT_VERSION",
@@ -37,6 +37,7 @@ __all__ = [
     "current_versions",
     "dumps",
     "environment_warnings",
+    "export_warnings",
     "load_recipe",
     "loads",
     "recipe_for",

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -33,7 +33,7 @@ from autocompress.safe_input import load_yaml, read_text
 from autocompress.workload import state_sha256
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (2,)
 _TOP_LEVEL = (
     "format_version",
     "versions",
@@ -49,7 +49,7 @@ _TOP_LEVEL = (
 )
 _OPTIONAL = ("signature",)
 _COMMENTS = {
-    "format_version": "Recipe format; this autocompress reads versions 1 and 2.",
+    "format_version": "Recipe format; this autocompress reads version 2.",
     "versions": "Libraries the study ran with (applying under other versions warns).",
     "source": "The study and trial this recipe was exported from.",
     "workload": "The original model: built-in name or package.module:function (never imported\n"
@@ -117,7 +117,7 @@ class Recipe:
         doc["content_sha256"] = content_hash(doc)
         if self.signature:
             doc["signature"] = self.signature
-        return doc
+        return cast(dict[str, Any], doc)
 
     def _body(self) -> dict[str, Any]:
         steps = []
@@ -330,36 +330,8 @@ def _steps_v2(doc: dict[str, Any], source: str) -> tuple[CompressionConfig, dict
     return config, records
 
 
-def _steps_v1(doc: dict[str, Any], source: str) -> tuple[CompressionConfig, dict[str, Any]]:
-    from autocompress.legacy import config_from_v1
-
-    steps = doc["steps"]
-    if not isinstance(steps, list) or [s.get("type") for s in steps if isinstance(s, dict)] != [
-        "prune", "finetune", "quantize"
-    ]:  # fmt: skip
-        raise RecipeError(f"recipe {source}: a format 1 recipe has steps prune, finetune, quantize")
-    prune, finetune, quantize = ({k: v for k, v in s.items() if k != "type"} for s in steps)
-    distill = finetune.pop("distillation", None)
-    v1 = {
-        "prune": {k: prune[k] for k in ("method", "amount") if k in prune},
-        "finetune": finetune,
-        "distill": distill,
-        "quantize": {k: v for k, v in quantize.items() if k not in ("bits_per_layer",)},
-        "seed": doc["seed"],
-    }
-    config = CompressionConfig.from_dict(config_from_v1(v1))
-    records = {}
-    if prune.get("history"):
-        records["structured"] = {
-            "history": prune["history"],
-            "channels": prune.get("kept_channels"),
-        }
-    return config, records
-
-
 def _from_document(doc: dict[str, Any], source: str) -> Recipe:
-    reader = _steps_v2 if doc["format_version"] == 2 else _steps_v1
-    config, records = reader(doc, source)
+    config, records = _steps_v2(doc, source)
     workload = doc["workload"]
     if not isinstance(workload, dict):
         raise RecipeError(f"recipe {source}: workload must be a mapping")

@@ -16,7 +16,14 @@ from autocompress import __version__
 from autocompress.errors import RecipeError
 from autocompress.pipeline import CompressionConfig
 from autocompress.recipe._document import Recipe, current_versions, save_recipe, weights_sha256
-from autocompress.record import allowed_worsening, metric_name, study_info
+from autocompress.record import (
+    allowed_worsening,
+    higher_is_better,
+    metric_name,
+    over_budget,
+    recorded_bytes,
+    study_info,
+)
 
 
 def _num(value: Any) -> Any:
@@ -71,7 +78,7 @@ def recipe_for(
         "latency_ratio_to_baseline": attrs.get("latency_ratio"),
         "latency_measured_median_ms": attrs.get("latency_measured_ms"),
         "latency_p90_ms": attrs.get("latency_p90_ms"),
-        "packed_bytes": attrs.get("packed_bytes", attrs.get("size_bytes")),
+        "packed_bytes": recorded_bytes(attrs, "packed"),
         "deployed_bytes": attrs.get("deployed_bytes"),
         "deployed_kind": attrs.get("deployed_kind"),
         "size_objective": info["size"],
@@ -95,7 +102,7 @@ def recipe_for(
             "trial": number,
             "summary": attrs.get("summary", config.describe()),
             "metric": name,
-            "higher_is_better": info["task"]["higher_is_better"],
+            "higher_is_better": higher_is_better(info),
         },
         metrics={k: _num(v) for k, v in metrics.items()},
         baseline={
@@ -142,7 +149,7 @@ class RecipeArtifacts:
     def _save(self, trial: optuna.Trial, values: Sequence[float]) -> None:
         attrs = trial.user_attrs
         info = study_info(trial.study)
-        if not attrs.get("worsening", math.inf) <= allowed_worsening(info):
+        if not values or over_budget(info, float(values[0])):
             return
         try:
             recipe = recipe_for(trial.study, trial.number, values, attrs, self.baseline_model)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import RecipeError
-from autocompress.record import feasible_front, metric_name, study_info
+from autocompress.record import (
+    HasUserAttrs,
+    feasible_front,
+    flags,
+    higher_is_better,
+    metric_name,
+    over_budget,
+    study_info,
+)
 
 OPTIMIZE = ("metric", "latency", "size")
 
@@ -83,7 +92,7 @@ def select_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
                 return t
         raise RecipeError(f"study {study.study_name!r} has no trial {selection.trial}")
     info = study_info(study)
-    higher = info["task"]["higher_is_better"]
+    higher = higher_is_better(info)
     sign = -1.0 if higher else 1.0
     front = feasible_front(study)
     limit = selection.metric_limit
@@ -106,3 +115,10 @@ def select_trial(study: optuna.Study, selection: Selection) -> FrozenTrial:
         "size": lambda t: (t.values[2], sign * t.values[0], t.values[1]),
     }[selection.optimize]
     return min(kept, key=order)
+
+
+def export_warnings(info: dict[str, Any], trial: HasUserAttrs, value: float) -> list[str]:
+    """What export warns about the trial it exports (metric ``value`` on validation): outside
+    the study's budget (a trial named by number may be), and the trial's :func:`flags`."""
+    out = ["this trial is outside the study's budget"] if over_budget(info, value) else []
+    return out + list(flags(info, trial))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from autocompress.data import Inputs
-from autocompress.errors import TrialFailure
+from autocompress.errors import TrialFailure, reason
 from autocompress.params import Param
 
 
@@ -106,15 +106,7 @@ class DeployRequest:
 
 def step_failure(step: str, message: str, cause: BaseException | None = None) -> TrialFailure:
     """A trial failure blamed on the method ``step`` (``int8``, ``weights``, ``runtime``)."""
-    detail = ""
-    if cause is not None:
-        lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
-        # A first line that only names where the error came from (OpenVINO's "Exception
-        # from src/...:") says nothing; the cause is then the last line.
-        text = lines[0] if lines else ""
-        if len(lines) > 1 and text.startswith("Exception from"):
-            text = lines[-1]
-        detail = f": {type(cause).__name__}: {text[:300]}"
+    detail = "" if cause is None else f": {reason(cause)}"
     return TrialFailure(f"{step} failed: {message}{detail}", method=step)
 
 

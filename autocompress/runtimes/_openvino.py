@@ -269,7 +269,9 @@ class OpenVINO(Runtime):
             notes = [f"NNCF's transformer int8 of the ONNX export gave a graph the CPU plugin "
                      f"rejects ({rejected}); {how}"]  # fmt: skip
             try:
-                ov_model, kind, dynamic = self._compress(convert(), signature, attempt, notes)
+                # `convert` is one of the lambdas above, which mypy does not annotate
+                converted = convert()  # type: ignore[no-untyped-call]
+                ov_model, kind, dynamic = self._compress(converted, signature, attempt, notes)
                 compiled = self._save_and_compile(ov_model, xml, request.threads, dynamic)
             except (KeyboardInterrupt, SystemExit):
                 raise

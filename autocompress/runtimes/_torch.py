@@ -23,13 +23,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
 from autocompress.data import Inputs, as_output, batch_size_of, call_model, map_tensors
-from autocompress.errors import TrialFailure
+from autocompress.errors import TrialFailure, reason
 from autocompress.hardware import cpu_flags, torch_threads
 from autocompress.params import Param
 from autocompress.runtimes._base import Deployed, DeployRequest, Runtime, files_size, step_failure
@@ -78,12 +78,6 @@ class _Bfloat16(nn.Module):
         return as_output(call_model(self.model, map_tensors(inputs, cast))).float()
 
 
-def _reason(e: BaseException) -> str:
-    """``Type: first line`` of an exception, short enough for a note."""
-    text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _export_batch(request: DeployRequest) -> Inputs:
     """A batch of more than one row to export with (a batch axis of size 1 would be
     specialised), else the example."""
@@ -119,7 +113,7 @@ def _pt2e(
         raise
     except Exception as e:  # noqa: BLE001 - export and Inductor fail in many ways; fall back
         path.unlink(missing_ok=True)
-        return None, [f"PT2E {int8.mode} int8 failed on this model ({_reason(e)})"]
+        return None, [f"PT2E {int8.mode} int8 failed on this model ({reason(e, 160)})"]
     layers = len(quantized.quantized)
     notes = [
         f"PT2E {int8.mode} int8 (torchao X86InductorQuantizer, Inductor): int8 kernels on "
@@ -157,7 +151,7 @@ def _int8(
             raise
         except Exception as e:  # noqa: BLE001 - FX cannot trace many real models; fall back
             notes.append(
-                f"FX static int8 could not trace this model ({_reason(e)}); "
+                f"FX static int8 could not trace this model ({reason(e, 160)}); "
                 "deployed dynamic int8 on its linear layers instead"
             )
     try:
@@ -318,6 +312,6 @@ class TorchRuntime(Runtime):
             else:
                 flat = (inputs,)
             with torch.inference_mode():
-                return module(*flat)
+                return cast(torch.Tensor, module(*flat))
 
         return run

@@ -21,15 +21,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from autocompress.architecture import HF_CONV1D, bias_of, weight_of
+from autocompress.architecture import bias_of, weight_of
 from autocompress.data import Inputs
 from autocompress.hardware import torch_threads
 from autocompress.runtimes._signature import Signature, flat
+from autocompress.transformer_parts import HF_CONV1D
 
 INT8_ENGINE = "x86"
 _INFO = "autocompress.json"
@@ -122,7 +123,7 @@ def load_torchscript(path: str | os.PathLike[str], device: str = "cpu") -> torch
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             module = torch.jit.optimize_for_inference(module)
-    return module
+    return cast(torch.jit.ScriptModule, module)
 
 
 def torchscript(
@@ -233,7 +234,7 @@ class _Unflatten(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         inputs = kwargs if kwargs else (args[0] if len(args) == 1 else tuple(args))
-        return self.module(*self.signature.flatten(inputs))
+        return cast(torch.Tensor, self.module(*self.signature.flatten(inputs)))
 
 
 def conv1d_as_linear(model: nn.Module) -> nn.Module:

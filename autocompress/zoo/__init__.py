@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autocompress.workload import Workload
+    from autocompress.workload_spec import Workload
 
 Builder = Callable[[Path | None, Path | None], "Workload"]
 
@@ -30,7 +30,8 @@ def _mnist(name: str, network: str, epochs: int, lr: float) -> Builder:
         from autocompress import models
         from autocompress.zoo.vision import mnist
 
-        return mnist(name, getattr(models, network), epochs, lr)(data_dir)
+        factory: Callable[[], Any] = getattr(models, network)
+        return mnist(name, factory, epochs, lr)(data_dir)
 
     return build
 

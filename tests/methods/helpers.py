@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from autocompress.architecture import model_facts
-from autocompress.methods import Context, Method
+from autocompress.methods import Context, Method, Suggester
 from autocompress.pipeline import CompressionConfig
 from autocompress.reparam import bake
 from autocompress.tasks import Classification
@@ -35,3 +35,24 @@ def conv_params(model: nn.Module) -> int:
 
 def zero_share(weight: torch.Tensor) -> float:
     return float((weight == 0).float().mean())
+
+
+class FixedSuggester(Suggester):
+    """A suggester with fixed answers and a given sensitivity profile (as a study's trial
+    would have), for checking what a method suggests from the profile."""
+
+    def __init__(self, model: nn.Module, example, values: dict, profile=None, choices=None):
+        self.facts = model_facts(model, example)
+        self.chosen = {}
+        self.runtime = "torch"
+        self.profile = profile
+        self._values, self._choices = values, choices or {}
+
+    def __call__(self, param, keep=None):
+        return self._values[param]
+
+    def per_layer(self, param, layer, keep=None):
+        raise AssertionError("allocation by sensitivity samples nothing per layer")
+
+    def choices(self, param):
+        return self._choices.get(param)

@@ -4,7 +4,7 @@ from torch import nn
 
 from autocompress.methods.structured import StructuredPruning, replay_history
 from autocompress.models import digits_cnn, lenet5
-from tests.methods.helpers import apply, conv_params
+from tests.methods.helpers import FixedSuggester, apply, conv_params
 
 
 @pytest.mark.parametrize("factory, shape", [(digits_cnn, (1, 1, 8, 8)), (lenet5, (1, 1, 28, 28))])
@@ -133,3 +133,34 @@ def test_attention_stays_whole_in_a_head_first_vit_and_the_weakest_channels_go(a
     assert up.out_features == n_kept
     assert torch.equal(up.weight, rows[kept])
     assert any("attention" in note for note in ctx.notes)
+
+
+def test_the_lowest_norm_channels_are_removed():
+    model = nn.Sequential(nn.Linear(4, 12), nn.ReLU(), nn.Linear(12, 3))
+    norms = torch.tensor([1.0, 12, 2, 11, 3, 10, 4, 9, 5, 8, 6, 7])
+    with torch.no_grad():
+        rows = torch.ones(12, 4) * norms.unsqueeze(1)
+        rows[::2] *= -1  # the sign does not matter, the norm does
+        model[0].weight.copy_(rows)
+        model[0].bias.zero_()
+        model[2].weight.fill_(0.5)  # every channel read alike: only layer 0 tells them apart
+    original = model[0].weight.detach().clone()
+    ctx = apply("structured", StructuredPruning(0.5), model, torch.randn(1, 4))
+    assert ctx.records["structured"]["channels"]["0"] == 6
+    # the odd channels hold norms 12, 11, 10, 9, 8, 7: they stay, in order (1 in 924 by chance)
+    assert torch.equal(model[0].weight, original[[1, 3, 5, 7, 9, 11]])
+
+
+def test_per_layer_amounts_follow_the_sensitivity_profile():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    fragile = {"0.25": 1.0, "0.5": 2.0, "0.75": 4.0, "0.9": 8.0}
+    robust = {"0.25": 0.001, "0.5": 0.002, "0.75": 0.004, "0.9": 0.008}
+    s = FixedSuggester(model, torch.randn(1, 8),
+                       {"amount": 0.5, "per_layer": True, "allocation": "sensitivity"},
+                       {"channels": {"0": fragile, "2": robust}})  # fmt: skip
+    method = StructuredPruning.suggest(s)
+    assert method.allocated and set(method.layer_amounts) == {"0", "2"}  # not the output layer
+    assert method.layer_amounts["0"] < 0.5 < method.layer_amounts["2"]
+    s.profile = {"channels": {"0": robust, "2": fragile}}
+    amounts = StructuredPruning.suggest(s).layer_amounts
+    assert amounts["2"] < 0.5 < amounts["0"]

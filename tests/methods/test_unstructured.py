@@ -4,7 +4,7 @@ from torch import nn
 
 from autocompress.methods.unstructured import UnstructuredPruning
 from autocompress.models import digits_cnn
-from tests.methods.helpers import apply, zero_share
+from tests.methods.helpers import FixedSuggester, apply, zero_share
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
@@ -22,7 +22,7 @@ def test_reaches_the_amount_over_all_weights():
     assert all(isinstance(w, nn.Parameter) for w in _weights(model))  # masks baked in
 
 
-def test_per_layer_amounts_prune_each_layer_by_its_own_magnitude():
+def test_per_layer_amounts_set_each_layers_share_of_zeros():
     torch.manual_seed(0)
     model = digits_cnn().eval()
     apply("unstructured", UnstructuredPruning(0.1, {"3.weight": 0.9}), model,
@@ -68,3 +68,33 @@ def test_masks_hold_where_attention_reads_weights_directly():
 def test_settings_are_validated():
     with pytest.raises(ValueError, match=r"\[0, 0.95\]"):
         UnstructuredPruning(1.0)
+
+
+def test_the_smallest_magnitudes_are_zeroed_whatever_their_sign():
+    layer = nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.1, -5.0, 3.0, -0.2], [-4.0, 0.3, 0.05, 6.0]]))
+    model = nn.Sequential(layer, nn.ReLU(), nn.Linear(2, 2))
+    apply("unstructured", UnstructuredPruning(0.5, {"0.weight": 0.5}), model, torch.randn(1, 4))
+    # the four smallest |w| of layer 0 are 0.05, 0.1, 0.2, 0.3: written out, not computed
+    expected = torch.tensor([[0.0, -5.0, 3.0, 0.0], [-4.0, 0.0, 0.0, 6.0]])
+    assert torch.equal(model[0].weight, expected)
+
+
+def test_per_layer_amounts_follow_the_sensitivity_profile():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    fragile = {"0.25": 1.0, "0.5": 2.0, "0.75": 4.0, "0.9": 8.0}
+    robust = {"0.25": 0.001, "0.5": 0.002, "0.75": 0.004, "0.9": 0.008}
+    profile = {"prune": {"0.weight": robust, "2.weight": fragile, "4.weight": robust}}
+    values = {"amount": 0.5, "per_layer": True, "allocation": "sensitivity"}
+    s = FixedSuggester(model, torch.randn(1, 8), values, profile)
+    method = UnstructuredPruning.suggest(s)
+    amounts = method.layer_amounts
+    assert method.allocated and set(amounts) == {"0.weight", "2.weight", "4.weight"}
+    # the fragile middle layer is pruned least, the robust ones carry the amount
+    assert amounts["2.weight"] < 0.5 < min(amounts["0.weight"], amounts["4.weight"])
+    # swapping which layer is fragile swaps the answer
+    profile = {"prune": {"0.weight": fragile, "2.weight": robust, "4.weight": robust}}
+    s.profile = profile
+    amounts = UnstructuredPruning.suggest(s).layer_amounts
+    assert amounts["0.weight"] < 0.5 < amounts["2.weight"]

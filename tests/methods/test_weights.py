@@ -7,7 +7,7 @@ from autocompress.grid import QuantSpec, fake_quantize
 from autocompress.methods.weights import WeightQuantization
 from autocompress.models import digits_cnn
 from autocompress.pipeline import CompressionConfig, compress
-from tests.methods.helpers import apply
+from tests.methods.helpers import FixedSuggester, apply
 
 
 def _plan(method, model, example):
@@ -178,3 +178,22 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs_and_stores_exactly(tmp
         loaded, _ = load_compressed(tmp_path / f"{algorithm}.acpk", model, x[:1], Regression())
         assert torch.equal(loaded[0].weight, c.model[0].weight)
     assert errors["gptq"] < 0.5 * errors["rtn"]
+
+
+def test_per_layer_bits_follow_the_sensitivity_profile():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    fragile = {"8": 0.0, "4": 1.0, "2": 10.0}
+    robust = {"8": 0.0, "4": 0.001, "2": 0.002}
+    values = {"per_layer": True, "allocation": "sensitivity", "granularity": "per_channel",
+              "algorithm": "rtn", "embeddings": False, "budget_bits": 5.0}  # fmt: skip
+    profile = {"bits": {"0.weight": robust, "2.weight": fragile, "4.weight": robust}}
+    s = FixedSuggester(model, torch.randn(1, 8), values, profile, {"bits": (8, 4, 2)})
+    bits = WeightQuantization.suggest(s).layer_bits
+    # 160 weights at 5 bits on average: the fragile layer's 64 keep 8 bits (512), the other
+    # 96 share 288 bits, so they go below 8
+    assert bits["2.weight"] == 8 and max(bits["0.weight"], bits["4.weight"]) < 8
+    sizes = {"0.weight": 64, "2.weight": 64, "4.weight": 32}
+    assert sum(bits[n] * sizes[n] for n in sizes) <= 5.0 * 160
+    s.profile = {"bits": {"0.weight": fragile, "2.weight": robust, "4.weight": robust}}
+    bits = WeightQuantization.suggest(s).layer_bits
+    assert bits["0.weight"] == 8 and max(bits["2.weight"], bits["4.weight"]) < 8

@@ -111,7 +111,8 @@ def items_needed(n: int, se: float, budget: float) -> int | None:
     """
     if budget <= 0:
         return None
-    return math.ceil(n * (2.0 * se / budget) ** 2)
+    # rounded first: 500 * (1.6 / 1.0) ** 2 comes out as 1280.0000000000002
+    return math.ceil(round(n * (2.0 * se / budget) ** 2, 6))
 
 
 def budget_below_noise(budget: float, se: float | None, n: int | None) -> str | None:

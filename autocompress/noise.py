@@ -139,13 +139,20 @@ def budget_below_noise(budget: float, se: float | None, n: int | None) -> str | 
 
 
 def with_se(
-    value: float | None, se: float | None, items: int | None = None, digits: int = 4
+    value: float | None,
+    se: float | None,
+    items: int | None = None,
+    digits: int = 4,
+    tag: bool = True,
 ) -> str:
-    """``0.6512 ± 0.0103 (SE)``, or ``(SE, 2,009 items)`` with ``items``; the bare value when
-    the SE is not known, ``n/a`` without a value."""
+    """``0.6512 ± 0.0103 (SE)``, or ``(SE, 2,009 items)`` with ``items``, or without the tag
+    ``0.6512 ± 0.0103``; the bare value when the SE is not known, ``n/a`` without a value."""
     if value is None:
         return "n/a"
     if se is None or not math.isfinite(se):
         return f"{value:.{digits}f}"
+    shown = f"{value:.{digits}f} ± {se:.{digits}f}"
+    if not tag:
+        return shown
     of = f", {items:,} items" if items else ""
-    return f"{value:.{digits}f} ± {se:.{digits}f} (SE{of})"
+    return f"{shown} (SE{of})"

@@ -248,15 +248,17 @@ def limit_excess(info: dict[str, Any], measured: dict[str, float | None]) -> dic
     return out
 
 
-def baseline_metric(info: dict[str, Any], split: str = "val", items: bool = False) -> str:
+def baseline_metric(
+    info: dict[str, Any], split: str = "val", items: bool = False, tag: bool = True
+) -> str:
     """The baseline's metric on ``split`` (``val`` or ``test``) with its standard error where
     the study measured it: ``0.6512 ± 0.0103 (SE)``, the bare value for earlier studies;
-    with ``items``, how many items the SE is over."""
+    with ``items``, how many items the SE is over; without ``tag``, no ``(SE)``."""
     base = info["baseline"]
     key = "metric" if split == "val" else "test_metric"
     value = base.get(key)
     n = base.get(f"{key}_items") if items else None
-    return with_se(None if value is None else float(value), base.get(f"{key}_se"), n)
+    return with_se(None if value is None else float(value), base.get(f"{key}_se"), n, tag=tag)
 
 
 def baseline_words(info: dict[str, Any]) -> str:
@@ -393,9 +395,18 @@ def front_legend(info: dict[str, Any]) -> list[str]:
     """What the front's columns and the configurations' short words mean, one line each."""
     name = metric_name(info)
     kind = "deployed file" if info["size"] == "deployed" else "packed artifact"
+    noise = (
+        [
+            f"baseline {name} ± SE: its standard error, a bootstrap over the split's items "
+            f"({baseline_words(info)}): how far another draw of items would move it."
+        ]
+        if info["baseline"].get("metric_se") is not None
+        else []
+    )
     return [
         f"{name}: on the validation split (what the search optimises); test {name}: on the "
         "test split, reported, never searched on.",
+        *noise,
         "latency ms: median of the deployed form on the target, timed interleaved with the "
         "baseline; speed-up: the baseline's latency / the trial's.",
         "packed KB: the compressed artifact (.acpk: k-bit codes, scales, sparse weights); "
@@ -425,8 +436,8 @@ def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]
     rows = [
         [
             "baseline",
-            baseline_metric(info, "val"),
-            baseline_metric(info, "test"),
+            baseline_metric(info, "val", tag=False),
+            baseline_metric(info, "test", tag=False),
             f"{base['latency_ms']:.3f}",
             "1.00x",
             _kb(base.get("packed_bytes")),

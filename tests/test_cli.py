@@ -81,7 +81,7 @@ def test_run_status_list_pareto_and_resume(digits, tmp_path):
             math.sqrt(p * (1 - p) / n), rel=0.15
         )
     assert f"{base['metric']:.4f} ± {base['metric_se']:.4f} (SE)" in result.output
-    assert "standard error" not in result.output
+    assert "below twice" not in result.output  # no noise warning
 
     result = runner.invoke(app, ["study", "status", "c", "--storage", url])
     assert result.exit_code == 0, result.output
@@ -148,7 +148,8 @@ def test_run_status_list_pareto_and_resume(digits, tmp_path):
 
     result = runner.invoke(app, ["pareto", "c", "--storage", url], terminal_width=250)
     assert result.exit_code == 0 and "uncompressed fp32" in result.output
-    assert f"{base['metric']:.4f} ± {base['metric_se']:.4f}" in result.output  # cell may wrap
+    assert f"{base['metric']:.4f} ± {base['metric_se']:.4f}" in result.output
+    assert "baseline accuracy ± SE: its standard error, a bootstrap" in result.output
 
 
 def test_empty_storage_says_so(tmp_path):

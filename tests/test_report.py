@@ -103,7 +103,7 @@ def test_html_report_shows_the_baselines_standard_error_and_a_budget_below_it(tm
     text = out.read_text()
     front_table = re.search(r'<table id="front">(.*?)</table>', text, re.S).group(1)
     baseline_row = re.search(r"<tr><td>baseline</td><td>([^<]+)</td><td>([^<]+)</td>", front_table)
-    assert baseline_row.groups() == ("20.0000 ± 0.8000 (SE)", "20.3000 ± 0.9000 (SE)")
+    assert baseline_row.groups() == ("20.0000 ± 0.8000", "20.3000 ± 0.9000")
     settings = re.search(r'<table id="settings">(.*?)</table>', text, re.S).group(1)
     rows = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", settings))
     assert rows["baseline"] == (

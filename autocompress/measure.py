@@ -11,6 +11,7 @@ from torch import nn
 from autocompress.data import Inputs, call_model, gather_inputs, map_tensors
 from autocompress.deploy import Deployed, deploy
 from autocompress.latency import LatencyResult, LatencySettings, measure_latency
+from autocompress.noise import bootstrap_se
 from autocompress.workload import LoadedWorkload
 
 
@@ -50,6 +51,18 @@ def deploy_for_target(
 def evaluate(workload: LoadedWorkload, deployed: Deployed, split: str) -> float:
     """The workload's metric of the deployed model on ``split``."""
     return workload.task.metric(deployed.run, workload.split(split))
+
+
+def evaluate_with_noise(
+    workload: LoadedWorkload, deployed: Deployed, split: str
+) -> tuple[float, float | None, int | None]:
+    """The metric on ``split`` in one pass, its bootstrap standard error over items and the
+    number of items; ``None`` for both where the task has no per-item values."""
+    task, data = workload.task, workload.split(split)
+    items = task.item_values(deployed.run, data)
+    if items is None:
+        return task.metric(deployed.run, data), None, None
+    return items.value(), bootstrap_se(items), len(items)
 
 
 def time_against(

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autocompress.errors import StorageError
+from autocompress.noise import budget_below_noise, with_se
 
 ATTR = "autocompress"  # the study user attribute holding settings, baseline and hardware
 SENSITIVITY = "sensitivity"  # the key of the sensitivity profile in that record
@@ -294,6 +295,37 @@ def limit_excess(info: dict[str, Any], measured: dict[str, float | None]) -> dic
     return out
 
 
+def baseline_metric(
+    info: dict[str, Any], split: str = "val", items: bool = False, tag: bool = True
+) -> str:
+    """The baseline's metric on ``split`` (``val`` or ``test``) with its standard error where
+    the study measured it: ``0.6512 ± 0.0103 (SE)``, the bare value for earlier studies;
+    with ``items``, how many items the SE is over; without ``tag``, no ``(SE)``."""
+    base = info["baseline"]
+    key = "metric" if split == "val" else "test_metric"
+    value = base.get(key)
+    n = base.get(f"{key}_items") if items else None
+    return with_se(None if value is None else float(value), base.get(f"{key}_se"), n, tag=tag)
+
+
+def baseline_words(info: dict[str, Any]) -> str:
+    """The baseline's metric in words, e.g. ``accuracy 0.9733 ± 0.0084 (SE, 377 items) on
+    validation, 0.9611 ± 0.0102 (SE, 360 items) on test``."""
+    return (
+        f"{metric_name(info)} {baseline_metric(info, 'val', items=True)} on validation, "
+        f"{baseline_metric(info, 'test', items=True)} on test"
+    )
+
+
+def noise_warning(info: dict[str, Any]) -> str | None:
+    """Whether the study's budget is below twice its baseline's validation standard error
+    (the rule: :func:`autocompress.noise.budget_below_noise`), in words; else ``None``."""
+    base = info["baseline"]
+    return budget_below_noise(
+        allowed_worsening(info), base.get("metric_se"), base.get("metric_items")
+    )
+
+
 def is_feasible(trial: FrozenTrial) -> bool:
     """The one feasibility rule: complete, at full fidelity, every constraint <= 0."""
     return (
@@ -415,9 +447,18 @@ def front_legend(info: dict[str, Any]) -> list[str]:
     """What the front's columns and the configurations' short words mean, one line each."""
     name = metric_name(info)
     kind = "deployed file" if info["size"] == "deployed" else "packed artifact"
+    noise = (
+        [
+            f"baseline {name} ± SE: its standard error, a bootstrap over the split's items "
+            f"({baseline_words(info)}): how far another draw of items would move it."
+        ]
+        if info["baseline"].get("metric_se") is not None
+        else []
+    )
     return [
         f"{name}: on the validation split (what the search optimises); test {name}: on the "
         "test split, reported, never searched on.",
+        *noise,
         "latency ms: median of the deployed form on the target, timed interleaved with the "
         "baseline; speed-up: the baseline's latency / the trial's.",
         "packed KB: the compressed artifact (.acpk: k-bit codes, scales, sparse weights); "
@@ -447,8 +488,8 @@ def front_rows(info: dict[str, Any], front: list[FrozenTrial]) -> list[list[str]
     rows = [
         [
             "baseline",
-            f"{base['metric']:.4f}",
-            f"{base.get('test_metric', math.nan):.4f}",
+            baseline_metric(info, "val", tag=False),
+            baseline_metric(info, "test", tag=False),
             f"{base['latency_ms']:.3f}",
             "1.00x",
             _kb(base.get("packed_bytes")),
@@ -517,6 +558,7 @@ def settings_rows(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("task", f"{task.get('name', '?')}: {metric_name(info)}, {better} is better"),
         ("budget", budget_words(info)),
         ("limits", limit_words(info)),
+        ("baseline", baseline_words(info)),
         ("size objective", size.get(info["size"], str(info["size"]))),
         ("target", target_words(info)),
         ("search space", str(settings.get("space_source", "not recorded"))),

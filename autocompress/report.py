@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from autocompress.hypervolume import hypervolume
 from autocompress.record import (
     as_losses,
+    baseline_metric,
     budget_words,
     feasible_front,
     front_columns,
@@ -36,6 +37,7 @@ from autocompress.record import (
     higher_is_better,
     is_feasible,
     metric_limit,
+    noise_warning,
     objective_names,
     settings_rows,
     study_info,
@@ -232,6 +234,7 @@ _CSS = (
     "#importances td:first-child{text-align:left}"
     "table[id^=sensitivity] td:first-child{text-align:left}"
     "#settings td{text-align:left}#settings th{text-align:left}"
+    ".warn{color:#8a5a00}"
 )
 
 
@@ -286,8 +289,9 @@ def write_html(data: ReportData, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    info, b = data.info, data.baseline
+    info = data.info
     ref = data.reference
+    noise = noise_warning(info)
     hv_rows = [[str(n), f"{hv:.6g}", f"{frac:.4f}"] for n, hv, frac in data.hypervolume]
     final = data.hypervolume[-1] if data.hypervolume else (None, 0.0, 0.0)
     fig = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
@@ -301,6 +305,7 @@ def write_html(data: ReportData, path: Path) -> Path:
         f"<p>{len(data.trials)} completed trials, {len(data.feasible)} within the budget "
         f"({html.escape(budget_words(info))}), {len(data.front)} on the feasible Pareto front. "
         f"Measured on {html.escape(target_words(info))}.</p>",
+        *([f"<p class='warn'>Warning: {html.escape(noise)}.</p>"] if noise else []),
         _table("settings", ["setting", "value"], [list(row) for row in settings_rows(info)]),
         "<h2>Pareto front, 2-D projections</h2>",
         _img(_png_bytes(report_figure(data, with_hypervolume=False)), "Pareto front projections"),
@@ -309,7 +314,8 @@ def write_html(data: ReportData, path: Path) -> Path:
         _table("front", list(front_columns(info)), front_rows(info, data.front)),
         "<h2>Hypervolume over trials</h2>",
         f"<p>Reference point: {html.escape(data.names[0])} at the budget's limit (baseline "
-        f"{b['metric']:.4f}), latency {ref[1]:.3f} ms, size {ref[2]:.1f} KB (1.1 x baseline). "
+        f"{html.escape(baseline_metric(info))}), latency {ref[1]:.3f} ms, size {ref[2]:.1f} KB "
+        "(1.1 x baseline). "
         f"Final hypervolume {final[1]:.6g}, {final[2]:.4f} of the box "
         "between the reference and the ideal point.</p>",
         _img(_png_bytes(fig), "hypervolume history"),

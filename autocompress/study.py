@@ -35,7 +35,7 @@ from autocompress.latency import measure_latency
 from autocompress.measure import (
     deploy_for_target,
     eager_latency_ms,
-    evaluate,
+    evaluate_with_noise,
     resident_memory_bytes,
     timing_input,
 )
@@ -209,8 +209,8 @@ def measure_baseline(
         x = timing_input(workload, target.batch_size)
         settings = replace(TRIAL_LATENCY, threads=target.threads)
         lat = measure_latency(lambda: deployed.run(x), settings, synchronize=deployed.synchronize())
-        value = evaluate(workload, deployed, "val")
-        test_value = evaluate(workload, deployed, "test")
+        value, value_se, value_items = evaluate_with_noise(workload, deployed, "val")
+        test_value, test_se, test_items = evaluate_with_noise(workload, deployed, "test")
     except (KeyboardInterrupt, SystemExit, AutocompressError):
         raise
     except Exception as e:  # noqa: BLE001 - the user's model on the user's target
@@ -243,6 +243,11 @@ def measure_baseline(
         **extra,
         "metric": value,
         "test_metric": test_value,
+        # bootstrap over items (autocompress.noise); None where the task cannot say
+        "metric_se": value_se,
+        "metric_items": value_items,
+        "test_metric_se": test_se,
+        "test_metric_items": test_items,
         "latency_ms": lat.median_ms,
         "latency_p90_ms": lat.p90_ms,
         "latency_cv": lat.cv,
@@ -295,6 +300,17 @@ def _settings_from(given: Mapping[str, Any]) -> StudySettings:
     values = {k: v for k, v in given.items() if k in names and v is not None and k != "target"}
     target = dict(given.get("target") or {})
     return StudySettings(**values, target=Target(**target))
+
+
+def _same_metric(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
+    """A resumed study's workload must still measure the study's metric."""
+    measured = info["task"].get("metric")
+    if measured and measured != workload.task.metric_name:
+        raise WorkloadError(
+            f"study {name!r} measured {measured}, but workload {workload.name!r} now measures "
+            f"{workload.task.metric_name} (its evaluation changed): its trials would not "
+            "compare with the stored baseline; use another --study"
+        )
 
 
 def check_baseline(workload: LoadedWorkload, info: dict[str, Any], name: str) -> None:
@@ -371,6 +387,7 @@ def create_or_resume(
                     seed=stored.seed,
                     cache_dir=studies_dir / "baselines",
                 )
+            _same_metric(workload, info, name)
             check_baseline(workload, info, name)
             if SENSITIVITY not in info:
                 # A study created before profiles existed: measured once, here, under the lock.

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from autocompress.data import Batch, Inputs, Split, as_output, call_model, split_batch
 from autocompress.errors import WorkloadError
+from autocompress.noise import ItemValues
 
 IGNORE_INDEX = -100
 Runner = Callable[[Inputs], torch.Tensor]  # inputs -> the model's output tensor
@@ -103,7 +104,15 @@ class Task:
 
     def metric(self, run: Runner, split: Split) -> float:
         """The metric of the model ``run`` computes, over ``split``."""
-        raise NotImplementedError
+        items = self.item_values(run, split)
+        if items is None:
+            raise NotImplementedError
+        return items.value()
+
+    def item_values(self, run: Runner, split: Split) -> ItemValues | None:
+        """The metric over ``split`` as per-item values (for its standard error), or ``None``
+        where the metric is not a sum over items (its standard error is then unknown)."""
+        return None
 
     def check(self, output: torch.Tensor, batch: Batch) -> None:
         """Raise a one-line :class:`WorkloadError` when the output cannot serve this task."""
@@ -174,14 +183,23 @@ class Classification(Task):
                 outs.append(run(split_batch(batch)[0]))
                 targets.append(_labels(batch, self.name))
             return float(self.score(torch.cat(outs), torch.cat(targets)))
-        correct = total = 0
+        return super().metric(run, split)
+
+    def item_values(self, run: Runner, split: Split) -> ItemValues | None:
+        """Per example: its correct positions of those that count (one for an image; a
+        sequence's tokens for token labels). ``None`` with a whole-split ``score``."""
+        if self.score is not None:
+            return None
+        correct: list[torch.Tensor] = []
+        counted: list[torch.Tensor] = []
         for batch in split.batches():
             labels = _labels(batch, self.name)
             out = run(split_batch(batch)[0])
             keep = labels != IGNORE_INDEX
-            correct += int(((out.argmax(dim=-1) == labels) & keep).sum())
-            total += int(keep.sum())
-        return correct / total if total else math.nan
+            hits = (out.argmax(dim=-1) == labels) & keep
+            correct.append(hits.reshape(len(labels), -1).sum(dim=1))
+            counted.append(keep.reshape(len(labels), -1).sum(dim=1))
+        return ItemValues(torch.cat(correct).double(), torch.cat(counted).double())
 
     def check(self, output: torch.Tensor, batch: Batch) -> None:
         labels = _labels(batch, self.name)
@@ -219,6 +237,10 @@ def _lm_targets(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return labels[:, 1:].clamp(min=0), mask[:, 1:]
 
 
+def _perplexity(mean_nll: float) -> float:
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf
+
+
 class LanguageModeling(Task):
     """Causal language models: next-token cross-entropy; the metric is perplexity.
 
@@ -249,16 +271,15 @@ class LanguageModeling(Task):
         kl = _soft_kl(student[:, :-1], teacher[:, :-1], temperature)
         return (kl * mask).sum() / mask.sum().clamp(min=1)
 
-    def metric(self, run: Runner, split: Split) -> float:
-        total, tokens = 0.0, 0
+    def item_values(self, run: Runner, split: Split) -> ItemValues:
+        """Per sequence: its summed negative log-likelihood over its counted tokens."""
+        nlls: list[torch.Tensor] = []
+        counts: list[torch.Tensor] = []
         for batch in split.batches():
             nll, mask = self._token_nll(run(split_batch(batch)[0]).float(), batch)
-            total += float((nll * mask).sum())
-            tokens += int(mask.sum())
-        if tokens == 0:
-            return math.nan
-        mean = total / tokens
-        return math.exp(mean) if mean < 700 else math.inf
+            nlls.append((nll.double() * mask).sum(dim=1))
+            counts.append(mask.sum(dim=1))
+        return ItemValues(torch.cat(nlls), torch.cat(counts).double(), _perplexity)
 
     def check(self, output: torch.Tensor, batch: Batch) -> None:
         targets, _ = _lm_targets(batch)
@@ -285,14 +306,18 @@ class Regression(Task):
         labels = _labels(batch, self.name)
         return F.mse_loss(output, labels.to(output.dtype).reshape(output.shape))
 
-    def metric(self, run: Runner, split: Split) -> float:
-        total, count = 0.0, 0
+    def item_values(self, run: Runner, split: Split) -> ItemValues:
+        """Per example: its summed squared error over its outputs."""
+        errors: list[torch.Tensor] = []
+        counts: list[torch.Tensor] = []
         for batch in split.batches():
             out = run(split_batch(batch)[0]).float()
             labels = _labels(batch, self.name).float().reshape(out.shape)
-            total += float(((out - labels) ** 2).sum())
-            count += out.numel()
-        return total / count if count else math.nan
+            rows = len(out) if out.dim() else 1
+            squared = ((out.double() - labels.double()) ** 2).reshape(rows, -1)
+            errors.append(squared.sum(dim=1))
+            counts.append(torch.full((rows,), squared.shape[1], dtype=torch.float64))
+        return ItemValues(torch.cat(errors), torch.cat(counts))
 
     def check(self, output: torch.Tensor, batch: Batch) -> None:
         labels = _labels(batch, self.name)
@@ -312,23 +337,33 @@ class CustomTask(Task):
             tensor (its ``logits``, or first item).
         metric_fn: ``metric(model, split) -> float``: ``model`` is a callable taking the
             inputs (``model(x)``, ``model(**inputs)``) and returning the output tensor, and
-            ``split`` has ``batches()``.
+            ``split`` has ``batches()``. Its standard error is unknown.
         higher_is_better: Direction of the metric.
         metric_name: Its name in tables and the study.
         distill_fn: Optional ``distill(student, teacher, batch, temperature)``; default mean
             squared error between the outputs.
+        name: The task's name.
+        item_metric_fn: In place of ``metric_fn``, ``items(model, split)`` returning one
+            value per item (a 1-D tensor or sequence of floats; the metric is their mean) or
+            an :class:`~autocompress.noise.ItemValues`: the metric's standard error is then
+            known.
     """
 
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor]
-    metric_fn: Callable[[Any, Split], float]
+    metric_fn: Callable[[Any, Split], float] | None = None
     higher_is_better: bool = True
     metric_name: str = "metric"
     distill_fn: Callable[..., torch.Tensor] | None = None
     name: str = "custom"
+    item_metric_fn: Callable[[Any, Split], Any] | None = None
 
     def __post_init__(self) -> None:
-        if not callable(self.loss_fn) or not callable(self.metric_fn):
-            raise WorkloadError("a custom task needs callable loss_fn and metric_fn")
+        given = [f for f in (self.metric_fn, self.item_metric_fn) if f is not None]
+        if not callable(self.loss_fn) or len(given) != 1 or not callable(given[0]):
+            raise WorkloadError(
+                "a custom task needs a callable loss_fn and one callable metric: metric_fn, "
+                "or item_metric_fn for per-item values"
+            )
         if not isinstance(self.metric_name, str) or not self.metric_name.isidentifier():
             raise WorkloadError(
                 f"custom task: metric_name {self.metric_name!r} must be a plain identifier"
@@ -345,7 +380,26 @@ class CustomTask(Task):
         return super().distillation_loss(student, teacher, batch, temperature)
 
     def metric(self, run: Runner, split: Split) -> float:
-        return float(self.metric_fn(Predictor(run), split))
+        if self.metric_fn is not None:
+            return float(self.metric_fn(Predictor(run), split))
+        return super().metric(run, split)
+
+    def item_values(self, run: Runner, split: Split) -> ItemValues | None:
+        if self.item_metric_fn is None:
+            return None
+        got = self.item_metric_fn(Predictor(run), split)
+        if isinstance(got, ItemValues):
+            return got
+        try:
+            values = torch.as_tensor(got, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.dim() != 1:
+            raise WorkloadError(
+                f"custom task {self.metric_name}: item_metric_fn must return one float per "
+                f"item (a 1-D tensor or list) or an ItemValues, got {type(got).__name__}"
+            )
+        return ItemValues.mean_of(values)
 
 
 TASKS: dict[str, Callable[[], Task]] = {

@@ -1,5 +1,8 @@
 """The command line: every verb's help and example, runs, resumes, one-line errors."""
 
+import math
+
+import optuna
 import pytest
 from typer.testing import CliRunner
 
@@ -68,10 +71,43 @@ def test_run_status_list_pareto_and_resume(digits, tmp_path):
     assert result.exit_code == 0, result.output
     assert "feasible Pareto front" in result.output and "baseline" in result.output
     assert "packed KB" in result.output and "deployed KB" in result.output
+    # the baseline's accuracy with its bootstrap standard error, the binomial one; a 5-point
+    # budget is above twice it (digits: 359 and 360 images, at 97 to 100%)
+    info = optuna.load_study(study_name="c", storage=url).user_attrs["autocompress"]
+    base = info["baseline"]
+    for key in ("metric", "test_metric"):
+        p, n = base[key], base[f"{key}_items"]
+        assert n in (359, 360) and base[f"{key}_se"] == pytest.approx(
+            math.sqrt(p * (1 - p) / n), rel=0.15
+        )
+    assert f"{base['metric']:.4f} ± {base['metric_se']:.4f} (SE)" in result.output
+    assert "below twice" not in result.output  # no noise warning
 
     result = runner.invoke(app, ["study", "status", "c", "--storage", url])
     assert result.exit_code == 0, result.output
     assert "COMPLETE 2" in result.output
+    assert (
+        f"baseline: accuracy {base['metric']:.4f} ± {base['metric_se']:.4f} "
+        f"(SE, {base['metric_items']} items) on validation, {base['test_metric']:.4f} ± "
+        in result.output
+    )
+
+    # a noisier baseline (SE 0.04 on the same images): the budget is below 2 SE, which
+    # `study run` says on resume (and status too), with the validation size it would need
+    study = optuna.load_study(study_name="c", storage=url)
+    study.set_user_attr("autocompress", {**info, "baseline": {**base, "metric_se": 0.04}})
+    needed = math.ceil(base["metric_items"] * (2 * 0.04 / 0.05) ** 2)
+    for args in (
+        ["study", "run", "--study", "c", "--storage", url, "--n-trials", "1"],
+        ["study", "status", "c", "--storage", url],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert "warning: the budget (0.05) is below twice the metric's standard error" in (
+            result.output
+        )
+        assert f"about {needed:,} validation items (now {base['metric_items']})" in result.output
+    study.set_user_attr("autocompress", info)
 
     result = runner.invoke(app, ["study", "list", "--storage", url])
     assert "c" in result.output
@@ -81,10 +117,10 @@ def test_run_status_list_pareto_and_resume(digits, tmp_path):
         app, ["study", "run", "--study", "c", "--storage", url, "--n-trials", "1"]
     )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["study", "run", "--study", "c", "--storage", url, "--total", "4"])
+    result = runner.invoke(app, ["study", "run", "--study", "c", "--storage", url, "--total", "5"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["study", "status", "c", "--storage", url])
-    assert "COMPLETE 4" in result.output
+    assert "COMPLETE 5" in result.output
 
     # a resumed study refuses options that differ from its own, listing each
     result = runner.invoke(
@@ -110,8 +146,10 @@ def test_run_status_list_pareto_and_resume(digits, tmp_path):
         and "--batch-size (study: 8)" in result.output
     )
 
-    result = runner.invoke(app, ["pareto", "c", "--storage", url])
+    result = runner.invoke(app, ["pareto", "c", "--storage", url], terminal_width=250)
     assert result.exit_code == 0 and "uncompressed fp32" in result.output
+    assert f"{base['metric']:.4f} ± {base['metric_se']:.4f}" in result.output
+    assert "baseline accuracy ± SE: its standard error, a bootstrap" in result.output
 
 
 def test_empty_storage_says_so(tmp_path):

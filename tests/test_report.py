@@ -91,6 +91,37 @@ def test_html_report_has_the_front_and_the_hypervolume_series(study, tmp_path):
     assert set(data.importances) == {"accuracy", "latency_ms", "size_kb"}
 
 
+def test_html_report_shows_the_baselines_standard_error_and_a_budget_below_it(tmp_path):
+    # perplexity 20.0 +- 0.8 on 500 sequences; a 5% budget (1.0) is below 2 SE (1.6)
+    noisy = PERPLEXITY | {
+        "baseline": PERPLEXITY["baseline"]
+        | {"metric_se": 0.8, "metric_items": 500, "test_metric_se": 0.9, "test_metric_items": 480}
+    }
+    study = make_study(tmp_path, "noisy", PPL_TRIALS, record=noisy)
+    out = tmp_path / "n.html"
+    write_report(study, out, "html", importance_evaluator=FAST)
+    text = out.read_text()
+    front_table = re.search(r'<table id="front">(.*?)</table>', text, re.S).group(1)
+    baseline_row = re.search(r"<tr><td>baseline</td><td>([^<]+)</td><td>([^<]+)</td>", front_table)
+    assert baseline_row.groups() == ("20.0000 ± 0.8000", "20.3000 ± 0.9000")
+    settings = re.search(r'<table id="settings">(.*?)</table>', text, re.S).group(1)
+    rows = dict(re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", settings))
+    assert rows["baseline"] == (
+        "perplexity 20.0000 ± 0.8000 (SE, 500 items) on validation, "
+        "20.3000 ± 0.9000 (SE, 480 items) on test"
+    )
+    warning = re.search(r"<p class='warn'>(.*?)</p>", text).group(1)
+    assert "below twice the metric&#x27;s standard error" in warning
+    assert "about 1,280 validation items (now 500)" in warning  # 500 * (1.6 / 1.0) ** 2
+    # a study recorded before standard errors: bare values, no warning
+    (tmp_path / "old").mkdir()
+    old = make_study(tmp_path / "old", "old", PPL_TRIALS, record=PERPLEXITY)
+    write_report(old, tmp_path / "o.html", "html", importance_evaluator=FAST)
+    text = (tmp_path / "o.html").read_text()
+    assert "<tr><td>baseline</td><td>20.0000</td><td>20.3000</td>" in text
+    assert "±" not in text and "class='warn'" not in text
+
+
 def test_png_report_is_one_plausible_image(study, tmp_path):
     out = tmp_path / "r.png"
     write_report(study, out, "png")

@@ -128,6 +128,19 @@ def test_a_changed_baseline_is_refused_on_resume(digits, tmp_path, settings):
         create_or_resume("t", storage, {}, studies_dir=tmp_path, workload=changed)
 
 
+def test_a_study_whose_workload_now_measures_another_metric_is_refused_on_resume(
+    digits, tmp_path, settings
+):
+    # minilm's metric changed (topic_recall_at_10 -> source_recall_at_10) with its data
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study, *_ = create_or_resume("t", storage, settings, studies_dir=tmp_path, workload=digits)
+    info = study.user_attrs[ATTR]
+    assert info["baseline"]["metric_se"] is not None and info["baseline"]["metric_items"] > 300
+    study.set_user_attr(ATTR, {**info, "task": {**info["task"], "metric": "topic_recall_at_10"}})
+    with pytest.raises(AutocompressError, match="measured topic_recall_at_10, but workload"):
+        create_or_resume("t", storage, {}, studies_dir=tmp_path, workload=digits)
+
+
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(digits, tmp_path, settings, monkeypatch):
     import autocompress.objective as objective_mod
 

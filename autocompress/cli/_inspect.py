@@ -70,7 +70,14 @@ def study_status(
         autocompress study status demo
     """
     from autocompress.hardware import hardware_fingerprint, same_hardware
-    from autocompress.record import budget_words, metric_name, settings_rows, study_info
+    from autocompress.record import (
+        baseline_words,
+        budget_words,
+        metric_name,
+        noise_warning,
+        settings_rows,
+        study_info,
+    )
     from autocompress.study import load_study, summarize
 
     with _user_errors():
@@ -100,10 +107,14 @@ def study_status(
             "by state: "
             + (", ".join(f"{k} {v}" for k, v in s["counts"].items()) or "no trials yet")
         )
+        console.print(f"baseline: {baseline_words(info)}", highlight=False, soft_wrap=True)
         console.print(
             f"feasible (within the budget, {budget_words(info)}): {s['n_feasible']}, "
             f"Pareto front: {s['front_size']}"
         )
+        warning = noise_warning(info)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
         if s["best"]:
             b = s["best"]
             console.print(

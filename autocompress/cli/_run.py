@@ -324,11 +324,19 @@ def _names(storage: Any) -> set[str]:
 
 
 def _print_baseline(info: dict[str, Any], settings: Any) -> None:
-    from autocompress.record import budget_words, limit_words, limits, metric_name
+    from autocompress.record import (
+        baseline_metric,
+        budget_words,
+        limit_words,
+        limits,
+        metric_name,
+        noise_warning,
+    )
 
     b, t = info["baseline"], settings.target
     err_console.print(
-        f"baseline: {metric_name(info)} {b['metric']:.4f}, latency {b['latency_ms']:.3f} ms "
+        f"baseline: {metric_name(info)} {baseline_metric(info)}, latency "
+        f"{b['latency_ms']:.3f} ms "
         f"({t.name}, batch {t.batch_size}, {t.threads} thread(s)), deployed "
         f"{(b.get('deployed_bytes') or 0) / 1000:.1f} KB, packed "
         f"{(b.get('packed_bytes') or 0) / 1000:.1f} KB; budget: {budget_words(info)}"
@@ -337,7 +345,8 @@ def _print_baseline(info: dict[str, Any], settings: Any) -> None:
     )
     from autocompress.methods.runtime import not_offered
 
-    for line in not_offered(settings.space(), t.runtime, t.device):
+    noise = noise_warning(info)
+    for line in [*not_offered(settings.space(), t.runtime, t.device), *([noise] if noise else [])]:
         err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
 
 

@@ -240,7 +240,7 @@ def gpt2_workload() -> Workload:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     def factory() -> nn.Module:
-        config = GPT2Config(
+        config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation: PretrainedConfig's **kwargs
             vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=SEQ,
             use_cache=False, attn_implementation="eager", bos_token_id=0, eos_token_id=0,
         )  # fmt: skip

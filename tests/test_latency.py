@@ -6,6 +6,7 @@ import math
 import platform
 import sys
 import time
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from autocompress.latency import (
 
 def _settings(**overrides: float) -> LatencySettings:
     """Short blocks so each test stays well under a second."""
-    base = {
+    base: dict[str, Any] = {
         "warmup_calls": 0,
         "min_block_seconds": 0.001,
         "min_blocks": 2,
@@ -79,7 +80,7 @@ def test_settings_defaults_valid_and_frozen() -> None:
 
 
 def test_result_validation() -> None:
-    good = dict(
+    good: dict[str, Any] = dict(
         median_ms=1.0,
         p90_ms=1.1,
         cv=0.01,
@@ -217,6 +218,7 @@ def test_interleaved_reference_double_work() -> None:
         assert result.ratio_to_reference == pytest.approx(ratio)
         if 1.3 < ratio < 3.0:
             break
+    assert result.ratio_to_reference is not None
     assert 1.3 < result.ratio_to_reference < 3.0
 
 

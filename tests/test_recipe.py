@@ -15,6 +15,7 @@ import shutil
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
@@ -54,7 +55,7 @@ OFF = {
     f"{m}.enabled": False
     for m in ("structured", "unstructured", "weights", "int8", "finetune", "distillation")
 }
-TRIALS = [
+TRIALS: list[dict[str, Any]] = [
     {  # structured pruning, fine-tuned with distillation: the replay case
         **OFF,
         "structured.enabled": True,

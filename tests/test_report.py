@@ -235,7 +235,7 @@ def _base(data) -> list[float]:
 
 
 def _drawn_points(ax) -> set[tuple[float, float]]:
-    return {tuple(map(float, p)) for c in ax.collections for p in c.get_offsets()}
+    return {(float(p[0]), float(p[1])) for c in ax.collections for p in c.get_offsets()}
 
 
 @pytest.mark.parametrize("name", ["flagged", "many", "perplexity"])
@@ -337,7 +337,7 @@ def test_hypervolume_axis_has_whole_trial_numbers(pictures, tmp_path):
 
 
 def _points(ax, gid: str) -> set[tuple[float, float]]:
-    return {tuple(map(float, p)) for c in ax.collections if c.get_gid() == gid
+    return {(float(p[0]), float(p[1])) for c in ax.collections if c.get_gid() == gid
             for p in c.get_offsets()}  # fmt: skip
 
 

@@ -7,6 +7,7 @@ host's choices filtered from the search, and a study on ``cpu-openvino``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -17,6 +18,7 @@ from autocompress.cli import app
 from autocompress.data import as_output, call_model
 from autocompress.deploy import deploy
 from autocompress.errors import TrialFailure
+from autocompress.methods import Method
 from autocompress.methods.int8 import Int8
 from autocompress.methods.runtime import RuntimeSettings, not_offered
 from autocompress.methods.weights import WeightQuantization
@@ -185,7 +187,9 @@ runtime:
 """
 
 
-def _suggested(runtime: str, facts, n: int = 30) -> list[RuntimeSettings]:
+def _suggested(
+    runtime: str, facts, n: int = 30
+) -> list[tuple[Method | None, Method | None, dict[str, Any]]]:
     space = parse_search_space_text(SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
     found = []

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from autocompress.apply import rebuild
+from autocompress.apply import Rebuilt, rebuild
 from autocompress.architecture import model_facts
 from autocompress.data import Batches
 from autocompress.methods import METHODS, Context
@@ -107,12 +107,16 @@ def _check_label(config: CompressionConfig, model: nn.Module, report: dict) -> N
         assert split, "low-rank factorization split no layer"
         assert sorted(records["lowrank"]["ranks"]) == sorted(split)
         for name in split:
-            assert model.get_submodule(name)[0].out_features == records["lowrank"]["ranks"][name]
+            down = model.get_submodule(f"{name}.0")
+            assert isinstance(down, nn.Linear)
+            assert down.out_features == records["lowrank"]["ranks"][name]
     if "weights" in config.methods:
         # "4-bit all layers" (or the 8-bit int8 implies): every matrix of the model as it is
         # now, the factors of a split layer included.
         plan = records["weights"]["plan"]
-        bits = config.methods["weights"].bits
+        weights = config.methods["weights"]
+        assert isinstance(weights, WeightQuantization)
+        bits = weights.bits
         for name in _matrices(model):
             assert name in plan, f"{name} not quantized though the label says {label!r}"
             assert plan[name][0] == bits
@@ -120,13 +124,18 @@ def _check_label(config: CompressionConfig, model: nn.Module, report: dict) -> N
         zeros = sum(int((w == 0).sum()) for w in _matrices(model).values())
         count = sum(w.numel() for w in _matrices(model).values())
         assert zeros / count == pytest.approx(0.5, abs=0.01)
-        factors = [p.weight for n in _split_layers(model) for p in model.get_submodule(n)]
+        factors = [
+            p.weight
+            for n in _split_layers(model)
+            for p in model.get_submodule(n).children()
+            if isinstance(p, nn.Linear)
+        ]
         if factors:  # the factors are pruned too (global magnitude: not each as much)
             zeros = sum(int((w == 0).sum()) for w in factors)
             assert zeros / sum(w.numel() for w in factors) > 0.2
 
 
-def _replay(model, config, report, x, train, tmp_path) -> bytes:
+def _replay(model, config, report, x, train, tmp_path) -> tuple[bytes, Rebuilt]:
     records = json.loads(json.dumps(report["records"]))  # as a recipe file gives them back
     recipe = Recipe(
         workload="tests:vit", baseline_seed=0, baseline_sha256=weights_sha256(model),

@@ -20,16 +20,19 @@ def _orthonormal(n: int, seed: int) -> torch.Tensor:
 
 def _layer(weight: torch.Tensor, bias: bool = True) -> nn.Sequential:
     out, inp = weight.shape
-    model = nn.Sequential(nn.Linear(inp, out, bias=bias))
+    layer = nn.Linear(inp, out, bias=bias)
     with torch.no_grad():
-        model[0].weight.copy_(weight)
+        layer.weight.copy_(weight)
         if bias:
-            model[0].bias.copy_(torch.arange(out, dtype=torch.float32))
-    return model
+            layer.bias.copy_(torch.arange(out, dtype=torch.float32))
+    return nn.Sequential(layer)
 
 
 def _product(model: nn.Module) -> torch.Tensor:
-    a, b = model[0]
+    split = model.get_submodule("0")
+    assert isinstance(split, nn.Sequential)
+    a, b = split
+    assert isinstance(a, nn.Linear) and isinstance(b, nn.Linear)
     return (b.weight @ a.weight).detach()
 
 

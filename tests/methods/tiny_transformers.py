@@ -3,6 +3,9 @@ transformer pruning method must pass (replay, reload, deployment)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -47,7 +50,7 @@ def gpt2(layers: int = 2) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    config = GPT2Config(
+    config = GPT2Config(  # type: ignore[call-arg]  # attn_implementation: PretrainedConfig's **kwargs
         vocab_size=VOCAB, n_embd=32, n_layer=layers, n_head=4, n_positions=SEQ,
         use_cache=False, attn_implementation="eager", bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
@@ -91,7 +94,14 @@ def image_train() -> TensorData:
 
 
 # name: (factory, example input, other shapes the deployed model must take, training split)
-FAMILIES = {
+Family = tuple[
+    Callable[[], nn.Module],  # fresh model
+    Callable[[], Any],  # example input
+    Callable[[], list[Any]],  # other input shapes
+    Callable[[], TensorData | Batches],  # training data
+]
+
+FAMILIES: dict[str, Family] = {
     "bert": (bert, lambda: tokens(2, SEQ), lambda: [tokens(3, 11, 1)], token_train),
     "gpt2": (gpt2, lambda: tokens(2, SEQ), lambda: [tokens(3, 11, 1)], token_train),
     "vit": (vit, lambda: images(2), lambda: [images(5, 1)], image_train),

@@ -13,6 +13,7 @@ from torch import nn
 
 from autocompress import __version__
 from autocompress.hardware import hardware_fingerprint
+from autocompress.latency import LatencyResult
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,6 +81,17 @@ class _EncoderBlock(nn.Module):
         att = torch.softmax(q @ k.transpose(-2, -1) / (q.shape[-1] ** 0.5), dim=-1)
         x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
         return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+def against_reference(result: LatencyResult) -> tuple[float, float]:
+    """``(reference median ms, ratio to the reference)`` of a measurement timed against one.
+
+    Raises:
+        ValueError: When ``result`` was measured without a reference.
+    """
+    if result.reference_median_ms is None or result.ratio_to_reference is None:
+        raise ValueError("this latency was measured without a reference to compare with")
+    return result.reference_median_ms, result.ratio_to_reference
 
 
 def machine() -> dict[str, Any]:

@@ -34,7 +34,7 @@ from autocompress.zoo.vision import MNIST_ENV
 from benchmarks.common import RESULTS, write_results
 
 SPACE = Path(__file__).resolve().parent.parent / "search_spaces" / "deep_compression.yaml"
-PAPER = {
+PAPER: dict[str, dict[str, Any]] = {
     "mnist-mlp": {
         "network": "LeNet-300-100",
         "ref_error": 0.0164,

@@ -43,7 +43,7 @@ def run(seed: int = 0, bits: int = 3, granularity: str = "group32") -> dict[str,
                 example_input=x[:1],
             )
             with torch.no_grad():
-                errors[algorithm] = float(((c.model[0](x) - reference) ** 2).mean())
+                errors[algorithm] = float(((c.model.get_submodule("0")(x) - reference) ** 2).mean())
     return {**errors, "rtn_over_gptq": errors["rtn"] / errors["gptq"]}
 
 

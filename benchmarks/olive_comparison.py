@@ -34,14 +34,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import optuna
 import torch
 
-from autocompress.data import Inputs, gather_inputs, input_batches
+from autocompress.data import Inputs, TensorData, gather_inputs, input_batches
 from autocompress.deploy import export_onnx, load_onnx
 from autocompress.latency import LatencySettings, measure_latency
 from autocompress.objective import CALIBRATION_ROWS
@@ -57,7 +58,9 @@ from autocompress.study import (
     run_trials,
 )
 from autocompress.workload import LoadedWorkload, load_workload
-from benchmarks.common import RESULTS, write_results
+from benchmarks.common import RESULTS, against_reference, write_results
+
+T = TypeVar("T")
 
 OLIVE_ENV = "AUTOCOMPRESS_OLIVE_PYTHON"
 DRIVER = Path(__file__).resolve().parent / "olive_driver.py"
@@ -243,6 +246,11 @@ def export_inputs(wl: LoadedWorkload, folder: Path) -> Path:
     """
     folder.mkdir(parents=True, exist_ok=True)
     model = folder / "baseline-fp32.onnx"
+    if not isinstance(wl.val, TensorData):
+        raise SystemExit(
+            "the Olive comparison needs a workload whose validation split is tensors "
+            "(TensorData), not batches: Olive reads it as one .npy file"
+        )
     export_onnx(wl.model, wl.example_input, model)
     np.save(folder / "val_x.npy", wl.val.x.numpy())
     np.save(folder / "val_y.npy", wl.val.y.numpy())
@@ -391,7 +399,9 @@ def olive_points(candidates: dict[str, Any]) -> list[dict[str, Any]]:
             kept["olive_pareto"] = kept["olive_pareto"] or c["olive_pareto"]
     points = []
     for i, p in enumerate(by_file.values()):
-        quant = next((s["config"] for s in p["passes"] if "quantization" in s["pass"]), {})
+        quant: dict[str, Any] = next(
+            (s["config"] for s in p["passes"] if "quantization" in s["pass"]), {}
+        )
         what = describe_olive(quant, p["olive_session"])
         points.append({"name": f"olive#{i}", "what": what, **p})
     return points
@@ -475,9 +485,9 @@ def runner(
     return run
 
 
-def interleave(*sides: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def interleave(*sides: Sequence[T]) -> list[T]:
     """The points of both sides alternated, so drift in the machine's load hits both alike."""
-    out = []
+    out: list[T] = []
     for i in range(max((len(s) for s in sides), default=0)):
         out += [s[i] for s in sides if i < len(s)]
     return out
@@ -502,13 +512,13 @@ def measure(
     for i, p in enumerate(points):
         run = runner(p["path"], threads, p.get("session"))
         p["accuracy"] = wl.task.metric(run, wl.val)
-        lat = measure_latency(lambda run=run: run(x), settings, reference=lambda: reference(x))
-        p["latency"] = lat.ratio_to_reference
+        lat = measure_latency(partial(run, x), settings, reference=lambda: reference(x))
+        reference_ms, p["latency"] = against_reference(lat)
         p["latency_cv"] = lat.cv
         p["stable"], p["contended"] = lat.stable, lat.contended
         p["measured_ms"] = lat.median_ms
         p["bytes"] = deployed_bytes(p["path"])
-        base_ms.append(lat.reference_median_ms)
+        base_ms.append(reference_ms)
         progress(
             f"  [{i + 1}/{len(points)}] {p['name']}: acc {p['accuracy']:.4f} "
             f"x{1 / p['latency']:.2f} {p['bytes']:,} B"

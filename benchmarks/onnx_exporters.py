@@ -15,6 +15,7 @@ import argparse
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,9 @@ def measure(name: str, batch: int, tmp: Path) -> dict[str, Any]:
             old = session(paths["torchscript"][form], 1)
             f = feeds(signature, x)
             r = measure_latency(
-                lambda s=new, f=f: s.run(None, f),
+                partial(new.run, None, f),
                 SETTINGS,
-                reference=lambda s=old, f=f: s.run(None, f),
+                reference=partial(old.run, None, f),
             )
             rows[f"ort_latency_{form}"] = {
                 "dynamo_ms": r.median_ms,

@@ -39,12 +39,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from optuna.trial import FrozenTrial
 
 from autocompress.data import (
     Inputs,
@@ -68,7 +70,7 @@ from autocompress.runtimes._onnx_tools import (
 )
 from autocompress.study import artifact_dir, load_study
 from autocompress.workload import LoadedWorkload, load_workload
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, against_reference, machine
 
 TIMING = LatencySettings(min_block_seconds=0.1, min_blocks=7, max_blocks=40, max_cv=0.05)
 CALIBRATION_ROWS = 256
@@ -231,17 +233,17 @@ def _front_best(study_name: str, storage: str, studies_dir: Path) -> dict[str, A
     """The fastest feasible front trial whose deployed file is on disk."""
     study = load_study(study_name, storage)
     folder = artifact_dir(studies_dir, study)
-    best = None
+    best: tuple[FrozenTrial, Path] | None = None
     for t in feasible_front(study):
         path = next((p for p in folder.glob(f"trial-{t.number}.*")
                      if p.suffix in (".xml", ".onnx", ".pt", ".pt2")), None)  # fmt: skip
         if path is None:
             continue
-        if best is None or t.values[1] < best["trial"].values[1]:
-            best = {"trial": t, "path": path}
+        if best is None or t.values[1] < best[0].values[1]:
+            best = (t, path)
     if best is None:
         return None
-    t, path = best["trial"], best["path"]
+    t, path = best
     files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
     return {
         "trial": t.number,
@@ -268,14 +270,15 @@ def _time_all(
     eager_ms = []
     for row in rows.values():
         result = measure_latency(
-            lambda r=row: r["run"](x), timing, reference=lambda: call_model(model, x)
+            partial(row["run"], x), timing, reference=lambda: call_model(model, x)
         )
+        eager, ratio = against_reference(result)
         row["latency_ms"] = result.median_ms
         row["latency_p90_ms"] = result.p90_ms
         row["latency_cv"] = result.cv
-        row["speedup_vs_eager"] = 1.0 / result.ratio_to_reference
+        row["speedup_vs_eager"] = 1.0 / ratio
         row["stable"] = bool(result.stable and not result.contended)
-        eager_ms.append(result.reference_median_ms)
+        eager_ms.append(eager)
     return float(np.median(eager_ms))
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -48,6 +50,7 @@ def _deploy(
     calibration = input_batches(wl.train, CALIBRATION_ROWS) if int8 is not None else None
     started = time.perf_counter()
     # Each form alone: PT2E turned off (the fallback path), or the legacy form failing.
+    only: AbstractContextManager[Any]
     if legacy:
         only = mock.patch(f"{_TORCH}.pt2e_unavailable", lambda: "turned off to measure")
     else:
@@ -91,7 +94,7 @@ def measure(name: str, batch: int, tmp: Path) -> dict[str, Any]:
             key = f"{path}-{mode}"
             d, seconds = _deploy(wl, tmp / f"{name}-{key}", Int8(mode=mode), x, legacy)
             deployed[key] = d
-            vs_fp32 = measure_latency(lambda d=d: d.run(x), SETTINGS, reference=lambda: fp32.run(x))
+            vs_fp32 = measure_latency(partial(d.run, x), SETTINGS, reference=lambda: fp32.run(x))
             rows[key] = {
                 "kind": d.kind,
                 "int8_mode_ran": d.int8_mode,
@@ -104,7 +107,7 @@ def measure(name: str, batch: int, tmp: Path) -> dict[str, Any]:
             }
             print(name, key, {k: v for k, v in rows[key].items() if k != "notes"}, flush=True)
         new, old = deployed[f"pt2e-{mode}"], deployed[f"legacy-{mode}"]
-        ab = measure_latency(lambda n=new: n.run(x), SETTINGS, reference=lambda o=old: o.run(x))
+        ab = measure_latency(partial(new.run, x), SETTINGS, reference=partial(old.run, x))
         rows[f"pt2e-{mode}"]["vs_legacy"] = _timing(ab)
         print(name, mode, "pt2e / legacy", ab.ratio_to_reference, flush=True)
     return {"workload": name, "batch": batch, "metric": wl.task.metric_name, "rows": rows}

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ from autocompress.objective import CALIBRATION_ROWS
 from autocompress.pipeline import CompressionConfig, compress
 from autocompress.settings import Target
 from autocompress.workload import LoadedWorkload, Workload, prepare
-from benchmarks.common import RESULTS, TinyTransformer, resnet20, write_results
+from benchmarks.common import (
+    RESULTS,
+    TinyTransformer,
+    against_reference,
+    resnet20,
+    write_results,
+)
 
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "digits-cnn": (models.digits_cnn, (1, 8, 8)),
@@ -79,11 +86,12 @@ def _workload(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> Loade
 
 def _timing(result: LatencyResult) -> dict[str, Any]:
     """A row's figures from one interleaved measurement against fp32 eager."""
+    eager_ms, ratio = against_reference(result)
     return {
         "median_ms": result.median_ms,
         "p90_ms": result.p90_ms,
-        "eager_ms": result.reference_median_ms,
-        "speedup": 1.0 / result.ratio_to_reference,
+        "eager_ms": eager_ms,
+        "speedup": 1.0 / ratio,
         "cv": result.cv,
         "stable": result.stable,
         "contended": result.contended,
@@ -95,7 +103,7 @@ def _control_rows(net: str, wl: LoadedWorkload, settings: LatencySettings) -> li
     rows = []
     for batch in BATCHES:
         x = gather_inputs(wl.val, batch)
-        r = measure_latency(lambda x=x: wl.model(x), settings, reference=lambda x=x: wl.model(x))
+        r = measure_latency(partial(wl.model, x), settings, reference=partial(wl.model, x))
         row = {"network": net, "compression": "fp32", "runtime": CONTROL, "batch": batch}
         rows.append({**row, "deployed": "eager", **_timing(r)})
         print(_line(rows[-1]), flush=True)
@@ -146,9 +154,7 @@ def _measure(
                         calibration=calibration,
                     )
                 x = gather_inputs(wl.val, batch)
-                r = measure_latency(
-                    lambda d=d, x=x: d.run(x), settings, reference=lambda x=x: wl.model(x)
-                )
+                r = measure_latency(partial(d.run, x), settings, reference=partial(wl.model, x))
                 row.update(
                     deployed=d.kind, deployed_bytes=d.size_bytes, notes=d.notes, **_timing(r)
                 )

@@ -22,6 +22,7 @@ import math
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from autocompress.record import allowed_worsening, feasible_front, study_info, w
 from autocompress.settings import Target
 from autocompress.study import artifact_dir, load_study
 from autocompress.workload import LoadedWorkload, load_workload
-from benchmarks.common import RESULTS, machine
+from benchmarks.common import RESULTS, against_reference, machine
 
 TIMING = LatencySettings(min_block_seconds=0.1, min_blocks=7, max_blocks=40, max_cv=0.05)
 BATCHES = (1, 8)
@@ -117,16 +118,17 @@ def _time(rows: list[dict[str, Any]], wl: LoadedWorkload) -> None:
     for batch in BATCHES:
         x = gather_inputs(wl.val, batch)
         x = map_tensors(x, lambda t: t.contiguous())
-        eager = measure_latency(lambda x=x: call_model(model, x), TIMING).median_ms
+        eager = measure_latency(partial(call_model, model, x), TIMING).median_ms
         for row in rows:
             result = measure_latency(
-                lambda r=row, x=x: r["run"](x),
+                partial(row["run"], x),
                 TIMING,
-                reference=lambda x=x: call_model(model, x),
+                reference=partial(call_model, model, x),
             )
+            eager_ms, ratio = against_reference(result)
             row[f"b{batch}_ms"] = result.median_ms
-            row[f"b{batch}_eager_ms"] = result.reference_median_ms
-            row[f"b{batch}_speedup"] = 1.0 / result.ratio_to_reference
+            row[f"b{batch}_eager_ms"] = eager_ms
+            row[f"b{batch}_speedup"] = 1.0 / ratio
             row[f"b{batch}_stable"] = result.stable and not result.contended
         for row in rows:
             row[f"b{batch}_eager_alone_ms"] = eager

@@ -21,7 +21,10 @@ import pytest
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from autocompress.data import TensorData
 from autocompress.latency import LatencySettings
+from autocompress.methods.finetune import Finetune
+from autocompress.methods.weights import WeightQuantization
 from autocompress.pipeline import load_compressed
 from autocompress.record import feasible_front, is_feasible, study_info
 from autocompress.study import (
@@ -342,10 +345,13 @@ def test_quant_aware_errors_and_sizes_are_the_stored_artifacts(
     expected = [(a, b, qat) for a, b in quant_aware.POINTS for qat in (False, True)]
     assert [(r["amount"], r["bits"], r["quant_aware"]) for r in rows] == expected
     fp32 = quant_aware.fp32_bytes(tiny.model)
+    assert isinstance(tiny.test, TensorData)
     for r in rows:
         model, config = load_compressed(r["artifact"], tiny.model, tiny.example_input, tiny.task)
-        assert config.get("finetune").quant_aware is r["quant_aware"]
-        assert config.get("weights").bits == r["bits"] and not config.get("weights").keep_edges_8bit
+        finetune, quantized = config.get("finetune"), config.get("weights")
+        assert isinstance(finetune, Finetune) and isinstance(quantized, WeightQuantization)
+        assert finetune.quant_aware is r["quant_aware"]
+        assert quantized.bits == r["bits"] and not quantized.keep_edges_8bit
         with torch.inference_mode():
             wrong = (model(tiny.test.x).argmax(-1) != tiny.test.y).sum().item()
         assert r["test_error"] == pytest.approx(wrong / len(tiny.test))

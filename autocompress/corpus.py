@@ -383,7 +383,7 @@ def as_distill_data(value: Any, cache_dir: Path | None = None) -> DistillData | 
 
 def weights_sha256(model: nn.Module) -> str:
     """sha256 over a model's state dict (names, dtypes, shapes, bytes)."""
-    from autocompress.workload import state_sha256
+    from autocompress.hashing import state_sha256
 
     return state_sha256(model.state_dict())
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -26,8 +26,11 @@ from autocompress.corpus import CorpusTeacher, DistillData
 from autocompress.data import Inputs, as_output, call_model
 from autocompress.errors import TrialFailure
 from autocompress.methods._transformer import first_tensor_out, parts_of
+from autocompress.optim import make_optimizer, make_scheduler
 from autocompress.tasks import Task
-from autocompress.training import TrainingConfig, make_optimizer, make_scheduler
+
+if TYPE_CHECKING:
+    from autocompress.training import TrainingConfig
 
 
 def block_pairs(

@@ -116,12 +116,11 @@ def _number(value: Any) -> bool:
 
 
 def _whole(value: Any, low: int, high: int | None = None) -> bool:
-    return (
-        isinstance(value, int)
-        and not isinstance(value, bool)
-        and low <= value
-        and (high is None or value <= high)
+    # Records of earlier versions stored some counts as floats (300000.0): whole is whole.
+    integral = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
     )
+    return integral and low <= value and (high is None or value <= high)
 
 
 def _check_fields(rules: dict[str, tuple[Any, bool, str]], part: Any, where: str) -> str | None:

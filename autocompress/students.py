@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,9 +100,7 @@ class StudentCache:
         )  # fmt: skip
         if not seeds or config.seed in seeds:
             return config
-        from autocompress.pipeline import CompressionConfig
-
-        return CompressionConfig(config.methods, seeds[0])
+        return replace(config, seed=seeds[0])
 
     def load(self, config: CompressionConfig) -> Student | None:
         """``config``'s stored student, or ``None`` (a bad file is removed)."""

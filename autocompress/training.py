@@ -19,6 +19,8 @@ from torch import nn
 
 from autocompress.data import Batch, Split, TensorData, as_output, call_model, predict, split_batch
 from autocompress.errors import TrialFailure
+from autocompress.optim import make_optimizer as make_optimizer
+from autocompress.optim import make_scheduler as make_scheduler
 from autocompress.tasks import Task
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -116,47 +118,6 @@ class TeacherOutputs:
         if self.cached is not None and idx is not None:
             return self.cached[idx]
         return self._live(split_batch(batch)[0])
-
-
-def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
-    """The optimiser of ``config`` over the model's trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
-        )
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-step learning-rate schedule of ``config`` over ``total_steps`` steps."""
-    sched = torch.optim.lr_scheduler
-    total_steps = max(1, total_steps)
-    warmup = int(config.warmup_fraction * total_steps)
-    if config.schedule == "one_cycle" and total_steps >= 3:
-        # OneCycle has its own warm-up phase; warmup_fraction sets its length (at least two
-        # steps, so neither phase is empty).
-        return sched.OneCycleLR(
-            optimizer,
-            max_lr=config.lr,
-            total_steps=total_steps,
-            pct_start=min(max(config.warmup_fraction, 2.0 / total_steps), 0.9),
-        )
-    main_steps = max(1, total_steps - warmup)
-    if config.schedule == "cosine":
-        main: sched.LRScheduler = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
-    elif config.schedule == "step":
-        main = sched.StepLR(optimizer, step_size=max(1, math.ceil(main_steps / 3)), gamma=0.1)
-    else:
-        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if warmup == 0:
-        return main
-    warm = sched.LinearLR(optimizer, start_factor=0.1, end_factor=1.0, total_iters=warmup)
-    return sched.SequentialLR(optimizer, [warm, main], milestones=[warmup])
 
 
 def _epoch(

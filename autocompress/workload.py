@@ -39,6 +39,7 @@ from autocompress.data import (
 )
 from autocompress.errors import TrialFailure, WorkloadError, reason
 from autocompress.hardware import torch_threads
+from autocompress.hashing import state_sha256 as state_sha256  # re-exported
 from autocompress.tasks import Task, as_task, eager_runner
 from autocompress.training import train
 from autocompress.workload_spec import Workload as Workload  # re-exported: users import it here
@@ -218,16 +219,6 @@ def _baseline_cache_key(workload: Workload, seed: int) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state dict: names, dtypes, shapes and raw bytes, in order."""
-    h = hashlib.sha256()
-    for name, tensor in state.items():
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _load_cached(model: nn.Module, path: Path) -> bool:

@@ -51,13 +51,17 @@ def not_offered(space: Any, runtime: str, device: str = "cpu") -> list[str]:
         return []
     warnings = []
     own = RUNTIMES[runtime].SEARCH
+    searched = [k for k in RuntimeSettings.SEARCH if space.dims[f"runtime.{k}"].searched]
+    # The shipped spaces hold every runtime's settings; only a section that does nothing for
+    # this study's runtime (none of its settings are this runtime's) is worth a word.
+    if searched and not any(k in own for k in searched):
+        warnings += [
+            f"runtime.{k}: {runtime} has no such setting (another runtime's); ignored"
+            for k in searched
+        ]
     for key in RuntimeSettings.SEARCH:
         dim = space.dims[f"runtime.{key}"]
         if key not in own:
-            if dim.searched:  # another runtime's setting: this study never asks for it
-                warnings.append(
-                    f"runtime.{key}: {runtime} has no such setting (another runtime's); ignored"
-                )
             continue
         values = dim.values()
         offered = host_choices(runtime, key, device) or own[key].choices

@@ -296,27 +296,29 @@ def create_study(
     *,
     storage: str | None = None,
     space: str | os.PathLike[str] | None = None,
-    target: str = "cpu-torch",
-    threads: int = 1,
-    batch_size: int = 32,
+    target: str | None = None,
+    threads: int | None = None,
+    batch_size: int | None = None,
     max_metric_drop: float | None = None,
     max_relative_drop: float | None = None,
     max_latency_ms: float | None = None,
     max_size_kb: float | None = None,
     max_memory_mb: float | None = None,
-    sampler: str = "tpe",
-    seed: int = 0,
-    size: str = "deployed",
+    sampler: str | None = None,
+    seed: int | None = None,
+    size: str | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    warm_start: bool = True,
-    early_stop: bool = True,
-    cheap_first: bool = False,
+    warm_start: bool | None = None,
+    early_stop: bool | None = None,
+    cheap_first: bool | None = None,
     studies_dir: str | os.PathLike[str] = "studies",
 ) -> Study:
     """Create a study (measuring its baseline once), or resume the one of that name.
 
-    The arguments are ``autocompress study run``'s options. On resume an argument that differs
-    from the study's is refused with every difference listed, as in the CLI.
+    The arguments are ``autocompress study run``'s options, with its defaults (``cpu-torch``,
+    1 thread, batch 32, tpe, seed 0, deployed size, warm starts and early stop on). As in the
+    CLI, an argument left out (``None``) keeps the study's value on resume, and one that differs
+    from the study's is refused with every difference listed.
 
     Args:
         name: The study's name.
@@ -359,10 +361,17 @@ def create_study(
     storage_obj = open_storage(url, write=True)
     exists = name in optuna.get_all_study_names(storage_obj)
     reference = _reference(workload)
-    parsed = Target.parse(target, threads, batch_size)
+    target_parts: dict[str, Any] = {}
+    if target is not None:
+        parsed = Target.parse(target, threads or 1, batch_size or 32)
+        target_parts.update(device=parsed.device, runtime=parsed.runtime)
+    if threads is not None:
+        target_parts["threads"] = threads
+    if batch_size is not None:
+        target_parts["batch_size"] = batch_size
     given: dict[str, Any] = {
         "workload": reference,
-        "target": {k: getattr(parsed, k) for k in ("device", "runtime", "threads", "batch_size")},
+        "target": target_parts,
         "max_metric_drop": max_metric_drop,
         "max_relative_drop": max_relative_drop,
         "max_latency_ms": max_latency_ms,
@@ -382,6 +391,11 @@ def create_study(
     root = Path(studies_dir)
     loaded = None
     if not exists or not isinstance(workload, str):
+        if seed is None:  # the baseline trains with the study's seed (0 for a new study)
+            seed = 0
+            if exists:
+                stored = study_info(optuna.load_study(study_name=name, storage=storage_obj))
+                seed = int(stored["settings"].get("seed", 0))
         loaded = _loaded(
             workload, data_dir=given["data_dir"], seed=seed, cache_dir=root / "baselines"
         )

@@ -133,3 +133,16 @@ def test_front_records_keep_lower_is_better_metrics_as_they_are(tmp_path):
     # test perplexity 11.0 is 1.0 above the baseline's: over the 5% (0.5) budget
     assert record.test_metric == 11.0 and "test over budget" in record.flags
     assert not math.isnan(record.smaller)
+
+
+def test_arguments_left_out_keep_the_study_s_values_on_resume(tmp_path):
+    study = _create(tmp_path, target="cpu-onnxruntime", seed=5)
+    again = ac.create_study(
+        "api", storage=study.storage, studies_dir=tmp_path / "studies",
+        workload="tests.conftest:tiny_workload",
+    )  # fmt: skip
+    settings = again.info["settings"]
+    assert settings["target"]["runtime"] == "onnxruntime" and settings["seed"] == 5
+    with pytest.raises(AutocompressError, match=r"--target \(study: cpu-onnxruntime\)"):
+        ac.create_study("api", storage=study.storage, target="cpu-torch",
+                        studies_dir=tmp_path / "studies")  # fmt: skip

@@ -361,14 +361,7 @@ def create_study(
     storage_obj = open_storage(url, write=True)
     exists = name in optuna.get_all_study_names(storage_obj)
     reference = _reference(workload)
-    target_parts: dict[str, Any] = {}
-    if target is not None:
-        parsed = Target.parse(target, threads or 1, batch_size or 32)
-        target_parts.update(device=parsed.device, runtime=parsed.runtime)
-    if threads is not None:
-        target_parts["threads"] = threads
-    if batch_size is not None:
-        target_parts["batch_size"] = batch_size
+    target_parts = Target.given_parts(target, threads, batch_size)
     given: dict[str, Any] = {
         "workload": reference,
         "target": target_parts,

@@ -48,6 +48,22 @@ class Target:
         device, runtime = name.split("-", 1)
         return cls(device=device, threads=threads, batch_size=batch_size, runtime=runtime)
 
+    @classmethod
+    def given_parts(
+        cls, name: str | None, threads: int | None, batch_size: int | None
+    ) -> dict[str, Any]:
+        """The target parts a user gave (``None``: not given), for a create-or-resume: device
+        and runtime from ``name``, threads and batch size as given."""
+        parts: dict[str, Any] = {}
+        if name is not None:
+            parsed = cls.parse(name, threads or 1, batch_size or 32)
+            parts.update(device=parsed.device, runtime=parsed.runtime)
+        if threads is not None:
+            parts["threads"] = threads
+        if batch_size is not None:
+            parts["batch_size"] = batch_size
+        return parts
+
     def runtime_unit(self, settings: Any = None) -> Runtime:
         """The runtime with a trial's settings (its ``runtime`` method), or its defaults."""
         if settings is None:

@@ -46,6 +46,16 @@ _state = {"debug": False, "interrupted": False}
 _INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
 
+# The workload of an existing study whose workload is code (worker, export, resume).
+TrustedWorkloadOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--workload",
+        help="The study's workload, when it is package.module:function: a study's "
+        "database never decides what is imported, so code must be named here.",
+    ),
+]
+
 StorageOpt = Annotated[
     str,
     typer.Option(

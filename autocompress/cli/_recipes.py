@@ -10,6 +10,7 @@ from rich.table import Table
 
 from autocompress.cli._common import (
     StorageOpt,
+    TrustedWorkloadOpt,
     _existing_storage,
     _user_errors,
     console,
@@ -67,13 +68,7 @@ def export(
     data_dir: Annotated[
         Path | None, typer.Option(help="Data directory, if the baseline must be retrained.")
     ] = None,
-    workload: Annotated[
-        str | None,
-        typer.Option(
-            help="The study's workload, when it is package.module:function: a study's "
-            "database never decides what is imported, so code must be named here."
-        ),
-    ] = None,
+    workload: TrustedWorkloadOpt = None,
 ) -> None:
     """Write the recipe of one trial: --trial N, or a rule over the feasible Pareto front.
 

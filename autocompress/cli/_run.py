@@ -14,6 +14,7 @@ import typer
 
 from autocompress.cli._common import (
     StorageOpt,
+    TrustedWorkloadOpt,
     _default_storage,
     _existing_storage,
     _resolve_space,
@@ -265,14 +266,7 @@ def study_run(
             # Validated before any work; on resume without --space the stored space is used.
             path = _resolve_space(space)
             space_text, space_source = load_search_space(path).text, str(space or DEFAULT_SPACE)
-        target_parts: dict[str, Any] = {}
-        if target is not None:
-            parsed = Target.parse(target, threads or 1, batch_size or 32)
-            target_parts.update(device=parsed.device, runtime=parsed.runtime)
-        if threads is not None:
-            target_parts["threads"] = threads
-        if batch_size is not None:
-            target_parts["batch_size"] = batch_size
+        target_parts = Target.given_parts(target, threads, batch_size)
         given = {
             "workload": workload if workload is not None else (None if exists else "digits"),
             "space_text": space_text,
@@ -368,13 +362,7 @@ def worker(
         typer.Option(help="Directory with a built-in workload's data (MNIST IDX files)."),
     ] = None,
     mlflow: MLflowOpt = None,
-    workload: Annotated[
-        str | None,
-        typer.Option(
-            help="The study's workload, when it is package.module:function: a study's "
-            "database never decides what is imported, so code must be named here."
-        ),
-    ] = None,
+    workload: TrustedWorkloadOpt = None,
 ) -> None:
     """Join an existing study and run its trials, with any number of other workers.
 

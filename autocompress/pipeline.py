@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from optuna import TrialPruned
 from torch import nn
 
@@ -25,12 +24,12 @@ from autocompress.attention import width_problems
 from autocompress.data import Inputs, Split, call_model
 from autocompress.errors import TrialFailure, reason
 from autocompress.grid import QuantSpec, storage_bits
+from autocompress.macs import count_macs
 from autocompress.methods import METHODS, STAGES, Context, Method, ordered
 from autocompress.methods.weights import implied_weights
 from autocompress.reparam import bake
 from autocompress.students import Student, StudentCache
 from autocompress.tasks import Classification, Task
-from autocompress.transformer_parts import HF_CONV1D
 
 ARTIFACT_KIND = "autocompress.packed-model"
 CONFIG_FORMAT = 2
@@ -137,28 +136,6 @@ class CompressedModel:
     artifact_path: str
     size_bytes: int
     report: dict[str, Any]
-
-
-def count_macs(model: nn.Module, example_input: Inputs) -> int:
-    """Multiply-accumulates of one forward pass of ``example_input`` (torch-pruning's counter,
-    which counts modules: transformers' ``Conv1D`` is taught to it below; attention's
-    functional matrix products are not counted)."""
-    macs, _ = tp.utils.count_ops_and_params(model, example_inputs=example_input)
-    return int(macs)
-
-
-def _count_conv1d(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-    """torch-pruning's MAC count of transformers' ``Conv1D`` (GPT-2's linear layers), which
-    its own counter skips: as ``nn.Linear``'s, input elements times outputs plus the bias."""
-    if not inputs or not isinstance(output, torch.Tensor):
-        return
-    out_width = output.shape[-1]
-    macs = inputs[0].numel() * out_width + out_width
-    module.__flops__ += int(macs)  # type: ignore[operator, assignment]
-
-
-for _conv1d in HF_CONV1D:
-    tp.utils.op_counter.MODULES_MAPPING.setdefault(_conv1d, _count_conv1d)
 
 
 def save_baseline_artifact(model: nn.Module, path: str | os.PathLike[str]) -> int:

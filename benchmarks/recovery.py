@@ -37,6 +37,7 @@ from torch import nn
 
 from autocompress.data import as_output, call_model, split_batch
 from autocompress.latency import LatencySettings
+from autocompress.macs import count_macs
 from autocompress.measure import deploy_for_target, evaluate, time_against, timing_input
 from autocompress.methods import Context
 from autocompress.methods.depth import DepthPruning
@@ -45,7 +46,7 @@ from autocompress.methods.finetune import Finetune
 from autocompress.methods.heads import HeadPruning
 from autocompress.methods.int8 import Int8
 from autocompress.methods.mlp import MlpPruning
-from autocompress.pipeline import CompressionConfig, compress, count_macs
+from autocompress.pipeline import CompressionConfig, compress
 from autocompress.settings import Target
 from autocompress.students import StudentCache
 from autocompress.workload import LoadedWorkload, load_workload

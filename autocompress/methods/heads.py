@@ -18,7 +18,6 @@ from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
-from torch_pruning.utils import op_counter
 
 from autocompress.architecture import weight_of
 from autocompress.attention import SlicedMultiheadAttention, head_outputs, unsupported
@@ -287,26 +286,3 @@ def _unfuse_encoders(model: nn.Module) -> None:
             isinstance(m, SlicedMultiheadAttention) for m in module.modules()
         ):
             module.use_nested_tensor = False
-
-
-def _count_sliced_mha(
-    module: SlicedMultiheadAttention, inputs: tuple[Any, ...], _output: Any
-) -> None:
-    """torch-pruning's MAC count of a sliced attention (its own counter assumes whole width)."""
-    if len(inputs) < 3:
-        return
-    q, k = inputs[0], inputs[1]
-    if q.dim() == 2:  # unbatched
-        batch, lq, lk = 1, q.shape[0], k.shape[0]
-    elif module.batch_first:
-        batch, lq, lk = q.shape[0], q.shape[1], k.shape[1]
-    else:
-        batch, lq, lk = q.shape[1], q.shape[0], k.shape[0]
-    inner, width = module.num_heads * module.head_dim, module.embed_dim
-    macs = (lq + 2 * lk) * width * inner + 2 * lq * lk * inner + lq * inner * width
-    # torch-pruning's op counter keeps its count there; torch's stubs type module attributes
-    # as tensors or modules.
-    module.__flops__ += int(macs * batch)  # type: ignore[operator, assignment]
-
-
-op_counter.MODULES_MAPPING.setdefault(SlicedMultiheadAttention, _count_sliced_mha)

@@ -4,9 +4,10 @@ Recovering a pruned transformer by distillation (Minitron, Muralidharan et al. 2
 far more text than a workload's labeled training split: the teacher labels it. The standard
 library ships about 13 MB of Python outside its tests; :func:`stdlib_passages` reads its
 docstrings, comment blocks and source, and :func:`topic_passages` the help topics of
-:mod:`pydoc_data.topics`, deterministically (modules in an order fixed by their names' hashes,
-so a size cap samples the whole library rather than its first letters). A workload keeps out
-the sources its validation and test data come from.
+:mod:`pydoc_data.topics` (files, docstrings and paragraphs found by
+:mod:`autocompress.stdlib_text`), deterministically (modules in an order fixed by their names'
+hashes, so a size cap samples the whole library rather than its first letters). A workload
+keeps out the sources its validation and test data come from.
 
 :class:`DistillData` holds the text tokenized once (cached on disk under a key made of the
 tokenizer and the corpus's sha256) and yields shuffled batches of it;
@@ -22,7 +23,6 @@ import io
 import json
 import os
 import sys
-import sysconfig
 import tokenize
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -34,9 +34,12 @@ import torch
 from torch import nn
 
 from autocompress.data import Inputs, as_output, call_model
+from autocompress.stdlib_text import clip, docstrings, paragraphs, stdlib_modules, stdlib_root
 
 KINDS = ("docstring", "comment", "code", "topic")
-TEST_FOLDERS = frozenset({"test", "tests", "idle_test", "idlelib", "site-packages", "__pycache__"})
+# Folders not read, besides the tests (stdlib_text.TEST_FOLDERS): IDLE, an application's
+# internals rather than a library's text.
+SKIPPED_FOLDERS = ("idlelib",)
 TEACHER_CACHE_BYTES = 1024**3  # teacher outputs above this are computed live
 CORPUS_FORMAT = 1
 
@@ -56,40 +59,14 @@ class Passage:
     text: str
 
 
-def stdlib_root() -> Path:
-    """The folder of the running Python's standard library."""
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-def stdlib_modules(root: Path | None = None) -> dict[str, Path]:
-    """The standard library's modules outside its tests, by dotted name."""
-    root = root or stdlib_root()
-    found: dict[str, Path] = {}
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if TEST_FOLDERS & set(rel.parts[:-1]) or rel.name.startswith("test_"):
-            continue
-        parts = list(rel.with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        if parts:
-            found[".".join(parts)] = path
-    return found
-
-
-def _paragraphs(text: str, min_chars: int, max_chars: int) -> Iterator[str]:
-    block: list[str] = []
-    for line in [*text.splitlines(), ""]:
-        if line.strip():
-            block.append(line.strip())
-            continue
-        joined = " ".join(" ".join(block).split())
-        block = []
-        while len(joined) >= min_chars:
-            cut = joined.rfind(" ", 0, max_chars) if len(joined) > max_chars else len(joined)
-            cut = cut if cut > 0 else max_chars
-            yield joined[:cut]
-            joined = joined[cut:].strip()
+def _pieces(text: str, min_chars: int, max_chars: int) -> Iterator[str]:
+    """The paragraphs of ``text``, each cut into pieces of at most ``max_chars`` at word
+    boundaries; pieces under ``min_chars`` (headings, a paragraph's short tail) left out."""
+    for paragraph in paragraphs(text):
+        while paragraph and len(paragraph) >= min_chars:
+            piece = clip(paragraph, max_chars)
+            yield piece
+            paragraph = paragraph[len(piece) :].strip()
 
 
 def module_passages(
@@ -103,14 +80,11 @@ def module_passages(
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []
-    out: list[Passage] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            doc = ast.get_docstring(node)
-            if doc:
-                out += [
-                    Passage(name, "docstring", p) for p in _paragraphs(doc, min_chars, max_chars)
-                ]
+    out = [
+        Passage(name, "docstring", p)
+        for doc in docstrings(tree, by_level=True)
+        for p in _pieces(doc, min_chars, max_chars)
+    ]
     comments: list[str] = []
     last = -2
     try:
@@ -124,9 +98,7 @@ def module_passages(
             last = tok.start[0]
     except (tokenize.TokenError, SyntaxError):
         pass
-    out += [
-        Passage(name, "comment", p) for p in _paragraphs("\n".join(comments), min_chars, max_chars)
-    ]
+    out += [Passage(name, "comment", p) for p in _pieces("\n".join(comments), min_chars, max_chars)]
     lines = source.splitlines()
     for node in tree.body:
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -151,7 +123,7 @@ def _library(root: Path, cache_dir: Path | None) -> list[Passage]:
             return [Passage(*row) for row in json.loads(path.read_text(encoding="utf-8"))]
         except Exception:  # noqa: BLE001 - a bad cache file is rebuilt, never trusted
             path.unlink(missing_ok=True)
-    modules = stdlib_modules(root)
+    modules = stdlib_modules(root, skip=SKIPPED_FOLDERS)
     out: list[Passage] = []
     for name in sorted(modules, key=_order):
         if name == "encodings" or name.startswith("encodings."):
@@ -223,7 +195,7 @@ def topic_passages(
         Passage(f"topics:{name}", "topic", p)
         for name in sorted(topics)
         if exclude is None or not exclude(name)
-        for p in _paragraphs(topics[name], 80, 1000)
+        for p in _pieces(topics[name], 80, 1000)
     ]
 
 

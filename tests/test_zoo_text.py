@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from autocompress.errors import WorkloadError
+from autocompress.stdlib_text import help_topics
 from autocompress.workload import load_workload, prepare
 from autocompress.zoo.text import (
     EOS,
-    pydoc_topics,
     split_documents,
     token_rows,
     train_tokenizer,
@@ -22,7 +22,7 @@ from autocompress.zoo.text import (
 
 @pytest.fixture(scope="module")
 def docs() -> dict[str, str]:
-    return pydoc_topics()
+    return help_topics()
 
 
 @pytest.fixture(scope="module")

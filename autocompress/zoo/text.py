@@ -1,11 +1,11 @@
 """A text corpus that ships with Python, split by document, and a tokenizer trained on it.
 
-The corpus is :mod:`pydoc_data.topics`: the 79 pages of the language reference that ``help()``
-shows (465k characters on Python 3.11; other Python versions ship other text, so a baseline
-trained on one is retrained on another). Whole documents go to one split only. The tokenizer is
-a byte-level BPE (the ``tokenizers`` library, installed with ``transformers``) trained on the
-training documents alone, in about a second and deterministically, so it is rebuilt at each
-load rather than cached.
+The corpus is :mod:`pydoc_data.topics` (read by :func:`autocompress.stdlib_text.help_topics`):
+the 79 pages of the language reference that ``help()`` shows (465k characters on Python 3.11;
+other Python versions ship other text, so a baseline trained on one is retrained on another).
+Whole documents go to one split only. The tokenizer is a byte-level BPE (the ``tokenizers``
+library, installed with ``transformers``) trained on the training documents alone, in about a
+second and deterministically, so it is rebuilt at each load rather than cached.
 """
 
 from __future__ import annotations
@@ -25,13 +25,6 @@ if TYPE_CHECKING:
 
 EOS = "<|endoftext|>"
 INSTALL_HINT = "pip install -e '.[transformers]' in the autocompress checkout"
-
-
-def pydoc_topics() -> dict[str, str]:
-    """The documents of :mod:`pydoc_data.topics`, by topic name."""
-    from pydoc_data import topics
-
-    return dict(topics.topics)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ import torch
 from autocompress.corpus import DistillData, cached_tokens, stdlib_passages
 from autocompress.data import TensorData
 from autocompress.errors import WorkloadError
+from autocompress.stdlib_text import help_topics
 from autocompress.training import TrainingConfig
 from autocompress.workload_spec import Workload
 from autocompress.zoo.text import (
     INSTALL_HINT,
     eos_id,
-    pydoc_topics,
     token_rows,
     tokenize_corpus,
 )
@@ -177,7 +177,7 @@ def tiny_lm(
         raise WorkloadError(f"unknown tiny-lm size {size!r}; use one of {', '.join(SIZES)}")
     settings = SIZES[size]
     corpus = tokenize_corpus(
-        pydoc_topics(), vocab_size=settings.vocab_size, seq_len=settings.seq_len
+        help_topics(), vocab_size=settings.vocab_size, seq_len=settings.seq_len
     )
     config = gpt2_config(settings, eos_id(corpus.tokenizer))
 

@@ -150,14 +150,19 @@ def legend(info: Mapping[str, Any], profile: Mapping[str, Any]) -> str:
     base = profile.get("base_loss")
     base_words = f" ({base:.4g})" if base is not None else ""
     request = profile.get("request") or {}
-    grid = f", weights on a {request['granularity']} grid" if request.get("granularity") else ""
+    grid = (
+        f", weights on a {request['granularity']} grid"
+        if request.get("granularity") and request.get("bits")
+        else ""
+    )
     took = f", in {profile['seconds']:.3g} s" if profile.get("seconds") else ""
     return (
-        f"Increase of the {task} loss over the uncompressed model's{base_words} when one weight "
-        f"or layer alone is compressed, the rest left as it is; measured once, when the study "
-        f"was created, on the first {rows} examples of the {split} split{grid}{took}. Higher is "
-        "more sensitive: per-layer allocation spends bits and keeps weights where the increase "
-        "is large. A negative number is a loss that went down (noise)."
+        f"Increase of the {task} loss over the uncompressed model's{base_words} when one "
+        "weight, layer or transformer block alone is compressed, the rest left as it is; "
+        f"measured once, when the study was created, on the first {rows} examples of the {split} "
+        f"split{grid}{took}. Higher is more sensitive: per-layer allocation spends bits and "
+        "keeps weights where the increase is large. A negative number is a loss that went "
+        "down (noise)."
     )
 
 

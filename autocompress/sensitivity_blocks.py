@@ -12,9 +12,10 @@ the baseline with one block's parts removed by the pruning method's own code: it
 neurons a trial removes. Per importance the space offers (``heads.magnitude``,
 ``heads.activation``, ``mlp.magnitude``, ``mlp.activation``), as each removes others:
 
-* heads: each attention module at every count of heads head pruning may remove (1 up to 75%,
-  one always kept), keyed by the share that removes exactly that count
-  (:func:`~autocompress.methods._transformer.exact_share`: ``"0.25"``, ``"0.3334"``);
+* heads: each attention module at the counts of heads the request's ratios up to 75% remove
+  (rounded down as head pruning does, one always kept, each count once), keyed by the share
+  that removes exactly that count (:func:`~autocompress.methods._transformer.exact_share`:
+  ``"0.25"``, ``"0.3334"``), so that an allocated share removes a measured count;
 * MLP: each block's MLP at each ratio of the request that MLP pruning allows (up to 0.9);
 * depth: each block skipped (its output replaced by its input, as depth pruning's ``output``
   importance does), keyed ``"skipped"``.
@@ -63,8 +64,11 @@ def measure_blocks(
     if parts is None:
         return {}
     out: dict[str, Curves] = {}
+    head_ratios = tuple(r for r in request.ratios if r <= heads.MOST)
     for importance in request.heads:
-        out[profile_key("heads", importance)] = head_curves(work, importance, inputs, increase)
+        out[profile_key("heads", importance)] = head_curves(
+            work, importance, head_ratios, inputs, increase
+        )
     mlp_ratios = tuple(r for r in request.ratios if r <= mlp.MOST)
     for importance in request.mlp:
         out[profile_key("mlp", importance)] = mlp_curves(
@@ -83,17 +87,19 @@ def measure_blocks(
 def head_curves(
     work: nn.Module,
     importance: str,
+    ratios: tuple[float, ...],
     inputs: list[Any],
     increase: Callable[[nn.Module], float],
 ) -> Curves:
     """For each attention module whose heads can go: the loss increase with only its
-    ``k`` least important heads removed, for every ``k`` head pruning allows."""
+    ``k`` least important heads removed, for each count ``k`` a ratio removes."""
     attention = heads.removable(work)
     scores = heads.head_scores(work, attention, importance, inputs)
     curves: Curves = {}
     for a in attention:
         curves[a.name] = {}
-        for count in range(1, count_of(heads.MOST, a.num_heads) + 1):
+        counts = sorted({count_of(r, a.num_heads) for r in ratios} - {0})
+        for count in counts:
             pruned = copy.deepcopy(work)
             heads.prune_heads(pruned, {a.name: least_important(scores[a.name], count)})
             curves[a.name][str(exact_share(count, a.num_heads))] = increase(pruned)

@@ -8,6 +8,7 @@ from autocompress.errors import SearchSpaceError
 from autocompress.methods import METHODS
 from autocompress.search_space import load_search_space, parse_search_space_text
 from tests.conftest import DEFAULT_SPACE, TINY_SPACE, full_profile, tiny_cnn
+from tests.methods.tiny_transformers import bert, tokens
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +172,6 @@ def test_allocated_per_layer_space_searches_budgets_not_layers(facts, profile):
 
 
 def test_heads_and_mlp_sample_one_amount_per_block_and_warm_starts_pin_them():
-    from tests.methods.tiny_transformers import bert, tokens
-
     model = bert()
     facts = model_facts(model, tokens(2, 16))
     attention = [a.name for a in facts.transformer.attention]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from optuna.trial import TrialState
 from torch import nn
+from transformers import BertForSequenceClassification
 
 from autocompress.apply import rebuild
 from autocompress.data import Batches
@@ -30,8 +31,12 @@ from autocompress.study import StudySettings, create_or_resume, open_storage, ru
 from autocompress.tasks import Classification, Regression, Task
 from autocompress.workload import load_workload
 from tests.methods.helpers import FixedSuggester, apply
-from tests.methods.tiny_transformers import bert, one_thread  # noqa: F401 - the fixture
-from tests.model_families import _token_data
+from tests.methods.tiny_transformers import (
+    bert,
+    one_thread,  # noqa: F401 - the fixture
+    random_biases,
+)
+from tests.model_families import _token_data, tiny_bert_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,6 +263,27 @@ def test_the_fragile_block_keeps_its_heads_and_which_block_follows_the_profile(f
         weakest = sorted(sorted(range(HEADS), key=lambda h: norms[h])[: counts[block]])
         assert ctx.records["heads"][a] == weakest
     assert "by sensitivity" in method.describe()
+
+
+def test_three_heads_are_measured_and_allocated_as_whole_heads():
+    config = tiny_bert_config()
+    config.hidden_size, config.num_attention_heads, config.intermediate_size = 48, 3, 96
+    torch.manual_seed(0)
+    model = random_biases(BertForSequenceClassification(config))
+    train = _train(model, regression=True)
+    profile = _profile(model, train, Regression(), mlp=(), depth=False)
+    attention = ATTENTION[:2]
+    # 25% of 3 heads is none; 50% one; 75% two (one always stays; 90% too): each measured once
+    assert [list(profile["heads.magnitude"][a]) for a in attention] == [["0.3334", "0.6667"]] * 2
+    example = {k: v[:2] for k, v in _inputs().items()}
+    values = {"amount": 0.5, "importance": "magnitude", "per_layer": True,
+              "allocation": "sensitivity"}  # fmt: skip
+    method = HeadPruning.suggest(FixedSuggester(model, example, values, profile))
+    assert set(method.layer_amounts.values()) <= {0.0, 0.3334, 0.6667}
+    removed = [count_of(method.layer_amounts[a], 3) for a in attention]
+    assert sum(removed) == 3  # at least half of the 6 heads, in whole heads
+    ctx = apply("heads", method, copy.deepcopy(model), example, train)
+    assert [len(ctx.records["heads"][a]) for a in attention] == removed
 
 
 @pytest.mark.parametrize("fragile", [1, 2])

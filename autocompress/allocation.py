@@ -41,6 +41,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from autocompress.architecture import ModelFacts
+    from autocompress.transformer_parts import TransformerParts
 
 PRUNE_STEP = 0.05  # granularity of per-layer pruning ratios between measured points
 DP_UNITS = 2048  # the dynamic program's budget resolution
@@ -253,17 +254,21 @@ def allocate_bits(
                       found.met)  # fmt: skip
 
 
-def ratio_curve(curve: Mapping[float | str, float], step: float = PRUNE_STEP) -> dict[float, float]:
+def ratio_curve(
+    curve: Mapping[float | str, float], step: float | None = PRUNE_STEP
+) -> dict[float, float]:
     """A pruning profile (loss increase by ratio) on a grid of ``step``, linear between the
-    measured ratios and zero at ratio 0, keyed by the share of weights kept."""
+    measured ratios and zero at ratio 0, keyed by the share of weights kept. With ``step``
+    ``None``, the measured ratios only (and 0): where only those can be applied (a share of
+    an attention module's heads)."""
     measured = sorted((float(r), float(v)) for r, v in curve.items())
     if not measured:
         return {1.0: 0.0}
     known = [(0.0, 0.0), *[(r, v) for r, v in measured if r > 0]]
     top = known[-1][0]
     out: dict[float, float] = {}
-    count = int(round(top / step))
-    grid = sorted({round(k * step, 6) for k in range(count + 1)} | {r for r, _ in known})
+    count = 0 if step is None else int(round(top / step))
+    grid = sorted({round(k * (step or 0.0), 6) for k in range(count + 1)} | {r for r, _ in known})
     for r in grid:
         if r > top + 1e-12:
             continue
@@ -281,13 +286,14 @@ def allocate_ratios(
     profile: Mapping[str, Mapping[float | str, float]],
     sizes: Mapping[str, int],
     amount: float,
-    step: float = PRUNE_STEP,
+    step: float | None = PRUNE_STEP,
 ) -> Allocation:
     """Pruning ratio per layer from each layer's loss increase by ratio, so that at least
     ``amount`` of all their parameters (weighted by size) are pruned.
 
     Ratios are on a grid of ``step`` up to the largest ratio measured (losses interpolated
-    linearly); ``Allocation.choice`` holds ratios and ``cost`` the share kept.
+    linearly), or the measured ratios only (``step`` ``None``); ``Allocation.choice`` holds
+    ratios and ``cost`` the share kept.
     """
     if not 0.0 <= amount <= 1.0:
         raise ValueError(f"a pruning amount is in [0, 1], got {amount!r}")
@@ -297,22 +303,62 @@ def allocate_ratios(
     return Allocation(ratios, found.cost, found.loss, found.met)
 
 
+def profile_key(method: str, importance: str) -> str:
+    """The profile's part for a transformer pruning method ranking by ``importance``
+    (``heads.magnitude``): each importance removes other heads or neurons, so each has its
+    own measurements."""
+    return f"{method}.{importance}"
+
+
+STRUCTURAL = ("heads", "mlp", "depth")  # the methods of the profile's transformer parts
+
+
+def section_method(key: str) -> str:
+    """The method a part of the profile serves, by its key (``heads.magnitude``: heads)."""
+    return key.partition(".")[0]
+
+
 def profile_sizes(profile: Mapping[str, Any], facts: ModelFacts) -> dict[str, int]:
-    """Elements of every parameter the profile names (layers by their weight)."""
+    """Elements of every parameter the profile names (layers by their weight; an attention
+    module by its projections' weights, an MLP by its widening layer's weight, which its
+    narrowing layer matches, and a block by all its parameters)."""
     numel = {p.name: p.numel for p in facts.params}
     names = [*profile.get("bits", {}), *profile.get("prune", {})]
     sizes = {n: numel[n] for n in names if n in numel}
     for layer in profile.get("channels", {}):
         if f"{layer}.weight" in numel:
             sizes[layer] = numel[f"{layer}.weight"]
+    structural = {n for k, part in profile.items() if section_method(k) in STRUCTURAL
+                  for n in part}  # fmt: skip
+    parts = facts.transformer if structural else None
+    if parts is not None:
+        for name, size in _part_sizes(parts, numel).items():
+            if name in structural:
+                sizes[name] = size
+    return sizes
+
+
+def _part_sizes(parts: TransformerParts, numel: Mapping[str, int]) -> dict[str, int]:
+    """Elements of each attention module, MLP (its widening layer) and block, by name."""
+    sizes = {}
+    for a in parts.attention:
+        weights = [f"{p}.weight" for p in a.projections] + [f"{a.name}.in_proj_weight"]
+        sizes[a.name] = sum(numel.get(w, 0) for w in weights)
+    for m in parts.mlps:
+        sizes[m.up] = numel.get(f"{m.up}.weight", 0)
+    for block in parts.blocks:
+        sizes[block] = sum(n for name, n in numel.items() if name.startswith(f"{block}."))
     return sizes
 
 
 __all__ = [
+    "STRUCTURAL",
     "Allocation",
     "allocate",
     "allocate_bits",
     "allocate_ratios",
+    "profile_key",
     "profile_sizes",
+    "section_method",
     "ratio_curve",
 ]

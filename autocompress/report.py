@@ -274,7 +274,7 @@ def _sensitivity_html(data: ReportData) -> list[str]:
             [row.name, format_params(row.params), *map(format_increase, row.increases)]
             for row in section.sorted_rows("sensitivity")
         ]
-        header = ["weight" if section.key != "channels" else "layer", "params", *section.headers]
+        header = [section.noun, "params", *section.headers]
         parts += [
             f"<details><summary>{html.escape(section.method)}: {html.escape(section.what)}"
             "</summary>",

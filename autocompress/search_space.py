@@ -227,7 +227,7 @@ class SearchSpace:
                 if budget.allows(float(bits)):
                     pinned[f"{method}.budget_bits"] = float(bits)
             return pinned
-        if method in ("structured", "unstructured"):
+        if "layer_scale" in METHODS[method].SEARCH:
             scale = self.dims.get(f"{method}.layer_scale")
             if scale is not None and scale.searched and scale.allows(1.0):
                 probe = METHODS[method].suggest(_Probe(facts, {"per_layer": True}))
@@ -260,7 +260,7 @@ class _Probe(Suggester):
     def __call__(self, param: str, keep: Callable[[Any], bool] | None = None) -> Any:
         defaults = {"amount": 0.5, "bits": 8, "granularity": "per_channel", "algorithm": "rtn",
                     "embeddings": True, "per_layer": False, "keep_edges_8bit": True,
-                    "allocation": "sampled"}  # fmt: skip
+                    "allocation": "sampled", "importance": "magnitude"}  # fmt: skip
         return self.values.get(param, defaults.get(param))
 
     def per_layer(self, param: str, layer: str, keep: Callable[[Any], bool] | None = None) -> Any:

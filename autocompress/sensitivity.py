@@ -10,8 +10,13 @@ quantizer, :func:`autocompress.methods.weights.round_to_grid`). For each prunabl
 each ratio of :data:`RATIOS`: the loss increase when only that weight is magnitude-pruned
 (unstructured); for each layer structured pruning narrows: when only that layer's
 lowest-L2-norm output channels are zeroed (weights and bias; a proxy of their removal that
-ignores what follows them). :mod:`autocompress.allocation` turns the profile and one global
-budget into per-layer settings.
+ignores what follows them). For transformers whose space allocates head or MLP pruning per
+block, each block's heads, MLP neurons and the whole block
+(:mod:`autocompress.sensitivity_blocks`). :mod:`autocompress.allocation` turns the profile and
+one global budget into per-layer settings.
+
+Formats: 1 measured weights and layers only; 2 adds the transformer parts (``heads.*``,
+``mlp.*``, ``depth``). The parts of format 1 are unchanged, so both read the same.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
     from autocompress.search_space import SearchSpace
     from autocompress.workload import LoadedWorkload
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 CALIBRATION_ROWS = 256
 RATIOS = (0.25, 0.5, 0.75, 0.9, 0.95)
 
@@ -58,6 +63,10 @@ class ProfileRequest:
         embeddings: Whether embedding tables and positional parameters are measured too.
         prune: Measure unstructured pruning of each prunable weight.
         channels: Measure channel pruning of each layer structured pruning narrows.
+        heads: Importances of head pruning to measure each attention module's heads by
+            (empty: none).
+        mlp: Importances of MLP pruning to measure each block's MLP neurons by (empty: none).
+        depth: Measure each transformer block skipped.
         ratios: Pruning ratios measured.
         rows: Training examples the loss is measured on.
     """
@@ -67,6 +76,9 @@ class ProfileRequest:
     embeddings: bool = False
     prune: bool = False
     channels: bool = False
+    heads: tuple[str, ...] = ()
+    mlp: tuple[str, ...] = ()
+    depth: bool = False
     ratios: tuple[float, ...] = RATIOS
     rows: int = CALIBRATION_ROWS
 
@@ -81,11 +93,17 @@ class ProfileRequest:
             raise ValueError(f"pruning ratios are in (0, 1), got {self.ratios!r}")
         if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
             raise ValueError(f"calibration rows must be a positive integer, got {self.rows!r}")
+        for what, importances in (("heads", self.heads), ("mlp", self.mlp)):
+            if any(not isinstance(i, str) for i in importances) or len(set(importances)) != len(
+                importances
+            ):
+                raise ValueError(f"{what} importances are distinct names, got {importances!r}")
 
     @property
     def empty(self) -> bool:
         """Nothing to measure."""
-        return not (self.bits or self.prune or self.channels)
+        return not (self.bits or self.prune or self.channels or self.heads or self.mlp
+                    or self.depth)  # fmt: skip
 
 
 def _asks(space: SearchSpace, method: str) -> bool:
@@ -106,14 +124,26 @@ def request_for(space: SearchSpace, rows: int = CALIBRATION_ROWS) -> ProfileRequ
         grains = space.dims["weights.granularity"].values() or ("per_channel",)
         granularity = "per_channel" if "per_channel" in grains else str(grains[0])
         embeddings = space.dims["weights.embeddings"].allows(True)
+    heads, mlp = _importances(space, "heads"), _importances(space, "mlp")
     return ProfileRequest(
         bits=bits,
         granularity=granularity,
         embeddings=embeddings,
         prune=_asks(space, "unstructured"),
         channels=_asks(space, "structured"),
+        heads=heads,
+        mlp=mlp,
+        depth=bool(heads or mlp),
         rows=rows,
     )
+
+
+def _importances(space: SearchSpace, method: str) -> tuple[str, ...]:
+    """The importances ``method`` may rank by, when its per-block amounts may be allocated from
+    the profile (else none)."""
+    if not _asks(space, method):
+        return ()
+    return tuple(str(i) for i in space.dims[f"{method}.importance"].values() or ())
 
 
 def calibration_batches(train: Split, rows: int, batch_size: int = 64) -> list[Batch]:
@@ -154,6 +184,7 @@ def measure_profile(
     Returns:
         The profile, JSON-ready: ``bits`` (weight -> bits -> loss increase), ``prune``
         (weight -> ratio -> loss increase), ``channels`` (layer -> ratio -> loss increase),
+        the transformer parts (:func:`autocompress.sensitivity_blocks.measure_blocks`),
         ``params`` (weight or layer -> its number of weights), ``base_loss``, ``calibration``
         (split and rows), ``request`` and ``seconds``.
     """
@@ -162,6 +193,7 @@ def measure_profile(
     from autocompress.methods.unstructured import ROLES, keep_largest
     from autocompress.methods.weights import WeightQuantization, round_to_grid
     from autocompress.pipeline import CompressionConfig
+    from autocompress.sensitivity_blocks import measure_blocks
 
     started = time.perf_counter()
     facts = facts or model_facts(model, example_input)
@@ -174,8 +206,8 @@ def measure_profile(
     with torch.inference_mode():
         base = _loss(work, task, batches)
 
-        def increase() -> float:
-            return round(_loss(work, task, batches) - base, 8)
+        def increase(model: nn.Module = work) -> float:
+            return round(_loss(model, task, batches) - base, 8)
 
         if request.bits:
             ctx = Context(task, example_input, train, facts, CompressionConfig())
@@ -211,6 +243,9 @@ def measure_profile(
                 module = modules[layer]
                 curves[layer] = _channel_curve(module, request.ratios, increase)
             profile["channels"] = curves
+        if request.heads or request.mlp or request.depth:
+            inputs = [split_batch(b)[0] for b in batches]
+            profile.update(measure_blocks(work, request, inputs, increase))
     profile["params"] = profile_sizes(profile, facts)  # what readers of the profile show
     profile["base_loss"] = round(base, 8)
     profile["calibration"] = {"split": "train", "rows": rows}

@@ -14,18 +14,29 @@ from typing import Any
 
 from autocompress.record import SENSITIVITY
 
-# (profile key, the method it serves, what one number is, how a column is headed)
+# (profile key, the method it measures, what one number is, how a column is headed)
 SECTIONS = (
     ("bits", "weights", "only this weight rounded to nearest at that many bits", "bits"),
     ("prune", "unstructured", "only this weight's smallest-magnitude share zeroed", "pruned"),
     ("channels", "structured", "only this layer's lowest-L2-norm share of output channels zeroed",
      "channels"),
+    ("heads.magnitude", "heads", "only this attention module's lowest-weight-norm share of heads "
+     "removed", "heads"),
+    ("heads.activation", "heads", "only this attention module's share of heads of least mean "
+     "|output| removed", "heads"),
+    ("mlp.magnitude", "mlp", "only this block's lowest-weight-norm share of MLP neurons removed "
+     "(params: the MLP's widening layer; its narrowing layer has as many)", "neurons"),
+    ("mlp.activation", "mlp", "only this block's share of MLP neurons of least mean |activation| "
+     "removed (params: the MLP's widening layer; its narrowing layer has as many)", "neurons"),
+    ("depth", "depth", "only this block skipped (its input passed on unchanged)", ""),
 )  # fmt: skip
+# What a row of a method's section is, where it is not a weight.
+_NOUNS = {"structured": "layer", "heads": "attention", "mlp": "MLP", "depth": "block"}
 SORTS = ("sensitivity", "model")
 NO_PROFILE_HINT = (
     "one is measured when a study is created with per-layer allocation by sensitivity "
-    "(per_layer: true and allocation: sensitivity, the default, in the weights, structured or "
-    "unstructured section; e.g. search_spaces/per_layer.yaml)"
+    "(per_layer: true and allocation: sensitivity, the default, in the weights, structured, "
+    "unstructured, heads or mlp section; e.g. search_spaces/per_layer.yaml)"
 )
 
 
@@ -55,8 +66,9 @@ class ProfileSection:
     """One kind of measurement of the profile: a table of rows by settings.
 
     Attributes:
-        key: ``bits``, ``prune`` or ``channels`` (the profile's key).
-        method: The method whose per-layer allocation reads it.
+        key: ``bits``, ``prune``, ``channels``, ``heads.magnitude``, ... (the profile's key).
+        method: The method it measures (whose per-layer allocation reads it; depth pruning
+            reads none).
         what: What one number measures, in words.
         settings: The settings as stored (``"8"``, ``"0.25"``), in the profile's order.
         headers: The settings as columns are headed (``8 bits``, ``25% pruned``).
@@ -75,6 +87,11 @@ class ProfileSection:
             raise ValueError("one header per setting")
         if any(len(r.increases) != len(self.settings) for r in self.rows):
             raise ValueError("one loss increase per setting in every row")
+
+    @property
+    def noun(self) -> str:
+        """What a row is (a table's first header): weight, layer, attention, MLP or block."""
+        return _NOUNS.get(self.method, "weight")
 
     def sorted_rows(self, by: str = "sensitivity") -> list[ProfileRow]:
         """Rows most sensitive first (largest increase in the row; ties in model order), or in
@@ -95,11 +112,14 @@ def study_profile(info: Mapping[str, Any]) -> dict[str, Any] | None:
 def _header(key: str, setting: str, word: str) -> str:
     if key == "bits":
         return f"{setting} {word}"
+    if not word:  # depth: the setting is a word
+        return setting
     return f"{float(setting):.0%} {word}"
 
 
 def profile_sections(profile: Mapping[str, Any]) -> list[ProfileSection]:
-    """The sections the profile holds, in the order weights, unstructured, structured."""
+    """The sections the profile holds, in the order weights, unstructured, structured, heads,
+    MLP, depth."""
     params = profile.get("params") or {}
     out = []
     for key, method, what, word in SECTIONS:
@@ -130,14 +150,19 @@ def legend(info: Mapping[str, Any], profile: Mapping[str, Any]) -> str:
     base = profile.get("base_loss")
     base_words = f" ({base:.4g})" if base is not None else ""
     request = profile.get("request") or {}
-    grid = f", weights on a {request['granularity']} grid" if request.get("granularity") else ""
+    grid = (
+        f", weights on a {request['granularity']} grid"
+        if request.get("granularity") and request.get("bits")
+        else ""
+    )
     took = f", in {profile['seconds']:.3g} s" if profile.get("seconds") else ""
     return (
-        f"Increase of the {task} loss over the uncompressed model's{base_words} when one weight "
-        f"or layer alone is compressed, the rest left as it is; measured once, when the study "
-        f"was created, on the first {rows} examples of the {split} split{grid}{took}. Higher is "
-        "more sensitive: per-layer allocation spends bits and keeps weights where the increase "
-        "is large. A negative number is a loss that went down (noise)."
+        f"Increase of the {task} loss over the uncompressed model's{base_words} when one "
+        "weight, layer or transformer block alone is compressed, the rest left as it is; "
+        f"measured once, when the study was created, on the first {rows} examples of the {split} "
+        f"split{grid}{took}. Higher is more sensitive: per-layer allocation spends bits and "
+        "keeps weights where the increase is large. A negative number is a loss that went "
+        "down (noise)."
     )
 
 

@@ -132,3 +132,14 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError):
         Allocation({}, cost=-1.0)
     assert allocate({}, {}, 4.0) == Allocation()
+
+
+def test_without_a_step_only_the_measured_ratios_are_chosen():
+    # shares of 3 heads: 1 or 2 of them; nothing in between can be applied
+    curve = {"0.3334": 0.1, "0.6667": 0.4}
+    assert allocation.ratio_curve(curve, None) == {1.0: 0.0, 0.6666: 0.1, 0.3333: 0.4}
+    profile = {"a": curve, "b": {"0.3334": 0.01, "0.6667": 0.02}}
+    found = allocate_ratios(profile, {"a": 10, "b": 10}, 0.4, step=None)
+    assert found.choice == {"a": 0.3334, "b": 0.6667} and found.met  # 1 + 2 of 6 heads
+    stepped = allocate_ratios(profile, {"a": 10, "b": 10}, 0.4)  # the grid would split shares
+    assert set(stepped.choice.values()) - {0.0, 0.3334, 0.6667}

@@ -8,6 +8,7 @@ from autocompress.errors import SearchSpaceError
 from autocompress.methods import METHODS
 from autocompress.search_space import load_search_space, parse_search_space_text
 from tests.conftest import DEFAULT_SPACE, TINY_SPACE, full_profile, tiny_cnn
+from tests.methods.tiny_transformers import bert, tokens
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +169,33 @@ def test_allocated_per_layer_space_searches_budgets_not_layers(facts, profile):
         study.tell(trial, 0.0)
     with pytest.raises(ValueError, match="needs the sensitivity profile"):
         space.suggest(study.ask(), facts)
+
+
+def test_heads_and_mlp_sample_one_amount_per_block_and_warm_starts_pin_them():
+    model = bert()
+    facts = model_facts(model, tokens(2, 16))
+    attention = [a.name for a in facts.transformer.attention]
+    ups = [m.up for m in facts.transformer.mlps]
+    space = parse_search_space_text(
+        "heads:\n  amount: {low: 0.5, high: 0.7}\n  per_layer: true\n  allocation: sampled\n"
+        "mlp:\n  amount: {low: 0.6, high: 0.8}\n  per_layer: true\n  allocation: sampled\n"
+        "  layer_scale: {low: 1.2, high: 1.5}\n"
+        "weights:\n  enabled: [false, true]\nint8:\n  enabled: [false, true]\n"
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(0))
+    trial = study.ask()
+    config = space.suggest(trial, facts)
+    heads, mlp = config.get("heads"), config.get("mlp")
+    assert {f"heads.layer_scale.{a}" for a in attention} <= set(trial.params)
+    assert set(heads.layer_amounts) == set(attention) and set(mlp.layer_amounts) == set(ups)
+    assert all(0 < a <= 0.75 for a in heads.layer_amounts.values())
+    assert all(0.6 * 1.2 - 1e-9 <= a <= 0.9 for a in mlp.layer_amounts.values())
+    assert not heads.allocated and "per module" in heads.describe()
+    study.tell(trial, 0.0)
+    starts = space.warm_starts(facts)
+    assert starts and all(s[f"heads.layer_scale.{a}"] == 1.0 for s in starts for a in attention)
+    # a multiplier of 1 is outside the MLP's range: left to the sampler
+    assert not any(k.startswith("mlp.layer_scale") for s in starts for k in s)
 
 
 def test_per_layer_off_adds_no_dimensions(facts):

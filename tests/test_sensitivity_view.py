@@ -186,3 +186,55 @@ def test_a_long_profile_keeps_the_most_sensitive_rows_in_the_models_order():
     kept = [r.name for r in kept_rows(section)]
     least = sorted(bits, key=lambda k: bits[k]["4"])[:5]
     assert kept == [k for k in bits if k not in least]
+
+
+# A transformer's profile (format 2): heads, MLP neurons and depth per block.
+BLOCKS_PROFILE = {
+    "format": 2,
+    "request": {"heads": ["magnitude"], "mlp": ["activation"], "depth": True, "rows": 256},
+    "heads.magnitude": {"l.0.attn": {"0.25": 0.01, "0.5": 0.2, "0.75": 0.9},
+                        "l.1.attn": {"0.25": 0.3, "0.5": 0.6, "0.75": 1.2}},
+    "mlp.activation": {"l.0.up": {"0.25": 0.02, "0.9": 0.5},
+                       "l.1.up": {"0.25": 0.001, "0.9": 0.05}},
+    "depth": {"l.0": {"skipped": 0.4}, "l.1": {"skipped": 2.5}},
+    "params": {"l.0.attn": 4096, "l.1.attn": 4096, "l.0.up": 8192, "l.1.up": 8192,
+               "l.0": 16640, "l.1": 16640},
+    "base_loss": 0.5,
+    "calibration": {"split": "train", "rows": 256},
+}  # fmt: skip
+
+
+def test_heads_mlp_and_depth_rows_are_shown(tmp_path):
+    make_study(tmp_path, "blocks", record={"sensitivity": BLOCKS_PROFILE})
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    result = runner.invoke(app, ["sensitivity", "blocks", "--storage", url, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = [(r["section"], r["method"], r["name"], r["params"], r["setting"], r["loss_increase"])
+            for r in csv.DictReader(io.StringIO(result.stdout))]  # fmt: skip
+    assert rows == [
+        ("heads.magnitude", "heads", "l.1.attn", "4096", "0.25", "0.3"),
+        ("heads.magnitude", "heads", "l.1.attn", "4096", "0.5", "0.6"),
+        ("heads.magnitude", "heads", "l.1.attn", "4096", "0.75", "1.2"),
+        ("heads.magnitude", "heads", "l.0.attn", "4096", "0.25", "0.01"),
+        ("heads.magnitude", "heads", "l.0.attn", "4096", "0.5", "0.2"),
+        ("heads.magnitude", "heads", "l.0.attn", "4096", "0.75", "0.9"),
+        ("mlp.activation", "mlp", "l.0.up", "8192", "0.25", "0.02"),
+        ("mlp.activation", "mlp", "l.0.up", "8192", "0.9", "0.5"),
+        ("mlp.activation", "mlp", "l.1.up", "8192", "0.25", "0.001"),
+        ("mlp.activation", "mlp", "l.1.up", "8192", "0.9", "0.05"),
+        ("depth", "depth", "l.1", "16640", "skipped", "2.5"),
+        ("depth", "depth", "l.0", "16640", "skipped", "0.4"),
+    ]
+    result = runner.invoke(app, ["sensitivity", "blocks", "--storage", url, "--sort", "model"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any(re.search(r"attention\s*┃\s*params\s*┃\s*25% heads\s*┃\s*50% heads", x)
+               for x in lines)  # fmt: skip
+    assert any(re.search(r"MLP\s*┃\s*params\s*┃\s*25% neurons\s*┃\s*90% neurons", x)
+               for x in lines)  # fmt: skip
+    assert any(re.search(r"block\s*┃\s*params\s*┃\s*skipped", x) for x in lines)
+    assert [r[0] for r in _table_rows(result.stdout, "blocks: depth")] == ["l.0", "l.1"]
+    assert _table_rows(result.stdout, "blocks: heads")[1] == ["l.1.attn", "4,096", "0.3", "0.6",
+                                                              "1.2"]  # fmt: skip
+    result = runner.invoke(app, ["sensitivity", "blocks", "--storage", url, "--format", "json"])
+    assert json.loads(result.stdout) == BLOCKS_PROFILE

@@ -404,7 +404,7 @@ def _print_profile_tables(
     order = "most sensitive first" if sort == "sensitivity" else "in the model's order"
     for section in profile_sections(profile):
         table = Table(
-            "weight" if section.key != "channels" else "layer",
+            section.noun,
             "params",
             *section.headers,
             title=f"{name}: {section.method} ({section.what}; {order})",

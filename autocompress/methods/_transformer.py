@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -29,6 +29,24 @@ def share(amount: float, count: int) -> int:
     """``amount`` of ``count`` rounded down (a small tolerance absorbs float error:
     ``0.29 * 100`` is 28.999...)."""
     return int(math.floor(amount * count + 1e-9))
+
+
+def count_of(amount: float, total: int) -> int:
+    """Units (heads, neurons) removed out of ``total`` for a share ``amount``: rounded down,
+    one always kept."""
+    return min(share(amount, total), total - 1)
+
+
+def exact_share(count: int, total: int) -> float:
+    """The share of ``total`` to 4 decimals that removes exactly ``count`` of them
+    (``count_of(exact_share(k, n), n) == k``): ``k / n`` rounded up, so 1 of 3 is 0.3334."""
+    return math.ceil(count / total * 1e4 - 1e-6) / 1e4
+
+
+def least_important(scores: Sequence[float] | torch.Tensor, count: int) -> list[int]:
+    """The ``count`` units of lowest score (the lower index first on ties), sorted."""
+    order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
+    return sorted(order[:count])
 
 
 def is_conv1d(layer: nn.Module | None) -> bool:

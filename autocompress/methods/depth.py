@@ -14,7 +14,9 @@ MLP pruning work on the kept blocks.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -161,18 +163,25 @@ def skip_losses(
             whole = [as_output(call_model(model, b)).float() for b in batches]
             losses = []
             for name in parts.blocks:
-                handle = modules[name].register_forward_hook(_skip, with_kwargs=True)
-                try:
+                with skipping(modules[name]):
                     total = 0.0
                     for b, target in zip(batches, whole, strict=True):
                         out = as_output(call_model(model, b)).float()
                         total += float(task.distillation_loss(out, target, b, 1.0))
-                finally:
-                    handle.remove()
                 losses.append(total / len(batches))
     finally:
         model.train(was_training)
     return losses
+
+
+@contextlib.contextmanager
+def skipping(block: nn.Module) -> Iterator[None]:
+    """Within the block, ``block`` passes its input through unchanged (as if removed)."""
+    handle = block.register_forward_hook(_skip, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _skip(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:

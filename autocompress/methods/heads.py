@@ -1,8 +1,11 @@
 """Head pruning: remove whole attention heads, the least important first.
 
-Every attention module loses the same share of its heads (rounded down, never all of them).
-A head's importance is the L2 norm of its query, key and value rows and its output-projection
-columns (``magnitude``), or its mean absolute output on calibration data (``activation``).
+Every attention module loses the same share of its heads (rounded down, never all of them),
+or, with ``per_layer``, its own share: allocated from the study's sensitivity profile (the
+blocks whose heads cost least lose most, within one global share of heads) or sampled as a
+multiplier of the global share. A head's importance is the L2 norm of its query, key and value
+rows and its output-projection columns (``magnitude``), or its mean absolute output on
+calibration data (``activation``).
 The projections are sliced, so the model really gets smaller and faster. Recognised: Hugging
 Face BERT-style (separate ``query``/``key``/``value``) and GPT-2-style (fused ``c_attn``)
 attention, and ``nn.MultiheadAttention``, which ties its head count to its width and is
@@ -13,30 +16,44 @@ parameter names, same results, fewer heads).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
 
+from autocompress.allocation import profile_key
 from autocompress.architecture import weight_of
 from autocompress.attention import SlicedMultiheadAttention, head_outputs, unsupported
-from autocompress.methods._base import Context, Method, Param, fraction
+from autocompress.methods._base import Context, Method, Param, Suggester
+from autocompress.methods._layer_amounts import (
+    check_layer_amounts,
+    layer_amount_params,
+    suggest_layer_amounts,
+)
 from autocompress.methods._transformer import (
     calibration_batches,
+    count_of,
     keep_inputs,
     keep_outputs,
+    least_important,
     out_width,
     parts_of,
     rows,
     run_batches,
     set_sizes,
-    share,
 )
 from autocompress.transformer_parts import Attention
 
 IMPORTANCE = ("magnitude", "activation")
+MOST = 0.75  # the largest share of an attention module's heads removed
 _MHA_CALL = inspect.signature(nn.MultiheadAttention.forward)
+
+
+_AMOUNTS = layer_amount_params(
+    "share of each attention module's heads removed", high=MOST, default=(0.1, MOST)
+)
 
 
 @dataclass(frozen=True)
@@ -48,22 +65,31 @@ class HeadPruning(Method):
             stays).
         importance: ``magnitude`` (weights) or ``activation`` (mean absolute output on
             calibration data).
+        layer_amounts: Per-module shares by the baseline's attention module name, overriding
+            ``amount``.
+        allocated: Whether ``layer_amounts`` were allocated from the study's sensitivity
+            profile so that ``amount`` of the heads' weights (weighted by module size) go (a
+            record: what applies is ``layer_amounts``).
     """
 
     amount: float = 0.25
     importance: str = "magnitude"
+    layer_amounts: dict[str, float] = field(default_factory=dict)
+    allocated: bool = False
 
     stage: ClassVar[str] = "prune"
     SEARCH: ClassVar[dict[str, Param]] = {
-        "amount": Param(float, {"low": 0.1, "high": 0.75},
-                        "share of each attention module's heads removed", bounds=(0.0, 0.75)),
+        "amount": _AMOUNTS["amount"],
         "importance": Param(str, list(IMPORTANCE),
                             "how heads are ranked: weight norm, or mean |output| on training data",
                             choices=IMPORTANCE),
+        **{k: p for k, p in _AMOUNTS.items() if k != "amount"},
     }  # fmt: skip
 
     def __post_init__(self) -> None:
-        fraction(self.amount, "head pruning amount", high=0.75)
+        check_layer_amounts(
+            "head pruning", self.amount, self.layer_amounts, self.allocated, high=MOST
+        )
         if self.importance not in IMPORTANCE:
             raise ValueError(
                 f"head importance must be one of {', '.join(IMPORTANCE)}, got {self.importance!r}"
@@ -80,14 +106,34 @@ class HeadPruning(Method):
             return f"no attention module whose heads can be removed ({reasons[0]})"
         return None
 
+    @classmethod
+    def suggest(cls, s: Suggester) -> Method:
+        importance = s("importance")
+        attention = removable(s.facts.model)
+        layer_amounts, allocated = suggest_layer_amounts(
+            s, [a.name for a in attention], profile_key("heads", importance), "heads",
+            step=None, high=MOST,
+        )  # fmt: skip
+        return cls(s("amount"), importance, layer_amounts, allocated)
+
     def describe(self) -> str:
         suffix = " by activation" if self.importance == "activation" else ""
-        return f"heads -{self.amount:.0%}{suffix}"
+        if not self.layer_amounts:
+            return f"heads -{self.amount:.0%}{suffix}"
+        lo, hi = min(self.layer_amounts.values()), max(self.layer_amounts.values())
+        span = f"{lo:.0%}" if lo == hi else f"{lo:.0%}-{hi:.0%}"
+        how = " by sensitivity" if self.allocated else ""
+        return f"heads -{self.amount:.0%}{how}, {span} per module{suffix}"
 
     def apply(self, model: nn.Module, ctx: Context) -> None:
         parts = parts_of(model)
         if parts is None:
             raise ValueError("head pruning found no attention heads in this model")
+        baseline = ctx.facts.transformer
+        known = {a.name for a in baseline.attention} if baseline is not None else set()
+        unknown = set(self.layer_amounts) - known
+        if unknown:
+            raise ValueError(f"per-module head pruning names unknown attention: {sorted(unknown)}")
         modules = dict(model.named_modules())
         attention = {a.name: a for a in parts.attention}
         whole = {a.name: r for a in parts.attention if (r := _whole_reason(modules, a))}
@@ -97,21 +143,17 @@ class HeadPruning(Method):
             _check_plan(plan, attention, whole)
         else:
             eligible = [a for a in parts.attention if a.name not in whole]
-            if self.importance == "activation":
-                batches = calibration_batches(ctx, "head pruning by activation")
-                scores = activation_scores(model, eligible, batches)
-            else:
-                scores = {a.name: magnitude_scores(modules, a) for a in eligible}
+            batches = (
+                calibration_batches(ctx, "head pruning by activation")
+                if self.importance == "activation"
+                else []
+            )
+            scores = head_scores(model, eligible, self.importance, batches)
             plan = {}
             for a in eligible:
-                count = min(share(self.amount, a.num_heads), a.num_heads - 1)
-                score = scores[a.name]
-                order = sorted(range(a.num_heads), key=lambda h: (float(score[h]), h))
-                plan[a.name] = sorted(order[:count])
-        for name, heads in plan.items():
-            if heads:
-                remove_heads(modules, attention[name], heads)
-        _unfuse_encoders(model)
+                amount = self.layer_amounts.get(ctx.origin(a.name).baseline, self.amount)
+                plan[a.name] = least_important(scores[a.name], count_of(amount, a.num_heads))
+        prune_heads(model, plan)
         ctx.records["heads"] = plan
         if whole:
             listed = "; ".join(f"{n} ({r})" for n, r in whole.items())
@@ -122,6 +164,45 @@ class HeadPruning(Method):
             ctx.notes.append(
                 "nn.MultiheadAttention with heads removed runs PyTorch's unfused attention path"
             )
+
+
+def removable(model: nn.Module) -> list[Attention]:
+    """The attention modules of ``model`` whose heads can be removed, in block order."""
+    parts = parts_of(model)
+    if parts is None:
+        return []
+    modules = dict(model.named_modules())
+    return [a for a in parts.attention if _whole_reason(modules, a) is None]
+
+
+def head_scores(
+    model: nn.Module, attention: list[Attention], importance: str, batches: list[Any]
+) -> dict[str, torch.Tensor]:
+    """Each head's importance (higher: kept longer) in each of ``attention``, by name.
+
+    Args:
+        model: The model the modules are in.
+        attention: The modules to score.
+        importance: ``magnitude`` or ``activation`` (reads ``batches``).
+        batches: Calibration inputs (for ``activation``).
+    """
+    if importance == "activation":
+        return activation_scores(model, attention, batches)
+    if importance != "magnitude":
+        raise ValueError(f"head importance must be one of {', '.join(IMPORTANCE)}")
+    modules = dict(model.named_modules())
+    return {a.name: magnitude_scores(modules, a) for a in attention}
+
+
+def prune_heads(model: nn.Module, plan: Mapping[str, list[int]]) -> None:
+    """Remove the heads ``plan`` names (by attention module name) from ``model``, in place."""
+    parts = parts_of(model)
+    attention = {a.name: a for a in parts.attention} if parts is not None else {}
+    modules = dict(model.named_modules())
+    for name, heads in plan.items():
+        if heads:
+            remove_heads(modules, attention[name], heads)
+    _unfuse_encoders(model)
 
 
 def _whole_reason(modules: dict[str, nn.Module], a: Attention) -> str | None:

@@ -6,6 +6,7 @@ from torch import nn
 
 import autocompress.methods.depth as depth
 from autocompress.architecture import model_facts
+from autocompress.errors import TrialFailure
 from autocompress.methods import Context
 from autocompress.methods.depth import DepthPruning
 from autocompress.methods.heads import HeadPruning
@@ -19,6 +20,7 @@ from autocompress.tasks import Classification
 from tests.methods.helpers import apply
 from tests.methods.tiny_transformers import (
     FAMILIES,
+    bert,
     check_compress_reload_deploy,
     gpt2,
     image_train,
@@ -159,6 +161,28 @@ def test_per_layer_settings_follow_the_blocks_depth_pruning_keeps(tmp_path):
     assert "blocks.2.mlp.0" not in records["structured"]["channels"]
     loaded, _ = load_compressed(tmp_path / "m.acpk", model, x, Classification())
     assert same_state(loaded, pruned)
+
+
+def test_per_block_heads_and_mlp_amounts_follow_the_blocks_depth_pruning_keeps(tmp_path):
+    model, x = bert(4), tokens(2, 16)
+    layer = "bert.encoder.layer"
+    config = CompressionConfig.of(
+        depth=DepthPruning(0.5),
+        heads=HeadPruning(0.25, layer_amounts={f"{layer}.0.attention.self": 0.75,
+                                               f"{layer}.3.attention.self": 0.5}),
+        mlp=MlpPruning(0.0, layer_amounts={f"{layer}.3.intermediate.dense": 0.75}),
+    )  # fmt: skip
+    c = compress(model, config, tmp_path / "m.acpk", task=Classification(), train=None,
+                 example_input=x, facts=model_facts(model, x),
+                 replay={"depth": {"removed": [1, 2]}})  # fmt: skip
+    blocks = c.model.bert.encoder.layer  # the baseline's blocks 0 and 3
+    assert [b.attention.self.num_attention_heads for b in blocks] == [1, 2]
+    assert [b.intermediate.dense.out_features for b in blocks] == [128, 32]
+    assert [len(h) for h in c.report["records"]["heads"].values()] == [3, 2]
+    unknown = CompressionConfig.of(heads=HeadPruning(0.25, layer_amounts={"nope": 0.5}))
+    with pytest.raises(TrialFailure, match="unknown attention"):
+        compress(model, unknown, tmp_path / "n.acpk", task=Classification(), train=None,
+                 example_input=x)  # fmt: skip
 
 
 def test_unavailable_without_blocks_to_drop():

@@ -283,6 +283,7 @@ class DistillData:
         info: str = "",
     ) -> None:
         self._inputs: Inputs | None = None
+        self._content_sha256: str | None = None
         self._loader: Callable[[], Inputs] | None = None
         if callable(inputs) and not isinstance(inputs, torch.Tensor):
             if not key:
@@ -311,6 +312,15 @@ class DistillData:
             _check_inputs(inputs)
             self._inputs = inputs
         return self._inputs
+
+    @property
+    def content_sha256(self) -> str:
+        """The sha256 of the rows themselves (loads them; computed once): keys what is cached
+        from them across processes, so that a corpus that changed under the same ``key`` is
+        never answered from another corpus's cache."""
+        if self._content_sha256 is None:
+            self._content_sha256 = _tensors_sha256(self.inputs)
+        return self._content_sha256
 
     def __len__(self) -> int:
         inputs = self.inputs
@@ -364,7 +374,7 @@ class CorpusTeacher:
     """The teacher's outputs on :class:`DistillData` rows, computed once per row.
 
     Kept in a memory-mapped ``.npy`` file (with a file of flags saying which rows are done)
-    under the data's cache folder, keyed by the data and the teacher's weights; filled as
+    under the data's cache folder, keyed by the rows' content and the teacher's weights; filled as
     rows are first asked for. Outputs larger than ``budget_bytes`` in all (an LM's logits
     over its vocabulary) are not kept: they are computed live.
     """
@@ -393,7 +403,7 @@ class CorpusTeacher:
             self.done = np.zeros(len(data), dtype=np.uint8)
             return
         key = hashlib.sha256(
-            f"{data.key}|{teacher_key or weights_sha256(teacher)}|{shape}".encode()
+            f"{data.content_sha256}|{teacher_key or weights_sha256(teacher)}|{shape}".encode()
         ).hexdigest()[:24]
         folder = Path(data.cache_dir)
         folder.mkdir(parents=True, exist_ok=True)

@@ -192,3 +192,20 @@ def test_a_workload_hands_its_distillation_data_to_the_study(tmp_path):
 
     with pytest.raises(WorkloadError, match="distill_data"):
         Workload(train=wl.train, val=wl.val, test=wl.test, model=wl.model, distill_data="text")
+
+
+def test_a_corpus_that_changed_under_the_same_key_is_not_answered_from_the_cache(tmp_path):
+    teacher = _Counting()
+    ids = torch.arange(40).reshape(10, 4)
+    mask = torch.ones(10, 4, dtype=torch.long)
+
+    def data(first_row):
+        rows = ids.clone()
+        rows[0] = first_row
+        return DistillData(lambda: {"input_ids": rows, "attention_mask": mask}, key="corpus",
+                           cache_dir=tmp_path)  # fmt: skip
+
+    assert float(CorpusTeacher(teacher, data(1)).outputs(torch.tensor([0]))) == 4 * 1 * 3.0
+    changed = CorpusTeacher(teacher, data(2))  # same key, a different first row
+    assert float(changed.outputs(torch.tensor([0]))) == 4 * 2 * 3.0
+    assert changed.computed == 1

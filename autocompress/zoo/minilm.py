@@ -530,8 +530,8 @@ def distill_corpus(
 
     return DistillData(
         load, key=key, cache_dir=None if cache_dir is None else Path(cache_dir) / "distill",
-        info="docstrings and comments of the standard library and help topics (about "
-        f"{CORPUS_CHARS / 1e6:.0f} MB), less the validation and test documents",
+        info="docstrings and comments of the standard library's modules and paragraphs of "
+        "its help topics, less the validation and test documents",
     )  # fmt: skip
 
 

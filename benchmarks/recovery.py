@@ -127,7 +127,8 @@ def plans(m: Macs) -> dict[tuple[str, float], dict[str, Any]]:
         out[("depth", t)] = {"depth": min(0.5, round(t * m.blocks) / m.blocks)}
         depth = min(0.5, 1 / m.blocks) if t >= 0.4 else 0.0
         head_share = 0.5 if t >= 0.4 else 1 / 3
-        rest = (t / (1 - depth) - head_share * heads) if depth else (t - head_share * heads)
+        # what the kept blocks must still shed, as a share of their own MACs
+        rest = (t - depth) / (1 - depth) - head_share * heads
         out[("combined", t)] = {"heads": head_share, "mlp": min(0.9, max(0.0, rest / mlp))}
         if depth:
             out[("combined", t)]["depth"] = depth

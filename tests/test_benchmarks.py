@@ -41,6 +41,7 @@ from benchmarks import (
     early_stopping,
     olive_comparison,
     quant_aware,
+    recovery,
     search_efficiency,
     target_studies,
     targets,
@@ -587,3 +588,23 @@ def test_practitioner_recipes_compare_the_front_with_the_fastest_feasible_recipe
         expected = front["speedup_vs_eager"] / feasible[best]["speedup_vs_eager"]
         assert payload["front_over_best_recipe"] == pytest.approx(expected)
     assert saved["host"]["cpu"] and "load_average" in saved["host"]
+
+
+class _LinearMacs:
+    """MACs of a 4-block model where heads cost 40% and MLP 60% of each block, linearly."""
+
+    total, block_macs, blocks = 1000, 1000, 4
+
+    def of(self, methods):
+        share = {"heads": 0.4, "mlp": 0.6}
+        removed = sum(share[k] * m.amount for k, m in methods.items())
+        return self.total - removed * self.block_macs
+
+
+@pytest.mark.parametrize("target", [0.25, 0.5])
+def test_recovery_plans_remove_the_share_they_aim_at(target):
+    plan = recovery.plans(_LinearMacs())[("combined", target)]
+    depth = plan.get("depth", 0.0)
+    kept_share = plan["heads"] * 0.4 + plan["mlp"] * 0.6  # of each kept block, by hand
+    assert depth + (1 - depth) * kept_share == pytest.approx(target)
+    assert recovery.plans(_LinearMacs())[("mlp", target)]["mlp"] * 0.6 == pytest.approx(target)

@@ -96,8 +96,8 @@ MUTATIONS = (
         "ratios-ignore-the-profile",
         "per-layer pruning ratios are allocated from the sensitivity profile",
         "autocompress/methods/_layer_amounts.py",
-        "found = allocate_ratios({n: curves[n] for n in chosen}, sizes, amount)",
-        "found = allocate_ratios({n: curves[chosen[0]] for n in chosen}, sizes, amount)",
+        "found = allocate_ratios({n: curves[n] for n in chosen}, sizes, amount, step)",
+        "found = allocate_ratios({n: curves[chosen[0]] for n in chosen}, sizes, amount, step)",
         (
             "tests/methods/test_unstructured.py",
             "tests/methods/test_structured.py",

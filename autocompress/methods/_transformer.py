@@ -137,6 +137,31 @@ def run_batches(model: nn.Module, batches: list[Inputs]) -> None:
         model.train(was_training)
 
 
+def hooked_means(
+    model: nn.Module,
+    batches: list[Inputs],
+    handles: list[Any],
+    sums: dict[str, torch.Tensor],
+    counts: dict[str, int],
+    what: str,
+) -> dict[str, torch.Tensor]:
+    """Run ``model`` over ``batches`` with the forward hooks ``handles`` (removed afterwards),
+    which add into ``sums`` and ``counts`` by name; each name's mean (float32).
+
+    Raises:
+        ValueError: A name's hook never ran (``what`` names the part in the message).
+    """
+    try:
+        run_batches(model, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise ValueError(f"calibration never ran {what} {missing[0]!r}")
+    return {n: (sums[n] / counts[n]).float() for n in sums}
+
+
 def calibration_batches(ctx: Any, method: str) -> list[Inputs]:
     """The context's calibration batches, or a clear error when it has none.
 

@@ -35,13 +35,13 @@ from autocompress.methods._layer_amounts import (
 from autocompress.methods._transformer import (
     calibration_batches,
     count_of,
+    hooked_means,
     keep_inputs,
     keep_outputs,
     least_important,
     out_width,
     parts_of,
     rows,
-    run_batches,
     set_sizes,
 )
 from autocompress.transformer_parts import Attention
@@ -313,15 +313,7 @@ def activation_scores(
                 add(a, args[0])
 
             handles.append(out.register_forward_pre_hook(proj_hook))
-    try:
-        run_batches(model, batches)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n, c in counts.items() if c == 0]
-    if missing:
-        raise ValueError(f"calibration never ran attention {missing[0]!r}")
-    return {n: (sums[n] / counts[n]).float() for n in sums}
+    return hooked_means(model, batches, handles, sums, counts, "attention")
 
 
 def remove_heads(modules: dict[str, nn.Module], a: Attention, heads: list[int]) -> None:

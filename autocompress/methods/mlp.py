@@ -33,6 +33,7 @@ from autocompress.methods._transformer import (
     calibration_batches,
     columns,
     count_of,
+    hooked_means,
     in_width,
     is_linear,
     keep_inputs,
@@ -41,7 +42,6 @@ from autocompress.methods._transformer import (
     out_width,
     parts_of,
     rows,
-    run_batches,
 )
 from autocompress.transformer_parts import Mlp
 
@@ -239,15 +239,7 @@ def activation_scores(
         return add
 
     handles = [modules[m.down].register_forward_pre_hook(hook(m.up)) for m in mlps]
-    try:
-        run_batches(model, batches)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n, c in counts.items() if c == 0]
-    if missing:
-        raise ValueError(f"calibration never ran the MLP of {missing[0]!r}")
-    return {n: (sums[n] / counts[n]).float() for n in sums}
+    return hooked_means(model, batches, handles, sums, counts, "the MLP of")
 
 
 def _update_configs(model: nn.Module, widths: set[int]) -> None:
